@@ -1,0 +1,172 @@
+//! A cluster on this machine: an in-process scheduler and worker processes.
+//!
+//! Workers are copies of the current program started with `RDASK_ROLE=worker`,
+//! so the functions the program registers exist in them too. The program must
+//! call [`worker_main_if_requested`] first thing in `main`.
+
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdask_transport::auth::Secret;
+use rdask_transport::Address;
+
+use crate::cluster::ClusterInfo;
+use crate::registry::Registry;
+use crate::scheduler::Config;
+use crate::server::{self, ServerHandle};
+use crate::worker::{self, WorkerConfig};
+use crate::{Client, ClientError};
+
+/// The environment variable that turns a program into a worker.
+pub const ROLE_VAR: &str = "RDASK_ROLE";
+
+/// If this process was started as a worker (`RDASK_ROLE=worker`), runs the worker
+/// with `registry` and exits; otherwise returns and the program goes on.
+///
+/// The worker reads `RDASK_SCHEDULER` and `RDASK_SECRET` (or `RDASK_STATE_DIR`),
+/// `RDASK_SLOTS` and `RDASK_DEATH_TIMEOUT` (seconds).
+pub fn worker_main_if_requested(registry: &Registry) {
+    if std::env::var(ROLE_VAR).as_deref() != Ok("worker") {
+        return;
+    }
+    std::process::exit(worker_main(registry.clone()));
+}
+
+/// Runs a worker configured from the environment; returns the process exit code.
+pub fn worker_main(registry: Registry) -> i32 {
+    crate::init_logging();
+    let cluster = match ClusterInfo::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rdask worker: {e}");
+            return 2;
+        }
+    };
+    let mut config = WorkerConfig::new(cluster);
+    if let Some(n) = env_number("RDASK_SLOTS") {
+        config.slots = n.clamp(1, u64::from(u16::MAX)) as u16;
+    }
+    if let Some(s) = env_number("RDASK_DEATH_TIMEOUT") {
+        config.death_timeout = Duration::from_secs(s);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    match rt.block_on(worker::run(config, Arc::new(registry))) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rdask worker: {e}");
+            1
+        }
+    }
+}
+
+fn env_number(var: &str) -> Option<u64> {
+    let v = std::env::var(var).ok()?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            eprintln!("rdask worker: ignoring {var}={v:?}: not a whole number");
+            None
+        }
+    }
+}
+
+/// A scheduler in this process and worker processes of this program.
+#[derive(Debug)]
+pub struct LocalCluster {
+    info: ClusterInfo,
+    server: Option<ServerHandle>,
+    workers: Vec<Child>,
+}
+
+impl LocalCluster {
+    /// Starts a scheduler on 127.0.0.1 and `workers` worker processes with `slots` each.
+    pub async fn start(workers: usize, slots: u16) -> std::io::Result<LocalCluster> {
+        let secret = Secret::generate();
+        let addr = Address { scheme: rdask_transport::Scheme::Tcp, host_port: "127.0.0.1:0".into() };
+        let server = server::bind(&addr, secret.clone(), Config::default()).await?;
+        let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
+        let mut cluster = LocalCluster { info, server: Some(server), workers: Vec::new() };
+        for _ in 0..workers {
+            cluster.add_worker(slots)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more worker process.
+    pub fn add_worker(&mut self, slots: u16) -> std::io::Result<u32> {
+        let exe = std::env::current_exe()?;
+        let child = Command::new(exe)
+            .env(ROLE_VAR, "worker")
+            .env("RDASK_SCHEDULER", self.info.addresses[0].to_string())
+            .env("RDASK_SECRET", self.info.secret.to_hex())
+            .env("RDASK_SLOTS", slots.to_string())
+            .env("RDASK_DEATH_TIMEOUT", "10")
+            .spawn()?;
+        let pid = child.id();
+        self.workers.push(child);
+        Ok(pid)
+    }
+
+    /// Process ids of the workers started so far.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|c| c.id()).collect()
+    }
+
+    /// How to reach this cluster.
+    pub fn info(&self) -> &ClusterInfo {
+        &self.info
+    }
+
+    /// Connects a client and waits until `n` workers have registered.
+    pub async fn client(&self, n: usize) -> Result<Client, ClientError> {
+        let client = Client::connect(&self.info).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.status().await?.workers.len() < n {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ClientError::Protocol(format!("fewer than {n} workers registered within 30 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(client)
+    }
+
+    /// Stops the workers and the scheduler.
+    pub async fn shutdown(mut self) {
+        if let Ok(c) = Client::connect(&self.info).await {
+            let _ = c.shutdown().await;
+        }
+        if let Some(s) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.wait()).await;
+        }
+        self.reap(Duration::from_secs(5));
+    }
+
+    fn reap(&mut self, grace: Duration) {
+        let deadline = std::time::Instant::now() + grace;
+        for child in &mut self.workers {
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.workers.clear();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Never leave workers behind, even when the program bails out early.
+        if let Some(s) = &self.server {
+            s.abort();
+        }
+        for child in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

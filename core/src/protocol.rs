@@ -1,0 +1,533 @@
+//! The messages exchanged by scheduler, workers and clients.
+//!
+//! This module is the only place that defines wire types. Each message is
+//! encoded with postcard into a frame header; bulk data (task results) travel
+//! as the frame's raw payload, never inside the header.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use rdask_transport::Frame;
+
+/// A job: one submission of tasks (a graph, or a command array).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub u32);
+
+/// A task: a job and the task's index inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId {
+    /// The job.
+    pub job: JobId,
+    /// The task's index in the job, from 0.
+    pub index: u32,
+}
+
+/// A worker, numbered by the scheduler from 1 in the order they register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkerId(pub u32);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.job.0, self.index)
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}", self.0)
+    }
+}
+
+/// A program to run, as CLI users submit it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandSpec {
+    /// Program and arguments; `%{TASK_ID}` and `%{JOB_ID}` are substituted.
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Working directory (substituted too); the worker's own when `None`.
+    pub cwd: Option<String>,
+    /// File for standard output (substituted); discarded when `None`.
+    pub stdout: Option<String>,
+    /// File for standard error (substituted); discarded when `None`.
+    pub stderr: Option<String>,
+}
+
+/// What a task does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskBody {
+    /// Call a function registered in the worker's program.
+    Function {
+        /// Index into the job's function-name table.
+        func: u32,
+        /// Arguments, postcard-encoded by the client.
+        args: Bytes,
+    },
+    /// Run the job's command with this task's id.
+    Command,
+}
+
+/// A reference to a task a new task depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskRef {
+    /// A task of the same submission, by index.
+    Local(u32),
+    /// A task of an earlier job.
+    Global(TaskId),
+}
+
+/// One task of a graph submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// What to run.
+    pub body: TaskBody,
+    /// Tasks whose results this one takes as inputs, in order.
+    pub deps: Vec<TaskRef>,
+    /// Keep the result for the client even after its dependents have used it.
+    pub keep: bool,
+    /// CPUs (worker slots) the task occupies.
+    pub cpus: u16,
+}
+
+/// A submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// A name for humans.
+    pub name: String,
+    /// Names of the functions that the job's function tasks call.
+    pub functions: Vec<String>,
+    /// The command of command tasks.
+    pub command: Option<CommandSpec>,
+    /// The tasks.
+    pub tasks: JobTasks,
+    /// Attempts a task gets when the worker running it dies.
+    pub max_attempts: u8,
+    /// Release the job's results when the submitting client disconnects.
+    pub release_on_disconnect: bool,
+}
+
+/// The tasks of a submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobTasks {
+    /// Independent command tasks, one per array index (`RDASK_TASK_ID`).
+    Array {
+        /// Inclusive ranges of array indices.
+        ranges: Vec<(u32, u32)>,
+        /// CPUs each task occupies.
+        cpus: u16,
+    },
+    /// A task graph.
+    Graph(Vec<TaskSpec>),
+}
+
+/// Why a task did not produce a result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The function panicked.
+    Panic,
+    /// The function returned an error.
+    Error,
+    /// The command exited with a non-zero code.
+    ExitCode(i32),
+    /// The command was killed by a signal.
+    Signal(i32),
+    /// The command could not be started.
+    Spawn,
+    /// The function is not registered in the worker's program.
+    UnknownFunction,
+    /// Workers running the task died too often.
+    WorkerLost,
+    /// A task it depends on failed.
+    DependencyFailed(TaskId),
+    /// An input could not be decoded or fetched.
+    Input,
+}
+
+/// A task's failure, with the worker's own words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// The category.
+    pub kind: ErrorKind,
+    /// Panic text, error message or stderr tail.
+    pub message: String,
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Panic => write!(f, "panicked: {}", self.message),
+            ErrorKind::Error => write!(f, "failed: {}", self.message),
+            ErrorKind::ExitCode(c) => write!(f, "exited with code {c}: {}", self.message),
+            ErrorKind::Signal(s) => write!(f, "killed by signal {s}: {}", self.message),
+            ErrorKind::Spawn => write!(f, "could not start: {}", self.message),
+            ErrorKind::UnknownFunction => write!(f, "unknown function: {}", self.message),
+            ErrorKind::WorkerLost => write!(f, "worker lost: {}", self.message),
+            ErrorKind::DependencyFailed(t) => write!(f, "dependency {t} failed: {}", self.message),
+            ErrorKind::Input => write!(f, "input error: {}", self.message),
+        }
+    }
+}
+
+/// What a worker says about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Task slots (CPUs).
+    pub slots: u16,
+    /// Host name.
+    pub host: String,
+    /// Process id on that host.
+    pub pid: u32,
+    /// The batch job the worker runs in (`SLURM_JOB_ID`, `PBS_JOBID`, `JOB_ID`).
+    pub batch_job: Option<String>,
+    /// Where peers and clients fetch results from this worker.
+    pub data_address: String,
+}
+
+/// A task handed to a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The task.
+    pub id: TaskId,
+    /// What to run; a function name is resolved by the scheduler.
+    pub work: Work,
+    /// The task's inputs, in order, with the worker holding each.
+    pub inputs: Vec<(TaskId, WorkerId)>,
+    /// CPUs it occupies.
+    pub cpus: u16,
+}
+
+/// A task's work as the worker sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Work {
+    /// Call `name` with `args`.
+    Function {
+        /// The registered name.
+        name: String,
+        /// Encoded arguments.
+        args: Bytes,
+    },
+    /// Run the job's command (sent once per job in [`ToWorker::Command`]) with this array index.
+    Command {
+        /// The array index (`RDASK_TASK_ID`, `%{TASK_ID}`).
+        array_id: u32,
+    },
+}
+
+/// A finished task as reported by its worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    /// The task.
+    pub id: TaskId,
+    /// Size of the result kept on the worker, in bytes.
+    pub size: u64,
+    /// How long the task ran, in microseconds.
+    pub duration_us: u32,
+}
+
+/// Messages to the scheduler, from workers and clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToScheduler {
+    /// A worker joins.
+    RegisterWorker(WorkerInfo),
+    /// A client joins.
+    RegisterClient,
+    /// A worker is alive.
+    Heartbeat,
+    /// Tasks a worker finished; results stay on the worker.
+    Finished(Vec<Finished>),
+    /// A task failed on the worker.
+    Failed(TaskId, TaskError),
+    /// A worker could not fetch an input (second id) of a task (first id): its holder lost it or is gone.
+    InputMissing(TaskId, TaskId),
+    /// A worker asks to leave: no new tasks, it exits when its running ones end.
+    Retire,
+    /// A client request, answered with [`ToClient::Reply`] of the same `req`.
+    Request {
+        /// Chosen by the client to match the reply.
+        req: u64,
+        /// The request.
+        body: Request,
+    },
+}
+
+/// Requests of a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Submit a job; answered with [`Reply::Submitted`].
+    Submit(JobSpec),
+    /// Answer when the job has ended ([`Reply::JobDone`]).
+    Wait(JobId),
+    /// Counts of a job's tasks now ([`Reply::Progress`]).
+    Progress(JobId),
+    /// The cluster's state ([`Reply::Status`]).
+    Status,
+    /// Drop a job's kept results and forget it ([`Reply::Ok`]).
+    Release(JobId),
+    /// Stop the workers and the scheduler ([`Reply::Ok`]).
+    Shutdown,
+}
+
+/// Where a job's kept results are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Its data address.
+    pub address: String,
+    /// Indices of the tasks whose results it holds.
+    pub tasks: Vec<u32>,
+}
+
+/// The outcome of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    /// The job.
+    pub job: JobId,
+    /// Number of tasks.
+    pub tasks: u32,
+    /// Tasks that produced a result.
+    pub finished: u32,
+    /// Tasks that failed, by index, with why (exit codes included).
+    pub failed: Vec<(u32, TaskError)>,
+    /// Where kept results are.
+    pub holdings: Vec<Holding>,
+}
+
+/// A job's task counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// All tasks.
+    pub total: u32,
+    /// Waiting for inputs or a worker.
+    pub waiting: u32,
+    /// Assigned to a worker.
+    pub running: u32,
+    /// Done with a result.
+    pub finished: u32,
+    /// Failed.
+    pub failed: u32,
+}
+
+/// One worker in [`ClusterStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its id.
+    pub id: WorkerId,
+    /// What it said when it registered.
+    pub info: WorkerInfo,
+    /// Tasks assigned to it now.
+    pub assigned: u32,
+    /// Results it holds.
+    pub holding: u32,
+    /// Whether it is retiring.
+    pub retiring: bool,
+}
+
+/// One job in [`ClusterStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Its id.
+    pub id: JobId,
+    /// Its name.
+    pub name: String,
+    /// Its task counts.
+    pub counts: Counts,
+}
+
+/// The cluster as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Connected workers.
+    pub workers: Vec<WorkerStatus>,
+    /// Known jobs.
+    pub jobs: Vec<JobStatus>,
+}
+
+/// Replies to client requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The job was accepted.
+    Submitted(JobId),
+    /// The submission was refused (an unknown dependency, an empty array…).
+    Refused(String),
+    /// The job ended.
+    JobDone(JobOutcome),
+    /// A job's counts.
+    Progress(Counts),
+    /// The cluster's state.
+    Status(ClusterStatus),
+    /// Done.
+    Ok,
+    /// No such job.
+    NoSuchJob(JobId),
+}
+
+/// Messages to a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Registration accepted.
+    Welcome {
+        /// The worker's id.
+        id: WorkerId,
+        /// How often to send heartbeats, in milliseconds.
+        heartbeat_ms: u64,
+    },
+    /// Data addresses of other workers (sent as they join).
+    Peers(Vec<(WorkerId, String)>),
+    /// The command that the tasks of a job run.
+    Command(JobId, CommandSpec),
+    /// Tasks to run.
+    Compute(Vec<Assignment>),
+    /// Results no longer needed.
+    Release(Vec<TaskId>),
+    /// Every result of a job is no longer needed.
+    ReleaseJob(JobId),
+    /// Reply to a heartbeat.
+    Ack,
+    /// Stop now: kill running tasks and exit.
+    Stop,
+}
+
+/// Messages to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToClient {
+    /// Registration accepted.
+    Welcome,
+    /// A reply to a request.
+    Reply {
+        /// The request's `req`.
+        req: u64,
+        /// The answer.
+        body: Reply,
+    },
+}
+
+/// Requests on a worker's data connection (from peers and clients).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataRequest {
+    /// Send these results; each comes back as one [`DataReply`] frame with the bytes as payload.
+    Fetch(Vec<TaskId>),
+}
+
+/// Replies on a data connection, one frame per requested task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataReply {
+    /// The result is the frame's payload.
+    Data(TaskId),
+    /// This worker does not hold it.
+    Missing(TaskId),
+}
+
+/// A message that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable message: {0}")]
+pub struct DecodeError(#[from] postcard::Error);
+
+/// Encodes a message into a frame header.
+pub fn encode<T: Serialize>(msg: &T) -> Bytes {
+    postcard::to_stdvec(msg).expect("protocol messages always encode").into()
+}
+
+/// Decodes a frame header.
+pub fn decode<'a, T: Deserialize<'a>>(header: &'a [u8]) -> Result<T, DecodeError> {
+    Ok(postcard::from_bytes(header)?)
+}
+
+/// Encodes a message as a frame with no payload.
+pub fn frame<T: Serialize>(msg: &T) -> Frame {
+    Frame::new(encode(msg))
+}
+
+/// Parses the index syntax of `--array`: inclusive ranges and single indices, comma-separated (`1-1000`, `1,5,7-9`).
+pub fn parse_array(s: &str) -> Result<Vec<(u32, u32)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            return Err(format!("empty item in array range `{s}` (write e.g. 1-100 or 1,3,5-9)"));
+        }
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let parse = |x: &str| {
+            x.trim().parse::<u32>().map_err(|_| {
+                format!("`{x}` in array range `{s}` is not a non-negative integer (write e.g. 1-100 or 1,3,5-9)")
+            })
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a > b {
+            return Err(format!("array range `{part}` runs backwards (write {b}-{a})"));
+        }
+        out.push((a, b));
+    }
+    let total: u64 = out.iter().map(|&(a, b)| u64::from(b - a) + 1).sum();
+    if total > u64::from(u32::MAX) {
+        return Err(format!("array `{s}` has {total} tasks, more than a job can hold ({})", u32::MAX));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let msg = ToScheduler::Request {
+            req: 7,
+            body: Request::Submit(JobSpec {
+                name: "j".into(),
+                functions: vec!["inc".into()],
+                command: None,
+                tasks: JobTasks::Graph(vec![TaskSpec {
+                    body: TaskBody::Function { func: 0, args: Bytes::from_static(&[1, 2, 3]) },
+                    deps: vec![TaskRef::Local(0), TaskRef::Global(TaskId { job: JobId(3), index: 9 })],
+                    keep: true,
+                    cpus: 1,
+                }]),
+                max_attempts: 3,
+                release_on_disconnect: true,
+            }),
+        };
+        let back: ToScheduler = decode(&encode(&msg)).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn array_ranges() {
+        assert_eq!(parse_array("1-1000").unwrap(), vec![(1, 1000)]);
+        assert_eq!(parse_array("1,3,5-9").unwrap(), vec![(1, 1), (3, 3), (5, 9)]);
+        assert!(parse_array("9-1").unwrap_err().contains("backwards"));
+        assert!(parse_array("a-3").unwrap_err().contains("not a non-negative integer"));
+        assert!(parse_array("1,,2").unwrap_err().contains("empty item"));
+        assert!(parse_array("-1").is_err());
+        assert!(parse_array("0-4294967295,0-1").unwrap_err().contains("more than a job"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn array_parser_never_panics(s in ".*") {
+            let _ = parse_array(&s);
+        }
+
+        #[test]
+        fn array_parser_accepts_what_it_prints(a in 0u32..100_000, n in 0u32..1000) {
+            proptest::prop_assert_eq!(parse_array(&format!("{a}-{}", a + n)).unwrap(), vec![(a, a + n)]);
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode::<ToScheduler>(&bytes);
+            let _ = decode::<ToWorker>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,1042 @@
+//! The scheduler as a sans-IO state machine.
+//!
+//! [`Scheduler`] owns the cluster's state (workers, jobs, tasks) and decides
+//! where every task runs. It performs no I/O and never reads the clock: the
+//! driver ([`crate::server`]) feeds it [`Event`]s together with the current
+//! time and carries out the [`Command`]s it emits. Tests drive it the same way
+//! with a simulated clock (see `tests.rs`).
+//!
+//! Calling contract:
+//! 1. Call [`Scheduler::handle`] for every event, in the order they happened.
+//! 2. After each call, drain [`Scheduler::take_commands`] and execute them in order.
+//! 3. Call `handle(now, Event::Tick)` no later than [`Scheduler::next_deadline`].
+//!
+//! Invariants kept here:
+//! - a task is `Assigned` to exactly one live worker, whose `used` counts its CPUs;
+//! - a `Finished` task's result is on `worker` unless that is `None` (released or lost);
+//! - `unfinished` of a `Waiting` task counts its inputs that are not available;
+//! - a result that a task still needs is never released, and a lost one is recomputed.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{
+    Assignment, ClusterStatus, Counts, ErrorKind, Finished, Holding, JobId, JobOutcome, JobSpec, JobStatus, JobTasks,
+    Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, ToScheduler, ToWorker, WorkerId, WorkerInfo,
+    WorkerStatus, Work,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// Identifies a connection of the driver.
+pub type ConnId = u64;
+
+/// Timing and capacity settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How often workers send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is considered dead.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { heartbeat_interval: Duration::from_secs(1), heartbeat_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Something that happened, as the driver reports it.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection passed authentication.
+    Connected(ConnId),
+    /// A message arrived.
+    Message(ConnId, ToScheduler),
+    /// A connection closed or broke; `reason` is for the logs and error messages.
+    Disconnected(ConnId, String),
+    /// Time passed.
+    Tick,
+}
+
+/// Something the driver must do.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    /// Send a message to a worker.
+    ToWorker(ConnId, ToWorker),
+    /// Send a message to a client.
+    ToClient(ConnId, ToClient),
+    /// Close a connection.
+    Close(ConnId),
+    /// Stop serving: everything has been told to stop.
+    Exit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Ready,
+    Assigned,
+    Finished,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Task {
+    state: State,
+    attempts: u8,
+    keep: bool,
+    cpus: u16,
+    /// Inputs not yet available, while `Waiting`.
+    unfinished: u32,
+    /// While `Assigned`: where it runs. While `Finished`: where its result is.
+    worker: Option<WorkerId>,
+    size: u64,
+    body: TaskBody,
+    deps: Box<[TaskId]>,
+    dependents: Vec<TaskId>,
+}
+
+#[derive(Debug)]
+struct Job {
+    spec_name: String,
+    functions: Vec<String>,
+    command: Option<crate::protocol::CommandSpec>,
+    array: Option<Vec<(u32, u32)>>,
+    tasks: Vec<Task>,
+    counts: Counts,
+    errors: Vec<(u32, TaskError)>,
+    max_attempts: u8,
+    owner: ConnId,
+    release_on_disconnect: bool,
+    release_when_done: bool,
+    waiters: Vec<(ConnId, u64)>,
+    /// Other jobs whose tasks depend on this one's.
+    referenced_by: Vec<JobId>,
+    /// Jobs this one depends on.
+    references: Vec<JobId>,
+}
+
+impl Job {
+    fn done(&self) -> bool {
+        self.counts.finished + self.counts.failed == self.counts.total
+    }
+
+    /// The array index of task `index`, for command arrays.
+    fn array_id(&self, index: u32) -> u32 {
+        let mut i = index;
+        for &(a, b) in self.array.as_deref().unwrap_or(&[]) {
+            let n = b - a + 1;
+            if i < n {
+                return a + i;
+            }
+            i -= n;
+        }
+        index
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    conn: ConnId,
+    info: WorkerInfo,
+    /// CPUs of assigned tasks (running or queued on the worker).
+    used: u32,
+    assigned: u32,
+    holding: u32,
+    last_seen: Instant,
+    retiring: bool,
+    /// Jobs whose command this worker has been sent.
+    commands: Vec<JobId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Peer {
+    Unknown,
+    Worker(WorkerId),
+    Client,
+}
+
+/// The scheduler's state. See the module documentation for how to drive it.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: Config,
+    conns: HashMap<ConnId, Peer>,
+    workers: HashMap<WorkerId, Worker>,
+    jobs: HashMap<JobId, Job>,
+    ready: VecDeque<TaskId>,
+    next_worker: u32,
+    next_job: u32,
+    /// Mean task duration, exponentially weighted, in microseconds.
+    mean_duration_us: f64,
+    commands: Vec<Command>,
+    /// Results to release, sent in one message per worker at the end of `handle`.
+    releases: HashMap<WorkerId, Vec<TaskId>>,
+    shutting_down: bool,
+}
+
+/// Per-worker queue depth (in CPUs per slot) for short tasks and for the rest.
+const DEPTH_SHORT: u32 = 512;
+const DEPTH_LONG: u32 = 2;
+/// Tasks shorter than this on average are "short": queueing many of them hides round trips.
+const SHORT_TASK_US: f64 = 2_000.0;
+
+impl Scheduler {
+    /// An empty cluster.
+    pub fn new(config: Config) -> Scheduler {
+        Scheduler {
+            config,
+            conns: HashMap::new(),
+            workers: HashMap::new(),
+            jobs: HashMap::new(),
+            ready: VecDeque::new(),
+            next_worker: 1,
+            next_job: 1,
+            mean_duration_us: SHORT_TASK_US * 10.0,
+            commands: Vec::new(),
+            releases: HashMap::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// The commands emitted so far, in order; the driver must execute them.
+    #[must_use]
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// When the driver must deliver the next [`Event::Tick`] at the latest.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.workers.values().map(|w| w.last_seen + self.config.heartbeat_timeout).min()
+    }
+
+    /// Number of connected workers.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Approximate number of tasks the scheduler holds, over all jobs.
+    pub fn task_count(&self) -> usize {
+        self.jobs.values().map(|j| j.tasks.len()).sum()
+    }
+
+    /// Processes one event.
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Connected(c) => {
+                self.conns.insert(c, Peer::Unknown);
+            }
+            Event::Message(c, msg) => self.on_message(now, c, msg),
+            Event::Disconnected(c, reason) => self.on_disconnect(c, &reason),
+            Event::Tick => self.on_tick(now),
+        }
+        self.schedule();
+        let mut releases: Vec<_> = self.releases.drain().collect();
+        releases.sort_by_key(|(w, _)| *w);
+        for (w, ids) in releases {
+            if let Some(worker) = self.workers.get(&w) {
+                self.commands.push(Command::ToWorker(worker.conn, ToWorker::Release(ids)));
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, conn: ConnId, msg: ToScheduler) {
+        let peer = self.conns.get(&conn).copied();
+        if let Some(Peer::Worker(w)) = peer {
+            if let Some(worker) = self.workers.get_mut(&w) {
+                worker.last_seen = now;
+            }
+        }
+        match (peer, msg) {
+            (None, _) => {}
+            (Some(Peer::Unknown), ToScheduler::RegisterWorker(info)) => self.on_register_worker(now, conn, info),
+            (Some(Peer::Unknown), ToScheduler::RegisterClient) => {
+                self.conns.insert(conn, Peer::Client);
+                self.commands.push(Command::ToClient(conn, ToClient::Welcome));
+            }
+            (Some(Peer::Worker(w)), ToScheduler::Heartbeat) => {
+                if let Some(worker) = self.workers.get(&w) {
+                    self.commands.push(Command::ToWorker(worker.conn, ToWorker::Ack));
+                }
+            }
+            (Some(Peer::Worker(w)), ToScheduler::Finished(list)) => self.on_finished(w, list),
+            (Some(Peer::Worker(w)), ToScheduler::Failed(id, err)) => self.on_failed(w, id, err),
+            (Some(Peer::Worker(w)), ToScheduler::InputMissing(task, input)) => self.on_input_missing(w, task, input),
+            (Some(Peer::Worker(w)), ToScheduler::Retire) => {
+                if let Some(worker) = self.workers.get_mut(&w) {
+                    worker.retiring = true;
+                }
+            }
+            (Some(Peer::Client), ToScheduler::Request { req, body }) => self.on_request(conn, req, body),
+            (Some(p), other) => {
+                tracing::warn!(conn, ?p, "unexpected message {:?}; closing the connection", discriminant_name(&other));
+                self.commands.push(Command::Close(conn));
+            }
+        }
+    }
+
+    fn on_register_worker(&mut self, now: Instant, conn: ConnId, info: WorkerInfo) {
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        tracing::info!(worker = %id, host = %info.host, pid = info.pid, batch_job = ?info.batch_job, slots = info.slots, "worker registered");
+        let peers: Vec<_> = self.workers.iter().map(|(id, w)| (*id, w.info.data_address.clone())).collect();
+        for w in self.workers.values() {
+            self.commands.push(Command::ToWorker(w.conn, ToWorker::Peers(vec![(id, info.data_address.clone())])));
+        }
+        self.conns.insert(conn, Peer::Worker(id));
+        let heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64;
+        self.commands.push(Command::ToWorker(conn, ToWorker::Welcome { id, heartbeat_ms }));
+        if !peers.is_empty() {
+            self.commands.push(Command::ToWorker(conn, ToWorker::Peers(peers)));
+        }
+        self.workers.insert(
+            id,
+            Worker {
+                conn,
+                info,
+                used: 0,
+                assigned: 0,
+                holding: 0,
+                last_seen: now,
+                retiring: false,
+                commands: Vec::new(),
+            },
+        );
+    }
+
+    fn on_finished(&mut self, w: WorkerId, list: Vec<Finished>) {
+        let mut stale = Vec::new();
+        let mut done_jobs = Vec::new();
+        for f in list {
+            let Some(task) = self.task_mut(f.id) else {
+                stale.push(f.id);
+                continue;
+            };
+            if task.state != State::Assigned || task.worker != Some(w) {
+                stale.push(f.id);
+                continue;
+            }
+            let cpus = u32::from(task.cpus);
+            task.size = f.size;
+            // A command task leaves no result behind: nothing to hold.
+            let holds = !matches!(task.body, TaskBody::Command);
+            if !holds {
+                task.worker = None;
+            }
+            self.mean_duration_us = 0.99 * self.mean_duration_us + 0.01 * f64::from(f.duration_us);
+            self.set_state(f.id, State::Finished);
+            if let Some(worker) = self.workers.get_mut(&w) {
+                worker.used -= cpus;
+                worker.assigned -= 1;
+                worker.holding += u32::from(holds);
+            }
+            self.after_finish(f.id);
+            if self.jobs[&f.id.job].done() {
+                done_jobs.push(f.id.job);
+            }
+        }
+        if !stale.is_empty() {
+            if let Some(worker) = self.workers.get(&w) {
+                self.commands.push(Command::ToWorker(worker.conn, ToWorker::Release(stale)));
+            }
+        }
+        done_jobs.dedup();
+        for j in done_jobs {
+            self.on_job_done(j);
+        }
+    }
+
+    /// A task just finished: wake its dependents, release inputs nobody needs any more.
+    fn after_finish(&mut self, id: TaskId) {
+        let (dependents, deps) = {
+            let t = self.task(id).expect("finished task exists");
+            (t.dependents.clone(), t.deps.clone())
+        };
+        for d in dependents {
+            if let Some(dt) = self.task_mut(d) {
+                if dt.state == State::Waiting {
+                    dt.unfinished -= 1;
+                    if dt.unfinished == 0 {
+                        self.set_state(d, State::Ready);
+                        self.ready.push_front(d);
+                    }
+                }
+            }
+        }
+        for dep in deps.iter() {
+            self.maybe_release(*dep);
+        }
+        self.maybe_release(id);
+    }
+
+    /// Releases a finished task's result when no one needs it.
+    fn maybe_release(&mut self, id: TaskId) {
+        let Some(t) = self.task(id) else { return };
+        if t.state != State::Finished || t.keep || t.worker.is_none() {
+            return;
+        }
+        let needed = t.dependents.iter().any(|d| self.task(*d).is_some_and(|dt| dt.state != State::Finished));
+        if needed {
+            return;
+        }
+        let holder = t.worker;
+        self.task_mut(id).expect("exists").worker = None;
+        if let Some(h) = holder {
+            if let Some(worker) = self.workers.get_mut(&h) {
+                worker.holding -= 1;
+                self.releases.entry(h).or_default().push(id);
+            }
+        }
+    }
+
+    fn on_failed(&mut self, w: WorkerId, id: TaskId, err: TaskError) {
+        let Some(task) = self.task(id) else { return };
+        if task.state != State::Assigned || task.worker != Some(w) {
+            return;
+        }
+        tracing::debug!(task = %id, worker = %w, error = %err, "task failed");
+        self.fail(id, err);
+    }
+
+    /// Fails a task and, transitively, every task that depends on it.
+    fn fail(&mut self, id: TaskId, err: TaskError) {
+        let mut stack = vec![(id, err)];
+        let mut done_jobs = Vec::new();
+        while let Some((t, err)) = stack.pop() {
+            let Some(task) = self.task(t) else { continue };
+            if matches!(task.state, State::Failed | State::Finished) {
+                continue;
+            }
+            if task.state == State::Assigned {
+                // The task's worker is told nothing: it reported the failure, or it is gone.
+                let (holder, cpus) = (task.worker, u32::from(task.cpus));
+                if let Some(w) = holder.and_then(|w| self.workers.get_mut(&w)) {
+                    w.used -= cpus;
+                    w.assigned -= 1;
+                }
+            }
+            let task = self.task_mut(t).expect("exists");
+            task.worker = None;
+            let dependents = task.dependents.clone();
+            self.set_state(t, State::Failed);
+            let job = self.jobs.get_mut(&t.job).expect("task's job exists");
+            job.errors.push((t.index, err.clone()));
+            if job.done() {
+                done_jobs.push(t.job);
+            }
+            for d in dependents {
+                let message = err.message.clone();
+                stack.push((d, TaskError { kind: ErrorKind::DependencyFailed(t), message }));
+            }
+        }
+        done_jobs.sort();
+        done_jobs.dedup();
+        for j in done_jobs {
+            self.on_job_done(j);
+        }
+    }
+
+    fn on_input_missing(&mut self, w: WorkerId, id: TaskId, input: TaskId) {
+        let Some(task) = self.task(id) else { return };
+        if task.state != State::Assigned || task.worker != Some(w) {
+            return;
+        }
+        tracing::info!(task = %id, input = %input, worker = %w, "input missing; recomputing it");
+        let cpus = u32::from(task.cpus);
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.used -= cpus;
+            worker.assigned -= 1;
+        }
+        self.task_mut(id).expect("exists").worker = None;
+        self.set_state(id, State::Waiting);
+        self.lose_results(&[input]);
+        self.refresh(id);
+    }
+
+    fn on_disconnect(&mut self, conn: ConnId, reason: &str) {
+        match self.conns.remove(&conn) {
+            Some(Peer::Worker(w)) => self.worker_lost(w, reason),
+            Some(Peer::Client) => {
+                let owned: Vec<JobId> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.owner == conn && j.release_on_disconnect)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for j in owned {
+                    self.request_release(j);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let timeout = self.config.heartbeat_timeout;
+        let dead: Vec<WorkerId> =
+            self.workers.iter().filter(|(_, w)| now.duration_since(w.last_seen) > timeout).map(|(id, _)| *id).collect();
+        for w in dead {
+            let conn = self.workers[&w].conn;
+            self.conns.remove(&conn);
+            self.commands.push(Command::Close(conn));
+            self.worker_lost(w, &format!("no heartbeat for {} s", timeout.as_secs_f64()));
+        }
+    }
+
+    /// A worker is gone: re-run what it was running, recompute what only it held.
+    fn worker_lost(&mut self, w: WorkerId, reason: &str) {
+        let Some(worker) = self.workers.remove(&w) else { return };
+        let who = format!("{w} (pid {} on {}) {reason}", worker.info.pid, worker.info.host);
+        if self.shutting_down {
+            tracing::info!("worker {who}");
+        } else {
+            tracing::warn!("worker {who}");
+        }
+        let mut rerun = Vec::new();
+        let mut lost = Vec::new();
+        for (jid, job) in &self.jobs {
+            for (i, t) in job.tasks.iter().enumerate() {
+                if t.worker != Some(w) {
+                    continue;
+                }
+                let id = TaskId { job: *jid, index: i as u32 };
+                match t.state {
+                    State::Assigned => rerun.push(id),
+                    State::Finished => lost.push(id),
+                    _ => {}
+                }
+            }
+        }
+        for id in rerun {
+            let max = self.jobs[&id.job].max_attempts;
+            let t = self.task_mut(id).expect("exists");
+            t.attempts = t.attempts.saturating_add(1);
+            t.worker = None;
+            if t.attempts >= max {
+                let n = t.attempts;
+                self.set_state(id, State::Waiting);
+                let message = format!("the worker running it died {n} times; last: {who}");
+                self.fail(id, TaskError { kind: ErrorKind::WorkerLost, message });
+            } else {
+                self.set_state(id, State::Waiting);
+                self.refresh(id);
+            }
+        }
+        for id in &lost {
+            self.task_mut(*id).expect("exists").worker = None;
+        }
+        self.lose_results(&lost);
+    }
+
+    /// Results that are gone (their holder died or lost them): recompute those still needed.
+    fn lose_results(&mut self, ids: &[TaskId]) {
+        let mut needed = Vec::new();
+        for &id in ids {
+            let Some(t) = self.task_mut(id) else { continue };
+            if t.state != State::Finished {
+                continue;
+            }
+            if let Some(h) = t.worker.take() {
+                if let Some(w) = self.workers.get_mut(&h) {
+                    w.holding -= 1;
+                }
+            }
+            let t = self.task(id).expect("exists");
+            let wanted = t.keep && !self.jobs[&id.job].release_when_done
+                || t.dependents.iter().any(|d| self.task(*d).is_some_and(|dt| dt.state != State::Finished));
+            if wanted {
+                needed.push(id);
+            }
+        }
+        for id in needed {
+            self.recompute(id);
+        }
+    }
+
+    /// Brings a finished task whose result is gone back to `Waiting`, with what it needs.
+    fn recompute(&mut self, id: TaskId) {
+        if self.available(id) || self.task(id).is_none_or(|t| t.state != State::Finished) {
+            return;
+        }
+        self.set_state(id, State::Waiting);
+        let (deps, dependents) = {
+            let t = self.task(id).expect("exists");
+            (t.deps.clone(), t.dependents.clone())
+        };
+        for dep in deps.iter() {
+            // An input released earlier must be computed again too.
+            self.recompute(*dep);
+        }
+        self.refresh(id);
+        for d in dependents {
+            if matches!(self.task(d).map(|t| t.state), Some(State::Waiting | State::Ready)) {
+                self.refresh(d);
+            }
+        }
+    }
+
+    /// Recounts a waiting or ready task's missing inputs and queues it when none are.
+    fn refresh(&mut self, id: TaskId) {
+        let deps = self.task(id).expect("exists").deps.clone();
+        let missing = deps.iter().filter(|d| !self.available(**d)).count() as u32;
+        let t = self.task_mut(id).expect("exists");
+        t.unfinished = missing;
+        match (t.state, missing) {
+            (State::Waiting, 0) => {
+                self.set_state(id, State::Ready);
+                self.ready.push_back(id);
+            }
+            (State::Ready, m) if m > 0 => self.set_state(id, State::Waiting),
+            _ => {}
+        }
+    }
+
+    /// Whether a task's result can be had now (a command task's empty result always can).
+    fn available(&self, id: TaskId) -> bool {
+        self.task(id).is_some_and(|t| {
+            t.state == State::Finished && (t.worker.is_some() || matches!(t.body, TaskBody::Command))
+        })
+    }
+
+    fn on_request(&mut self, conn: ConnId, req: u64, body: Request) {
+        let reply = match body {
+            Request::Submit(spec) => match self.submit(conn, spec) {
+                Ok(id) => Reply::Submitted(id),
+                Err(e) => Reply::Refused(e),
+            },
+            Request::Wait(job) => match self.jobs.get_mut(&job) {
+                None => Reply::NoSuchJob(job),
+                Some(j) if !j.done() => {
+                    j.waiters.push((conn, req));
+                    return;
+                }
+                Some(_) => Reply::JobDone(self.outcome(job)),
+            },
+            Request::Progress(job) => match self.jobs.get(&job) {
+                None => Reply::NoSuchJob(job),
+                Some(j) => Reply::Progress(j.counts),
+            },
+            Request::Status => Reply::Status(self.status()),
+            Request::Release(job) => {
+                if !self.jobs.contains_key(&job) {
+                    Reply::NoSuchJob(job)
+                } else {
+                    self.request_release(job);
+                    Reply::Ok
+                }
+            }
+            Request::Shutdown => {
+                self.shutting_down = true;
+                for w in self.workers.values() {
+                    self.commands.push(Command::ToWorker(w.conn, ToWorker::Stop));
+                }
+                self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body: Reply::Ok }));
+                self.commands.push(Command::Exit);
+                return;
+            }
+        };
+        self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body: reply }));
+    }
+
+    fn submit(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, String> {
+        if self.shutting_down {
+            return Err("the cluster is shutting down".into());
+        }
+        let id = JobId(self.next_job);
+        let mut references = Vec::new();
+        let (tasks, array) = match spec.tasks {
+            JobTasks::Array { ranges, cpus } => {
+                if spec.command.is_none() {
+                    return Err("an array job needs a command".into());
+                }
+                let n: u64 = ranges.iter().map(|&(a, b)| u64::from(b.saturating_sub(a)) + 1).sum();
+                if ranges.is_empty() || ranges.iter().any(|&(a, b)| a > b) || n > u64::from(u32::MAX) {
+                    return Err("the array's index ranges are empty or invalid".into());
+                }
+                let tasks = (0..n).map(|_| new_task(TaskBody::Command, Box::new([]), false, cpus.max(1))).collect();
+                (tasks, Some(ranges))
+            }
+            JobTasks::Graph(specs) => {
+                let mut tasks: Vec<Task> = Vec::with_capacity(specs.len());
+                for (i, s) in specs.into_iter().enumerate() {
+                    match &s.body {
+                        TaskBody::Function { func, .. } if *func as usize >= spec.functions.len() => {
+                            return Err(format!("task {i} names function #{func}, which the job does not list"));
+                        }
+                        TaskBody::Command if spec.command.is_none() => {
+                            return Err(format!("task {i} is a command task but the job has no command"));
+                        }
+                        _ => {}
+                    }
+                    let mut deps = Vec::with_capacity(s.deps.len());
+                    for d in s.deps {
+                        match d {
+                            TaskRef::Local(j) if (j as usize) < i => deps.push(TaskId { job: id, index: j }),
+                            TaskRef::Local(j) => {
+                                return Err(format!(
+                                    "task {i} depends on task {j}, which is not added before it; add tasks in dependency order"
+                                ))
+                            }
+                            TaskRef::Global(t) => {
+                                match self.task(t) {
+                                    Some(dt) if dt.keep && !self.jobs[&t.job].release_when_done => {}
+                                    Some(_) => {
+                                        return Err(format!(
+                                            "task {i} depends on task {t}, whose result is not kept; mark it `keep` or submit both together"
+                                        ))
+                                    }
+                                    None => return Err(format!("task {i} depends on task {t}, which does not exist")),
+                                }
+                                if !references.contains(&t.job) {
+                                    references.push(t.job);
+                                }
+                                deps.push(t);
+                            }
+                        }
+                    }
+                    tasks.push(new_task(s.body, deps.into_boxed_slice(), s.keep, s.cpus.max(1)));
+                }
+                (tasks, None)
+            }
+        };
+        if tasks.is_empty() {
+            return Err("the job has no tasks".into());
+        }
+        self.next_job += 1;
+        let total = tasks.len() as u32;
+        let job = Job {
+            spec_name: spec.name,
+            functions: spec.functions,
+            command: spec.command,
+            array,
+            tasks,
+            counts: Counts { total, waiting: total, ..Counts::default() },
+            errors: Vec::new(),
+            max_attempts: spec.max_attempts.max(1),
+            owner,
+            release_on_disconnect: spec.release_on_disconnect,
+            release_when_done: false,
+            waiters: Vec::new(),
+            referenced_by: Vec::new(),
+            references: references.clone(),
+        };
+        self.jobs.insert(id, job);
+        for r in references {
+            self.jobs.get_mut(&r).expect("checked above").referenced_by.push(id);
+        }
+        // Wire dependents and find the tasks that can start now.
+        let mut failed_inputs = Vec::new();
+        for i in 0..total {
+            let tid = TaskId { job: id, index: i };
+            let deps = self.task(tid).expect("just added").deps.clone();
+            for d in deps.iter() {
+                self.task_mut(*d).expect("validated").dependents.push(tid);
+                if let Some(dt) = self.task(*d) {
+                    if dt.state == State::Failed {
+                        failed_inputs.push((tid, *d));
+                    } else if dt.state == State::Finished && dt.worker.is_none() {
+                        self.recompute(*d);
+                    }
+                }
+            }
+            if !deps.is_empty() {
+                self.refresh(tid);
+            }
+        }
+        // Tasks without inputs, in submission order, behind what is already queued.
+        for i in 0..total {
+            let tid = TaskId { job: id, index: i };
+            let t = self.task_mut(tid).expect("just added");
+            if t.deps.is_empty() && t.state == State::Waiting {
+                t.state = State::Ready;
+                self.ready.push_back(tid);
+            }
+        }
+        for (t, d) in failed_inputs {
+            self.fail(t, TaskError { kind: ErrorKind::DependencyFailed(d), message: "failed earlier".into() });
+        }
+        tracing::info!(job = %id, tasks = total, "job submitted");
+        Ok(id)
+    }
+
+    fn request_release(&mut self, job: JobId) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.release_when_done = true;
+        if j.done() && j.referenced_by.is_empty() {
+            self.release_job(job);
+        }
+    }
+
+    /// Forgets a finished job and tells its workers to drop its results.
+    fn release_job(&mut self, job: JobId) {
+        let Some(j) = self.jobs.remove(&job) else { return };
+        let mut holders: Vec<WorkerId> = j.tasks.iter().filter_map(|t| t.worker).collect();
+        holders.sort();
+        holders.dedup();
+        for h in holders {
+            if let Some(w) = self.workers.get(&h) {
+                self.commands.push(Command::ToWorker(w.conn, ToWorker::ReleaseJob(job)));
+            }
+        }
+        for t in &j.tasks {
+            if let Some(w) = t.worker.and_then(|h| self.workers.get_mut(&h)) {
+                w.holding -= 1;
+            }
+        }
+        for r in j.references {
+            if let Some(rj) = self.jobs.get_mut(&r) {
+                rj.referenced_by.retain(|x| *x != job);
+                if rj.release_when_done && rj.done() && rj.referenced_by.is_empty() {
+                    self.release_job(r);
+                }
+            }
+        }
+        tracing::debug!(job = %job, "job released");
+    }
+
+    fn on_job_done(&mut self, job: JobId) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if !j.done() {
+            return;
+        }
+        tracing::info!(job = %job, finished = j.counts.finished, failed = j.counts.failed, "job done");
+        let waiters = std::mem::take(&mut j.waiters);
+        if !waiters.is_empty() {
+            let outcome = self.outcome(job);
+            for (conn, req) in waiters {
+                let body = Reply::JobDone(outcome.clone());
+                self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body }));
+            }
+        }
+        // Jobs this one referenced may now be releasable.
+        let refs = self.jobs[&job].references.clone();
+        for r in refs {
+            if let Some(rj) = self.jobs.get_mut(&r) {
+                rj.referenced_by.retain(|x| *x != job);
+                if rj.release_when_done && rj.done() && rj.referenced_by.is_empty() {
+                    self.release_job(r);
+                }
+            }
+        }
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.references.clear();
+            if j.release_when_done && j.referenced_by.is_empty() {
+                self.release_job(job);
+            }
+        }
+    }
+
+    fn outcome(&self, job: JobId) -> JobOutcome {
+        let j = &self.jobs[&job];
+        let mut by_worker: HashMap<WorkerId, Vec<u32>> = HashMap::new();
+        for (i, t) in j.tasks.iter().enumerate() {
+            if let (State::Finished, true, Some(w)) = (t.state, t.keep, t.worker) {
+                by_worker.entry(w).or_default().push(i as u32);
+            }
+        }
+        let mut holdings: Vec<Holding> = by_worker
+            .into_iter()
+            .filter_map(|(w, tasks)| {
+                let address = self.workers.get(&w)?.info.data_address.clone();
+                Some(Holding { worker: w, address, tasks })
+            })
+            .collect();
+        holdings.sort_by_key(|h| h.worker);
+        let mut failed = j.errors.clone();
+        failed.sort_by_key(|(i, _)| *i);
+        JobOutcome { job, tasks: j.counts.total, finished: j.counts.finished, failed, holdings }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|(id, w)| WorkerStatus {
+                id: *id,
+                info: w.info.clone(),
+                assigned: w.assigned,
+                holding: w.holding,
+                retiring: w.retiring,
+            })
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        let mut jobs: Vec<JobStatus> = self
+            .jobs
+            .iter()
+            .map(|(id, j)| JobStatus { id: *id, name: j.spec_name.clone(), counts: j.counts })
+            .collect();
+        jobs.sort_by_key(|j| j.id);
+        ClusterStatus { workers, jobs }
+    }
+
+    /// Hands ready tasks to workers with room, preferring the worker that holds the most input bytes.
+    fn schedule(&mut self) {
+        if self.ready.is_empty() || self.workers.is_empty() {
+            return;
+        }
+        let depth = if self.mean_duration_us < SHORT_TASK_US { DEPTH_SHORT } else { DEPTH_LONG };
+        let mut room: Vec<(WorkerId, u32)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.retiring)
+            .map(|(id, w)| (*id, (u32::from(w.info.slots) * depth).saturating_sub(w.used)))
+            .filter(|(_, r)| *r > 0)
+            .collect();
+        room.sort();
+        let mut batches: HashMap<WorkerId, Vec<Assignment>> = HashMap::new();
+        let mut next = 0usize;
+        let mut skipped = VecDeque::new();
+        while !room.is_empty() {
+            let Some(id) = self.ready.pop_front() else { break };
+            let Some(t) = self.task(id) else { continue };
+            if t.state != State::Ready {
+                continue;
+            }
+            if !t.deps.iter().all(|d| self.available(*d)) {
+                self.refresh(id);
+                continue;
+            }
+            let cpus = u32::from(t.cpus);
+            // Locality first: the worker holding the most bytes of the inputs.
+            let mut best: Option<usize> = None;
+            if !t.deps.is_empty() {
+                let mut best_bytes = 0u64;
+                for (k, (w, r)) in room.iter().enumerate() {
+                    if *r < cpus {
+                        continue;
+                    }
+                    let bytes: u64 = t
+                        .deps
+                        .iter()
+                        .filter_map(|d| self.task(*d))
+                        .filter(|dt| dt.worker == Some(*w))
+                        .map(|dt| dt.size.max(1))
+                        .sum();
+                    if best.is_none() || bytes > best_bytes {
+                        best = Some(k);
+                        best_bytes = bytes;
+                    }
+                }
+            }
+            let slot = best.or_else(|| {
+                (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| room[k].1 >= cpus)
+            });
+            let Some(k) = slot else {
+                // No worker has room for this many CPUs now; keep it for later.
+                skipped.push_back(id);
+                if skipped.len() > 64 {
+                    break;
+                }
+                continue;
+            };
+            next = k + 1;
+            let w = room[k].0;
+            room[k].1 -= cpus;
+            if room[k].1 == 0 {
+                room.swap_remove(k);
+            }
+            let assignment = self.assign(id, w);
+            batches.entry(w).or_default().push(assignment);
+        }
+        while let Some(id) = skipped.pop_back() {
+            self.ready.push_front(id);
+        }
+        let mut batches: Vec<_> = batches.into_iter().collect();
+        batches.sort_by_key(|(w, _)| *w);
+        for (w, list) in batches {
+            let worker = self.workers.get_mut(&w).expect("worker with room exists");
+            let conn = worker.conn;
+            let mut jobs: Vec<JobId> = list
+                .iter()
+                .filter(|a| matches!(a.work, Work::Command { .. }))
+                .map(|a| a.id.job)
+                .filter(|j| !worker.commands.contains(j))
+                .collect();
+            jobs.dedup();
+            for j in jobs {
+                worker.commands.push(j);
+                let spec = self.jobs[&j].command.clone().expect("command tasks have a command");
+                self.commands.push(Command::ToWorker(conn, ToWorker::Command(j, spec)));
+            }
+            self.commands.push(Command::ToWorker(conn, ToWorker::Compute(list)));
+        }
+    }
+
+    fn assign(&mut self, id: TaskId, w: WorkerId) -> Assignment {
+        let job = &self.jobs[&id.job];
+        let t = &job.tasks[id.index as usize];
+        let work = match &t.body {
+            TaskBody::Function { func, args } => {
+                Work::Function { name: job.functions[*func as usize].clone(), args: args.clone() }
+            }
+            TaskBody::Command => Work::Command { array_id: job.array_id(id.index) },
+        };
+        let inputs = t
+            .deps
+            .iter()
+            // Checked by `schedule`; a command task's empty result is "held" by worker 0.
+            .map(|d| (*d, self.task(*d).and_then(|dt| dt.worker).unwrap_or(WorkerId(0))))
+            .collect();
+        let cpus = t.cpus;
+        let worker = self.workers.get_mut(&w).expect("exists");
+        worker.used += u32::from(cpus);
+        worker.assigned += 1;
+        self.task_mut(id).expect("exists").worker = Some(w);
+        self.set_state(id, State::Assigned);
+        Assignment { id, work, inputs, cpus }
+    }
+
+    fn set_state(&mut self, id: TaskId, to: State) {
+        let job = self.jobs.get_mut(&id.job).expect("task's job exists");
+        let t = &mut job.tasks[id.index as usize];
+        let from = std::mem::replace(&mut t.state, to);
+        *count_of(&mut job.counts, from) -= 1;
+        *count_of(&mut job.counts, to) += 1;
+    }
+
+    fn task(&self, id: TaskId) -> Option<&Task> {
+        self.jobs.get(&id.job)?.tasks.get(id.index as usize)
+    }
+
+    fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
+        self.jobs.get_mut(&id.job)?.tasks.get_mut(id.index as usize)
+    }
+}
+
+fn count_of(c: &mut Counts, state: State) -> &mut u32 {
+    match state {
+        State::Waiting | State::Ready => &mut c.waiting,
+        State::Assigned => &mut c.running,
+        State::Finished => &mut c.finished,
+        State::Failed => &mut c.failed,
+    }
+}
+
+fn new_task(body: TaskBody, deps: Box<[TaskId]>, keep: bool, cpus: u16) -> Task {
+    Task {
+        state: State::Waiting,
+        attempts: 0,
+        keep,
+        cpus,
+        unfinished: 0,
+        worker: None,
+        size: 0,
+        body,
+        deps,
+        dependents: Vec::new(),
+    }
+}
+
+fn discriminant_name(msg: &ToScheduler) -> &'static str {
+    match msg {
+        ToScheduler::RegisterWorker(_) => "RegisterWorker",
+        ToScheduler::RegisterClient => "RegisterClient",
+        ToScheduler::Heartbeat => "Heartbeat",
+        ToScheduler::Finished(_) => "Finished",
+        ToScheduler::Failed(..) => "Failed",
+        ToScheduler::InputMissing(..) => "InputMissing",
+        ToScheduler::Retire => "Retire",
+        ToScheduler::Request { .. } => "Request",
+    }
+}

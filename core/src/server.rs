@@ -1,0 +1,205 @@
+//! The tokio driver of the scheduler.
+//!
+//! One task owns the [`Scheduler`] and feeds it events from a channel; every
+//! connection has a reader task (frames → events) and a writer task (commands →
+//! frames). Connections are authenticated before the scheduler hears of them:
+//! a peer without the secret is logged and dropped, and the scheduler's state
+//! never changes because of it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdask_transport::auth::{self, Secret};
+use rdask_transport::{Address, Frame, Listener};
+use tokio::sync::{mpsc, watch};
+
+use crate::protocol::{self, ToScheduler};
+use crate::scheduler::{Command, Config, ConnId, Event, Scheduler};
+
+enum Internal {
+    Connected(ConnId, mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle),
+    Message(ConnId, ToScheduler),
+    Closed(ConnId, String),
+}
+
+/// A running scheduler.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// Where it listens.
+    pub address: Address,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops the scheduler without telling workers (they exit after their death timeout).
+    pub fn abort(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the scheduler has exited (after a client's shutdown request, or [`ServerHandle::abort`]).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Whether it has exited.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Starts a scheduler on `listener`.
+pub fn spawn(listener: Box<dyn Listener>, secret: Secret, config: Config) -> ServerHandle {
+    let address = listener.local_addr();
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run(listener, secret, config, stop_rx));
+    ServerHandle { address, stop, task }
+}
+
+/// Binds `addr` and starts a scheduler there.
+pub async fn bind(addr: &Address, secret: Secret, config: Config) -> std::io::Result<ServerHandle> {
+    let listener = rdask_transport::listen(addr).await?;
+    Ok(spawn(listener, secret, config))
+}
+
+async fn run(mut listener: Box<dyn Listener>, secret: Secret, config: Config, mut stop: watch::Receiver<bool>) {
+    let (events, mut rx) = mpsc::unbounded_channel::<Internal>();
+    let mut sched = Scheduler::new(config);
+    let mut writers: HashMap<ConnId, (mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle)> = HashMap::new();
+    let mut next_conn: ConnId = 1;
+    let mut exiting = false;
+    while !exiting {
+        let deadline = sched.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok(conn) => {
+                        let id = next_conn;
+                        next_conn += 1;
+                        tokio::spawn(connection(id, conn, secret.clone(), events.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                continue;
+            }
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                let now = Instant::now();
+                handle(&mut sched, &mut writers, now, ev);
+                // Take what else is queued before acting: fewer, larger batches.
+                let mut n = 0;
+                while let Ok(ev) = rx.try_recv() {
+                    handle(&mut sched, &mut writers, now, ev);
+                    n += 1;
+                    if n > 1024 {
+                        break;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                sched.handle(Instant::now(), Event::Tick);
+            }
+            _ = stop.changed() => break,
+        }
+        for cmd in sched.take_commands() {
+            match cmd {
+                Command::ToWorker(c, msg) => send(&writers, c, protocol::frame(&msg)),
+                Command::ToClient(c, msg) => send(&writers, c, protocol::frame(&msg)),
+                Command::Close(c) => {
+                    if let Some((_, reader)) = writers.remove(&c) {
+                        reader.abort();
+                    }
+                }
+                Command::Exit => exiting = true,
+            }
+        }
+    }
+    // Dropping the senders lets each writer flush what it has and close its socket.
+    drop(writers);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tracing::info!("scheduler stopped");
+}
+
+fn handle(
+    sched: &mut Scheduler,
+    writers: &mut HashMap<ConnId, (mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle)>,
+    now: Instant,
+    ev: Internal,
+) {
+    match ev {
+        Internal::Connected(c, tx, reader) => {
+            writers.insert(c, (tx, reader));
+            sched.handle(now, Event::Connected(c));
+        }
+        Internal::Message(c, msg) => sched.handle(now, Event::Message(c, msg)),
+        Internal::Closed(c, reason) => {
+            writers.remove(&c);
+            sched.handle(now, Event::Disconnected(c, reason));
+        }
+    }
+}
+
+fn send(writers: &HashMap<ConnId, (mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle)>, c: ConnId, f: Frame) {
+    if let Some((tx, _)) = writers.get(&c) {
+        let _ = tx.send(f);
+    }
+}
+
+async fn connection(id: ConnId, mut conn: rdask_transport::Connection, secret: Secret, events: mpsc::UnboundedSender<Internal>) {
+    let peer = conn.peer.clone();
+    match tokio::time::timeout(Duration::from_secs(10), auth::accept(&mut conn, &secret)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "refused connection: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "refused connection: no handshake within 10 s");
+            return;
+        }
+    }
+    let rdask_transport::Connection { tx, mut rx, .. } = conn;
+    let (out, out_rx) = mpsc::unbounded_channel();
+    tokio::spawn(rdask_transport::pump(tx, out_rx));
+    // The reader starts only once the driver knows the connection, so no message overtakes `Connected`.
+    let (go, started) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn({
+        let events = events.clone();
+        let peer = peer.clone();
+        async move {
+            if started.await.is_err() {
+                return;
+            }
+            loop {
+                let reason = match rx.recv().await {
+                    Ok(Some(f)) => match protocol::decode::<ToScheduler>(&f.header) {
+                        Ok(msg) => {
+                            if events.send(Internal::Message(id, msg)).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, "dropping connection: {e}");
+                            format!("sent an undecodable message ({e})")
+                        }
+                    },
+                    Ok(None) => "closed its connection".to_string(),
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            tracing::warn!(%peer, "dropping connection: {e}");
+                        }
+                        format!("connection broke ({e})")
+                    }
+                };
+                let _ = events.send(Internal::Closed(id, reason));
+                return;
+            }
+        }
+    });
+    let _ = events.send(Internal::Connected(id, out, reader.abort_handle()));
+    let _ = go.send(());
+}

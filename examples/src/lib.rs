@@ -1,0 +1,3 @@
+//! Shared code of the rdask examples.
+
+pub mod deconv;
