@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
-    self, ClusterStatus, CommandSpec, Counts, JobId, JobOutcome, JobSpec, JobTasks, Reply, Request, TaskBody, TaskError,
-    TaskId, TaskRef, TaskSpec, ToClient, ToScheduler,
+    self, ClusterStatus, CommandSpec, Counts, JobId, JobOutcome, JobSpec, JobTasks, Reply, Request, TaskBody,
+    TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler,
 };
 use crate::worker::FetchPool;
 
@@ -253,7 +253,13 @@ impl Client {
     }
 
     /// Submits an array of command tasks.
-    pub async fn submit_array(&self, name: &str, command: CommandSpec, ranges: Vec<(u32, u32)>, cpus: u16) -> Result<JobId, ClientError> {
+    pub async fn submit_array(
+        &self,
+        name: &str,
+        command: CommandSpec,
+        ranges: Vec<(u32, u32)>,
+        cpus: u16,
+    ) -> Result<JobId, ClientError> {
         let spec = JobSpec {
             name: name.to_string(),
             functions: Vec::new(),
@@ -321,9 +327,11 @@ impl Client {
             let ids: Vec<TaskId> =
                 h.tasks.iter().filter(|i| want.contains_key(i)).map(|&index| TaskId { job: job.id, index }).collect();
             for chunk in ids.chunks(65536) {
-                let got = self.pool.fetch(&self.secret, &h.address, chunk).await.map_err(|detail| {
-                    ClientError::Result { task: chunk[0], detail }
-                })?;
+                let got = self
+                    .pool
+                    .fetch(&self.secret, &h.address, chunk)
+                    .await
+                    .map_err(|detail| ClientError::Result { task: chunk[0], detail })?;
                 for (id, b) in got {
                     out[want[&id.index]] = Some(b);
                 }
@@ -334,7 +342,9 @@ impl Client {
             .map(|(b, h)| {
                 b.ok_or_else(|| ClientError::Result {
                     task: TaskId { job: job.id, index: h.0 },
-                    detail: "no worker holds it (was it kept? results of tasks that others depend on need `Graph::keep`)".into(),
+                    detail:
+                        "no worker holds it (was it kept? results of tasks that others depend on need `Graph::keep`)"
+                            .into(),
                 })
             })
             .collect()

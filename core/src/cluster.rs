@@ -23,7 +23,9 @@ pub struct ClusterInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum InfoError {
     /// No scheduler file: the cluster is not running (or another state directory was meant).
-    #[error("no scheduler file at {0}: is the cluster up? (start it with `rdask-jobqueue up`, or set RDASK_HOME / --name)")]
+    #[error(
+        "no scheduler file at {0}: is the cluster up? (start it with `rdask-jobqueue up`, or set RDASK_HOME / --name)"
+    )]
     NotRunning(PathBuf),
     /// The scheduler file is unreadable or corrupt.
     #[error("scheduler file {path} is unreadable: {detail}")]

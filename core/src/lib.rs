@@ -22,9 +22,9 @@ pub mod worker;
 pub use client::{Client, ClientError, Graph, Job, TaskHandle};
 pub use cluster::ClusterInfo;
 pub use local::{worker_main_if_requested, LocalCluster};
-pub use registry::Registry;
 pub use rdask_transport::auth::Secret;
 pub use rdask_transport::Address;
+pub use registry::Registry;
 
 /// Sends `tracing` output to stderr, filtered by `RDASK_LOG` (default `info`).
 pub fn init_logging() {

@@ -148,7 +148,12 @@ fn send(writers: &HashMap<ConnId, (mpsc::UnboundedSender<Frame>, tokio::task::Ab
     }
 }
 
-async fn connection(id: ConnId, mut conn: rdask_transport::Connection, secret: Secret, events: mpsc::UnboundedSender<Internal>) {
+async fn connection(
+    id: ConnId,
+    mut conn: rdask_transport::Connection,
+    secret: Secret,
+    events: mpsc::UnboundedSender<Internal>,
+) {
     let peer = conn.peer.clone();
     match tokio::time::timeout(Duration::from_secs(10), auth::accept(&mut conn, &secret)).await {
         Ok(Ok(())) => {}

@@ -48,7 +48,9 @@ impl WorkerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// The scheduler could not be reached for the whole death timeout.
-    #[error("scheduler unreachable at {addresses} for {secs} s (death timeout); last error: {last}. Is the cluster up?")]
+    #[error(
+        "scheduler unreachable at {addresses} for {secs} s (death timeout); last error: {last}. Is the cluster up?"
+    )]
     DeathTimeout {
         /// The addresses tried.
         addresses: String,
@@ -118,7 +120,11 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
         }
         if lost_since.elapsed() >= config.death_timeout {
             let addresses = config.cluster.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
-            return Err(WorkerError::DeathTimeout { addresses, secs: config.death_timeout.as_secs(), last: last_error });
+            return Err(WorkerError::DeathTimeout {
+                addresses,
+                secs: config.death_timeout.as_secs(),
+                last: last_error,
+            });
         }
         let left = config.death_timeout.saturating_sub(lost_since.elapsed());
         tokio::time::sleep(left.min(Duration::from_millis(500))).await;
@@ -425,7 +431,9 @@ impl Worker {
                         let start = Instant::now();
                         let result = match spec {
                             Some(spec) => run_command(&spec, id, array_id, &children).await,
-                            None => Err(TaskError { kind: ErrorKind::Spawn, message: "no command for this job".into() }),
+                            None => {
+                                Err(TaskError { kind: ErrorKind::Spawn, message: "no command for this job".into() })
+                            }
                         };
                         let _ = done.send(Done::Task { id, cpus, result, duration: start.elapsed(), keep: false });
                     });
@@ -649,7 +657,11 @@ impl FetchPool {
     }
 }
 
-async fn fetch_all(pool: &FetchPool, secret: &Secret, remote: &[(TaskId, String)]) -> Result<Vec<(TaskId, Bytes)>, TaskId> {
+async fn fetch_all(
+    pool: &FetchPool,
+    secret: &Secret,
+    remote: &[(TaskId, String)],
+) -> Result<Vec<(TaskId, Bytes)>, TaskId> {
     let mut by_addr: HashMap<&str, Vec<TaskId>> = HashMap::new();
     for (id, addr) in remote {
         if addr.is_empty() {

@@ -114,9 +114,10 @@ impl Connection {
 
     /// Receives one frame; a clean close is an [`io::ErrorKind::UnexpectedEof`] error.
     pub async fn recv_some(&mut self) -> io::Result<Frame> {
-        self.rx.recv().await?.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, format!("{} closed the connection", self.peer))
-        })
+        self.rx
+            .recv()
+            .await?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, format!("{} closed the connection", self.peer)))
     }
 }
 

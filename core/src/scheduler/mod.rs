@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{
     Assignment, ClusterStatus, Counts, ErrorKind, Finished, Holding, JobId, JobOutcome, JobSpec, JobStatus, JobTasks,
-    Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, ToScheduler, ToWorker, WorkerId, WorkerInfo,
-    WorkerStatus, Work,
+    Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, ToScheduler, ToWorker, Work, WorkerId, WorkerInfo,
+    WorkerStatus,
 };
 
 #[cfg(test)]
@@ -594,9 +594,8 @@ impl Scheduler {
 
     /// Whether a task's result can be had now (a command task's empty result always can).
     fn available(&self, id: TaskId) -> bool {
-        self.task(id).is_some_and(|t| {
-            t.state == State::Finished && (t.worker.is_some() || matches!(t.body, TaskBody::Command))
-        })
+        self.task(id)
+            .is_some_and(|t| t.state == State::Finished && (t.worker.is_some() || matches!(t.body, TaskBody::Command)))
     }
 
     fn on_request(&mut self, conn: ConnId, req: u64, body: Request) {
@@ -919,9 +918,7 @@ impl Scheduler {
                     }
                 }
             }
-            let slot = best.or_else(|| {
-                (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| room[k].1 >= cpus)
-            });
+            let slot = best.or_else(|| (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| room[k].1 >= cpus));
             let Some(k) = slot else {
                 // No worker has room for this many CPUs now; keep it for later.
                 skipped.push_back(id);

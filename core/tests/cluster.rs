@@ -1,0 +1,211 @@
+//! End-to-end tests of a local cluster: a real scheduler, real worker processes, TCP.
+//!
+//! The workers are this test binary started again with `RDASK_ROLE=worker`, so the
+//! harness is our own (`harness = false`): `main` must turn into a worker first.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use rdask::protocol::{CommandSpec, ErrorKind};
+use rdask::{Client, ClusterInfo, Graph, LocalCluster, Registry};
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register("inc", |x: u64| x + 1);
+    r.register_with_inputs("sum", |_: (), xs: Vec<u64>| xs.iter().sum::<u64>());
+    r.register("sleep_ms", |ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    });
+    r.register_with_inputs("slow_sum", |ms: u64, xs: Vec<u64>| {
+        std::thread::sleep(Duration::from_millis(ms));
+        xs.iter().sum::<u64>()
+    });
+    r.register("boom", |msg: String| -> u64 { panic!("{msg}") });
+    r
+}
+
+type TestFn = fn() -> Pin<Box<dyn Future<Output = ()>>>;
+
+fn main() {
+    let registry = registry();
+    rdask::worker_main_if_requested(&registry);
+    let filter: Option<String> = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let tests: Vec<(&str, TestFn)> = vec![
+        ("graph_of_10k_tasks_gives_the_right_sum", || Box::pin(graph_of_10k_tasks())),
+        ("killed_worker_mid_graph_still_completes", || Box::pin(killed_worker_mid_graph())),
+        ("panic_reaches_the_client_with_its_text", || Box::pin(panic_reaches_client())),
+        ("command_array_of_1000_exit_codes_and_outputs", || Box::pin(command_array_1000())),
+        ("missing_executable_is_a_clear_task_error", || Box::pin(missing_executable())),
+        ("client_without_the_secret_is_refused", || Box::pin(wrong_secret_refused())),
+        ("garbage_frames_do_not_harm_the_scheduler", || Box::pin(garbage_frames())),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, f) in tests {
+        if filter.as_deref().is_some_and(|p| !name.contains(p)) {
+            continue;
+        }
+        let start = Instant::now();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(f())));
+        drop(rt);
+        match r {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1} s)", start.elapsed().as_secs_f64());
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+/// A graph of 10,000 `inc` tasks reduced by a tree of `sum` tasks.
+async fn graph_of_10k_tasks() {
+    let cluster = LocalCluster::start(2, 2).await.unwrap();
+    let client = cluster.client(2).await.unwrap();
+    let mut g = Graph::new();
+    let leaves: Vec<_> = (0..10_000u64).map(|i| g.call("inc", &i)).collect();
+    let mut level = leaves;
+    while level.len() > 1 {
+        level = level.chunks(10).map(|c| g.call_with("sum", &(), c)).collect();
+    }
+    assert!(g.len() > 11_000);
+    let job = client.submit(g).await.unwrap();
+    let out: Vec<u64> = client.gather(&job, &level).await.unwrap();
+    assert_eq!(out, vec![(1..=10_000u64).sum::<u64>()]);
+    cluster.shutdown().await;
+}
+
+/// SIGKILL one of two workers while a graph runs: the graph still completes correctly.
+async fn killed_worker_mid_graph() {
+    let mut cluster = LocalCluster::start(2, 1).await.unwrap();
+    let client = cluster.client(2).await.unwrap();
+    let mut g = Graph::new();
+    let mut leaves = Vec::new();
+    for i in 0..40u64 {
+        let leaf = g.call("inc", &i);
+        leaves.push(g.call_with("slow_sum", &20u64, &[leaf]));
+    }
+    let total = g.call_with("sum", &(), &leaves);
+    let job = client.submit(g).await.unwrap();
+    // Let both workers hold results and run tasks, then kill one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim = cluster.worker_pids()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    cluster.add_worker(1).unwrap();
+    let out: Vec<u64> = client.gather(&job, &[total]).await.unwrap();
+    assert_eq!(out, vec![(1..=40u64).sum::<u64>()]);
+    cluster.shutdown().await;
+}
+
+async fn panic_reaches_client() {
+    let cluster = LocalCluster::start(1, 1).await.unwrap();
+    let client = cluster.client(1).await.unwrap();
+    let mut g = Graph::new();
+    let bad = g.call("boom", "the sky fell");
+    let after = g.call_with("sum", &(), &[bad]);
+    let job = client.submit(g).await.unwrap();
+    let err = client.gather::<u64>(&job, &[after]).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("the sky fell"), "{text}");
+    match err {
+        rdask::ClientError::TaskFailed { error, .. } => assert!(matches!(error.kind, ErrorKind::DependencyFailed(_))),
+        other => panic!("unexpected {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+async fn command_array_1000() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(2, 2).await.unwrap();
+    let client = cluster.client(2).await.unwrap();
+    let out = dir.path().join("out");
+    let spec = CommandSpec {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo task-%{TASK_ID} $RDASK_TASK_ID; exit $((RDASK_TASK_ID % 7 == 0 ? 3 : 0))".into(),
+        ],
+        env: vec![],
+        cwd: None,
+        stdout: Some(format!("{}/%{{TASK_ID}}.out", out.display())),
+        stderr: None,
+    };
+    let job = client.submit_array("array", spec, vec![(1, 1000)], 1).await.unwrap();
+    let outcome = client.wait(job).await.unwrap();
+    assert_eq!(outcome.tasks, 1000);
+    let failed: Vec<u32> = outcome.failed.iter().map(|(i, _)| i + 1).collect();
+    let expected: Vec<u32> = (1..=1000).filter(|i| i % 7 == 0).collect();
+    assert_eq!(failed, expected);
+    assert!(outcome.failed.iter().all(|(_, e)| e.kind == ErrorKind::ExitCode(3)));
+    assert_eq!(outcome.finished as usize, 1000 - expected.len());
+    for i in 1..=1000 {
+        let text = std::fs::read_to_string(out.join(format!("{i}.out"))).unwrap();
+        assert_eq!(text, format!("task-{i} {i}\n"));
+    }
+    cluster.shutdown().await;
+}
+
+async fn missing_executable() {
+    let cluster = LocalCluster::start(1, 1).await.unwrap();
+    let client = cluster.client(1).await.unwrap();
+    let spec =
+        CommandSpec { argv: vec!["/no/such/program".into()], env: vec![], cwd: None, stdout: None, stderr: None };
+    let job = client.submit_array("missing", spec, vec![(0, 0)], 1).await.unwrap();
+    let outcome = client.wait(job).await.unwrap();
+    assert_eq!(outcome.failed.len(), 1);
+    let e = &outcome.failed[0].1;
+    assert_eq!(e.kind, ErrorKind::Spawn);
+    assert!(e.message.contains("/no/such/program"), "{}", e.message);
+    cluster.shutdown().await;
+}
+
+async fn wrong_secret_refused() {
+    let cluster = LocalCluster::start(1, 1).await.unwrap();
+    let client = cluster.client(1).await.unwrap();
+    let intruder = ClusterInfo { addresses: cluster.info().addresses.clone(), secret: rdask::Secret::generate() };
+    let err = Client::connect(&intruder).await.unwrap_err();
+    assert!(err.to_string().contains("secret"), "{err}");
+    // The cluster still works, and still has exactly its one worker.
+    let mut g = Graph::new();
+    let t = g.call("inc", &41u64);
+    let job = client.submit(g).await.unwrap();
+    assert_eq!(client.gather::<u64>(&job, &[t]).await.unwrap(), vec![42]);
+    assert_eq!(client.status().await.unwrap().workers.len(), 1);
+    cluster.shutdown().await;
+}
+
+async fn garbage_frames() {
+    use tokio::io::AsyncWriteExt;
+    let cluster = LocalCluster::start(1, 1).await.unwrap();
+    let client = cluster.client(1).await.unwrap();
+    let addr = cluster.info().addresses[0].host_port.clone();
+    // Not even a handshake: random bytes, a huge length prefix, a truncated frame.
+    for junk in [
+        vec![0xffu8; 64],
+        vec![0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = s.write_all(&junk).await;
+        drop(s);
+    }
+    // An authenticated peer that then sends undecodable messages is dropped.
+    let mut conn = rdask_transport::connect(&cluster.info().addresses[0]).await.unwrap();
+    rdask_transport::auth::connect(&mut conn, &cluster.info().secret).await.unwrap();
+    conn.send_now(rdask_transport::Frame::new(vec![0xff; 32])).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.rx.recv()).await.unwrap();
+    assert!(matches!(closed, Ok(None) | Err(_)), "the scheduler should drop the connection");
+    let mut g = Graph::new();
+    let t = g.call("inc", &1u64);
+    let job = client.submit(g).await.unwrap();
+    assert_eq!(client.gather::<u64>(&job, &[t]).await.unwrap(), vec![2]);
+    assert_eq!(client.status().await.unwrap().workers.len(), 1);
+    cluster.shutdown().await;
+}
