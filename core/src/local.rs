@@ -102,6 +102,8 @@ impl LocalCluster {
             .env("RDASK_SECRET", self.info.secret.to_hex())
             .env("RDASK_SLOTS", slots.to_string())
             .env("RDASK_DEATH_TIMEOUT", "10")
+            // Workers of an in-program cluster speak up only about problems, unless asked.
+            .env("RDASK_LOG", std::env::var("RDASK_LOG").unwrap_or_else(|_| "warn".into()))
             .spawn()?;
         let pid = child.id();
         self.workers.push(child);

@@ -295,7 +295,7 @@ pub struct JobOutcome {
     pub tasks: u32,
     /// Tasks that produced a result.
     pub finished: u32,
-    /// Tasks that failed, by index, with why (exit codes included).
+    /// Tasks that failed, with why (exit codes included): by array index for arrays, else by task index.
     pub failed: Vec<(u32, TaskError)>,
     /// Where kept results are.
     pub holdings: Vec<Holding>,

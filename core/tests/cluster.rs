@@ -140,7 +140,7 @@ async fn command_array_1000() {
     let job = client.submit_array("array", spec, vec![(1, 1000)], 1).await.unwrap();
     let outcome = client.wait(job).await.unwrap();
     assert_eq!(outcome.tasks, 1000);
-    let failed: Vec<u32> = outcome.failed.iter().map(|(i, _)| i + 1).collect();
+    let failed: Vec<u32> = outcome.failed.iter().map(|(i, _)| *i).collect();
     let expected: Vec<u32> = (1..=1000).filter(|i| i % 7 == 0).collect();
     assert_eq!(failed, expected);
     assert!(outcome.failed.iter().all(|(_, e)| e.kind == ErrorKind::ExitCode(3)));

@@ -842,7 +842,8 @@ impl Scheduler {
             })
             .collect();
         holdings.sort_by_key(|h| h.worker);
-        let mut failed = j.errors.clone();
+        // Arrays report their own indices (RDASK_TASK_ID); graphs report task indices.
+        let mut failed: Vec<_> = j.errors.iter().map(|(i, e)| (j.array_id(*i), e.clone())).collect();
         failed.sort_by_key(|(i, _)| *i);
         JobOutcome { job, tasks: j.counts.total, finished: j.counts.finished, failed, holdings }
     }

@@ -1,0 +1,206 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run a Dask-style task cluster on this machine or on an HPC batch system.
+///
+/// A cluster is a scheduler and its workers. `up` starts one (on this machine by
+/// default), `submit` gives it commands to run, `wait` follows them, `status`
+/// shows workers and jobs, and `down` stops everything the cluster started.
+///
+/// Quick start:
+///
+///   rdask-jobqueue up --workers 2
+///   rdask-jobqueue submit --array 1-100 -- sh -c 'echo hello from task $RDASK_TASK_ID'
+///   rdask-jobqueue wait
+///   rdask-jobqueue down
+#[derive(Debug, Parser)]
+#[command(name = "rdask-jobqueue", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// The cluster's name; each cluster has its own state directory.
+    #[arg(long, global = true, env = "RDASK_CLUSTER", default_value = "default")]
+    pub name: String,
+    /// Where state directories live [default: ~/.rdask].
+    #[arg(long, global = true, env = "RDASK_HOME")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Start a cluster in the background and wait until its workers have joined.
+    Up(UpArgs),
+    /// Submit a command, or an array of commands (`--array 1-1000`), to the cluster.
+    Submit(SubmitArgs),
+    /// Wait for a job to finish, with a progress bar; exits 1 if any task failed.
+    Wait(WaitArgs),
+    /// Show the cluster's workers and jobs.
+    Status(StatusArgs),
+    /// Stop the cluster: workers, scheduler, and anything left by a crash.
+    Down(DownArgs),
+    /// Run the scheduler in the foreground (what `up` starts in the background).
+    Scheduler(SchedulerArgs),
+    /// Run a worker in the foreground (for command tasks; function tasks need your own program).
+    Worker(WorkerArgs),
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputMode {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
+}
+
+/// Options of `up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+    /// Seconds to wait for the workers to join before giving up.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Options of the scheduler (shared by `up` and `scheduler`).
+#[derive(Clone, Debug, Args)]
+pub struct SchedulerArgs {
+    /// Where workers run: `local` (this machine; the default).
+    #[arg(long, default_value = "local", value_parser = ["local"])]
+    pub backend: String,
+    /// Number of workers to start.
+    #[arg(long, short = 'w', default_value_t = 2)]
+    pub workers: usize,
+    /// Task slots (CPUs) per worker.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub slots: u16,
+    /// Address to listen on; 0.0.0.0 listens everywhere and gives workers every local address to try.
+    #[arg(long, default_value = "0.0.0.0", conflicts_with = "interface")]
+    pub host: String,
+    /// Network interface to listen on (e.g. ib0): its address is the one workers use.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Program the workers run: your program, for function tasks [default: rdask-jobqueue].
+    #[arg(long)]
+    pub worker_program: Option<PathBuf>,
+    /// Workers exit when the scheduler has been unreachable this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub death_timeout: u64,
+    /// Heartbeat interval in milliseconds; a worker silent for 10 intervals is lost.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub heartbeat_ms: u64,
+}
+
+impl SchedulerArgs {
+    /// The same options as command-line arguments (for `up` starting `scheduler`).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--backend".into(),
+            self.backend.clone(),
+            "--workers".into(),
+            self.workers.to_string(),
+            "--slots".into(),
+            self.slots.to_string(),
+            "--port".into(),
+            self.port.to_string(),
+            "--death-timeout".into(),
+            self.death_timeout.to_string(),
+            "--heartbeat-ms".into(),
+            self.heartbeat_ms.to_string(),
+        ];
+        match &self.interface {
+            Some(i) => v.extend(["--interface".into(), i.clone()]),
+            None => v.extend(["--host".into(), self.host.clone()]),
+        }
+        if let Some(p) = &self.worker_program {
+            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            v.extend(["--worker-program".into(), abs.display().to_string()]);
+        }
+        v
+    }
+}
+
+/// Options of `worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Scheduler address(es), comma-separated [default: from the cluster's state directory].
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// File holding the cluster's secret [default: the state directory's].
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Task slots (CPUs) [default: all CPUs].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub slots: Option<u16>,
+    /// Exit when the scheduler has been unreachable this many seconds [default: 60].
+    #[arg(long)]
+    pub death_timeout: Option<u64>,
+}
+
+/// Options of `submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Run one task per index: ranges and single indices, e.g. 1-1000 or 1,3,10-20.
+    /// Each task sees its index as RDASK_TASK_ID, and %{TASK_ID} in the command,
+    /// --stdout, --stderr and --cwd is replaced by it.
+    #[arg(long)]
+    pub array: Option<String>,
+    /// CPUs (worker slots) each task occupies.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub cpus: u16,
+    /// File for each task's standard output, or `none` [default: <state>/jobs/%{JOB_ID}/%{TASK_ID}.out].
+    #[arg(long)]
+    pub stdout: Option<String>,
+    /// File for each task's standard error, or `none` [default: <state>/jobs/%{JOB_ID}/%{TASK_ID}.err].
+    #[arg(long)]
+    pub stderr: Option<String>,
+    /// Working directory of the tasks [default: the current directory].
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// An environment variable for the tasks, NAME=VALUE (repeatable).
+    #[arg(long)]
+    pub env: Vec<String>,
+    /// A name for the job [default: the program's name].
+    #[arg(long)]
+    pub job_name: Option<String>,
+    /// Wait for the job to finish (like `wait`).
+    #[arg(long)]
+    pub wait: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Options of `wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The job [default: the last one submitted].
+    pub job: Option<u32>,
+    /// Output format of the result.
+    #[arg(long, value_enum, default_value_t = OutputMode::Text)]
+    pub output: OutputMode,
+}
+
+/// Options of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputMode::Text)]
+    pub output: OutputMode,
+}
+
+/// Options of `down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Seconds to wait for a clean stop before ending processes by signal.
+    #[arg(long, default_value_t = 15)]
+    pub timeout: u64,
+}

@@ -1,0 +1,79 @@
+//! The local backend: worker processes on this machine, no batch system.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::state::StateDir;
+
+/// Worker processes started by the scheduler on its own machine.
+#[derive(Debug)]
+pub struct LocalBackend {
+    /// The program to start (`rdask-jobqueue` itself, or the user's program for function tasks).
+    pub program: PathBuf,
+    /// Arguments before the worker role takes over (`worker` for rdask-jobqueue).
+    pub args: Vec<String>,
+    /// Slots per worker.
+    pub slots: u16,
+    /// Death timeout given to workers, in seconds.
+    pub death_timeout: u64,
+    children: Vec<Child>,
+}
+
+impl LocalBackend {
+    /// A backend that starts `program args…` with the worker environment.
+    pub fn new(program: PathBuf, args: Vec<String>, slots: u16, death_timeout: u64) -> LocalBackend {
+        LocalBackend { program, args, slots, death_timeout, children: Vec::new() }
+    }
+
+    /// Starts `n` workers that join the cluster in `state`, journalling each pid first thing.
+    pub fn start(&mut self, state: &StateDir, n: usize) -> Result<()> {
+        for _ in 0..n {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(state.file("workers.log"))
+                .context("cannot open workers.log")?;
+            let child = Command::new(&self.program)
+                .args(&self.args)
+                .env(rdask::local::ROLE_VAR, "worker")
+                .env("RDASK_STATE_DIR", &state.path)
+                .env("RDASK_SLOTS", self.slots.to_string())
+                .env("RDASK_DEATH_TIMEOUT", self.death_timeout.to_string())
+                .env_remove("RDASK_SCHEDULER")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start worker program {}", self.program.display()))?;
+            let pid = child.id();
+            let start = crate::state::process_start_time(pid).unwrap_or(0);
+            state.journal("pid", &format!("{pid}:{start}"))?;
+            self.children.push(child);
+        }
+        Ok(())
+    }
+
+    /// Stops every worker: they were told to stop by the scheduler; whoever is left after
+    /// `grace` gets SIGTERM, then SIGKILL.
+    pub fn stop(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for child in &mut self.children {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}

@@ -1,0 +1,102 @@
+//! A cluster's state directory: `$RDASK_HOME/<name>` (default `~/.rdask/<name>`).
+//!
+//! It holds the secret (0600), `scheduler.json` (addresses and pid, while the
+//! scheduler runs), `scheduler.log`, the journal of processes and jobs the
+//! cluster started (`journal`), and command tasks' output (`jobs/`).
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// The state directory of one cluster.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    /// The cluster's name.
+    pub name: String,
+    /// Its directory.
+    pub path: PathBuf,
+}
+
+impl StateDir {
+    /// The directory of cluster `name` under `home` (or `$RDASK_HOME`, or `~/.rdask`).
+    pub fn locate(home: Option<&Path>, name: &str) -> Result<StateDir> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            bail!("invalid cluster name `{name}`: use letters, digits, `-` and `_` (e.g. --name mycluster)");
+        }
+        let home = match home {
+            Some(h) => h.to_path_buf(),
+            None => match std::env::var_os("HOME") {
+                Some(h) => PathBuf::from(h).join(".rdask"),
+                None => bail!("neither RDASK_HOME nor HOME is set: set RDASK_HOME to a directory for cluster state"),
+            },
+        };
+        Ok(StateDir { name: name.to_string(), path: home.join(name) })
+    }
+
+    /// Creates the directory (owner-only).
+    pub fn create(&self) -> Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.path)
+            .with_context(|| format!("cannot create state directory {}", self.path.display()))
+    }
+
+    /// A file inside the directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Appends a line to the journal (`kind id`), synced to disk before returning:
+    /// whatever the cluster starts is on record before it can be lost.
+    pub fn journal(&self, kind: &str, id: &str) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(self.file("journal"))
+            .context("cannot open the journal")?;
+        writeln!(f, "{kind} {id}")?;
+        f.sync_data()?;
+        Ok(())
+    }
+
+    /// The journal's entries, in order.
+    pub fn journal_entries(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.file("journal"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect()
+    }
+
+    /// Forgets the journal (after everything in it was ended).
+    pub fn clear_journal(&self) {
+        let _ = std::fs::remove_file(self.file("journal"));
+    }
+}
+
+/// Whether process `pid` exists and runs a program whose command line mentions `needle`
+/// (so a recycled pid of another program is never signalled).
+pub fn process_alive(pid: u32, needle: &str) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // A zombie has exited; it is only waiting for its parent.
+            let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmd).contains(needle)
+        }
+        Err(_) => false,
+    }
+}
+
+/// The start time of process `pid` (clock ticks since boot, from `/proc/<pid>/stat`):
+/// with the pid, it identifies a process even after the pid is recycled.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3; starttime is field 22.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
