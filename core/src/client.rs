@@ -69,6 +69,9 @@ pub enum ClientError {
     /// The scheduler answered something unexpected.
     #[error("unexpected reply from the scheduler: {0}")]
     Protocol(String),
+    /// Something did not happen in time.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
@@ -245,7 +248,7 @@ impl Client {
 
     /// Submits a job described directly.
     pub async fn submit_spec(&self, spec: JobSpec) -> Result<JobId, ClientError> {
-        match self.request(Request::Submit(spec)).await? {
+        match self.request(Request::Submit(Box::new(spec))).await? {
             Reply::Submitted(id) => Ok(id),
             Reply::Refused(why) => Err(ClientError::Refused(why)),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
@@ -316,7 +319,24 @@ impl Client {
     }
 
     /// Waits for the job and returns the encoded results of `tasks`, in order.
+    ///
+    /// A result whose worker vanished between the job's end and the fetch is recomputed by
+    /// the scheduler; the gather then waits for it and tries again (a few times).
     pub async fn gather_raw(&self, job: &Job, tasks: &[TaskHandle]) -> Result<Vec<Bytes>, ClientError> {
+        let mut attempt = 0u64;
+        loop {
+            match self.gather_once(job, tasks).await {
+                Err(ClientError::Result { task, detail }) if attempt < 5 && !detail.starts_with("no worker") => {
+                    attempt += 1;
+                    tracing::debug!(%task, "fetch failed ({detail}); waiting for the result to be recomputed");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn gather_once(&self, job: &Job, tasks: &[TaskHandle]) -> Result<Vec<Bytes>, ClientError> {
         let outcome = self.wait(job.id).await?;
         let want: HashMap<u32, usize> = tasks.iter().enumerate().map(|(i, h)| (h.0, i)).collect();
         if let Some((i, e)) = outcome.failed.iter().find(|(i, _)| want.contains_key(i)) {

@@ -50,13 +50,20 @@ pub fn worker_main(registry: Registry) -> i32 {
     if let Some(s) = env_number("RDASK_DEATH_TIMEOUT") {
         config.death_timeout = Duration::from_secs(s);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    match rt.block_on(worker::run(config, Arc::new(registry))) {
-        Ok(()) => 0,
-        Err(e) => {
+    // A thread of its own, so this also works when called inside the program's
+    // runtime (`#[tokio::main]`), where starting another runtime would panic.
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+        let rt = rt.expect("cannot start the tokio runtime");
+        rt.block_on(worker::run(config, Arc::new(registry)))
+    });
+    match worker.join() {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
             eprintln!("rdask worker: {e}");
             1
         }
+        Err(_) => 101,
     }
 }
 
@@ -115,6 +122,19 @@ impl LocalCluster {
         self.workers.iter().map(|c| c.id()).collect()
     }
 
+    /// Waits up to `timeout` for worker process `pid` to exit; its exit status, or `None`.
+    pub fn wait_worker(&mut self, pid: u32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.workers.iter_mut().find(|c| c.id() == pid)?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// How to reach this cluster.
     pub fn info(&self) -> &ClusterInfo {
         &self.info
@@ -126,7 +146,8 @@ impl LocalCluster {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while client.status().await?.workers.len() < n {
             if tokio::time::Instant::now() > deadline {
-                return Err(ClientError::Protocol(format!("fewer than {n} workers registered within 30 s")));
+                let msg = format!("fewer than {n} workers registered within 30 s; their stderr is this program's");
+                return Err(ClientError::Timeout(msg));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

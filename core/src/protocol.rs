@@ -262,7 +262,7 @@ pub enum ToScheduler {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Submit a job; answered with [`Reply::Submitted`].
-    Submit(JobSpec),
+    Submit(Box<JobSpec>),
     /// Answer when the job has ended ([`Reply::JobDone`]).
     Wait(JobId),
     /// Counts of a job's tasks now ([`Reply::Progress`]).
@@ -484,7 +484,7 @@ mod tests {
     fn messages_round_trip() {
         let msg = ToScheduler::Request {
             req: 7,
-            body: Request::Submit(JobSpec {
+            body: Request::Submit(Box::new(JobSpec {
                 name: "j".into(),
                 functions: vec!["inc".into()],
                 command: None,
@@ -496,7 +496,7 @@ mod tests {
                 }]),
                 max_attempts: 3,
                 release_on_disconnect: true,
-            }),
+            })),
         };
         let back: ToScheduler = decode(&encode(&msg)).unwrap();
         assert_eq!(back, msg);

@@ -35,6 +35,7 @@ fn main() {
     let tests: Vec<(&str, TestFn)> = vec![
         ("graph_of_10k_tasks_gives_the_right_sum", || Box::pin(graph_of_10k_tasks())),
         ("killed_worker_mid_graph_still_completes", || Box::pin(killed_worker_mid_graph())),
+        ("sigterm_lets_a_busy_worker_finish_then_exit", || Box::pin(sigterm_graceful())),
         ("panic_reaches_the_client_with_its_text", || Box::pin(panic_reaches_client())),
         ("command_array_of_1000_exit_codes_and_outputs", || Box::pin(command_array_1000())),
         ("missing_executable_is_a_clear_task_error", || Box::pin(missing_executable())),
@@ -207,5 +208,27 @@ async fn garbage_frames() {
     let job = client.submit(g).await.unwrap();
     assert_eq!(client.gather::<u64>(&job, &[t]).await.unwrap(), vec![2]);
     assert_eq!(client.status().await.unwrap().workers.len(), 1);
+    cluster.shutdown().await;
+}
+
+/// SIGTERM to a busy worker: it finishes its task, takes no new one, and exits cleanly.
+async fn sigterm_graceful() {
+    let mut cluster = LocalCluster::start(2, 1).await.unwrap();
+    let client = cluster.client(2).await.unwrap();
+    let mut g = Graph::new();
+    let t = g.call("sleep_ms", &800u64);
+    let job = client.submit(g).await.unwrap();
+    let busy = loop {
+        let s = client.status().await.unwrap();
+        if let Some(w) = s.workers.iter().find(|w| w.assigned > 0) {
+            break w.info.pid;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(busy as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out: Vec<u64> = client.gather(&job, &[t]).await.unwrap();
+    assert_eq!(out, vec![800]);
+    let status = cluster.wait_worker(busy, Duration::from_secs(10)).expect("the worker exits");
+    assert!(status.success(), "a retiring worker exits with 0, got {status:?}");
     cluster.shutdown().await;
 }

@@ -151,6 +151,17 @@ struct Worker {
     commands: Vec<JobId>,
 }
 
+impl Worker {
+    fn slots(&self) -> u32 {
+        u32::from(self.info.slots).max(1)
+    }
+
+    /// The CPUs a task occupies on this worker: one wider than the worker takes all of it.
+    fn charge(&self, cpus: u32) -> u32 {
+        cpus.min(self.slots())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Peer {
     Unknown,
@@ -270,8 +281,11 @@ impl Scheduler {
             }
             (Some(Peer::Client), ToScheduler::Request { req, body }) => self.on_request(conn, req, body),
             (Some(p), other) => {
-                tracing::warn!(conn, ?p, "unexpected message {:?}; closing the connection", discriminant_name(&other));
+                let what = discriminant_name(&other);
+                tracing::warn!(conn, ?p, "unexpected message {what}; closing the connection");
                 self.commands.push(Command::Close(conn));
+                // The driver reports no disconnection for a connection it was told to close.
+                self.on_disconnect(conn, &format!("sent an unexpected {what} message"));
             }
         }
     }
@@ -327,7 +341,7 @@ impl Scheduler {
             self.mean_duration_us = 0.99 * self.mean_duration_us + 0.01 * f64::from(f.duration_us);
             self.set_state(f.id, State::Finished);
             if let Some(worker) = self.workers.get_mut(&w) {
-                worker.used -= cpus;
+                worker.used -= worker.charge(cpus);
                 worker.assigned -= 1;
                 worker.holding += u32::from(holds);
             }
@@ -376,8 +390,7 @@ impl Scheduler {
         if t.state != State::Finished || t.keep || t.worker.is_none() {
             return;
         }
-        let needed = t.dependents.iter().any(|d| self.task(*d).is_some_and(|dt| dt.state != State::Finished));
-        if needed {
+        if self.needed_by_dependents(t) {
             return;
         }
         let holder = t.worker;
@@ -412,14 +425,19 @@ impl Scheduler {
                 // The task's worker is told nothing: it reported the failure, or it is gone.
                 let (holder, cpus) = (task.worker, u32::from(task.cpus));
                 if let Some(w) = holder.and_then(|w| self.workers.get_mut(&w)) {
-                    w.used -= cpus;
+                    w.used -= w.charge(cpus);
                     w.assigned -= 1;
                 }
             }
             let task = self.task_mut(t).expect("exists");
             task.worker = None;
             let dependents = task.dependents.clone();
+            let deps = task.deps.clone();
             self.set_state(t, State::Failed);
+            // Its inputs may be needed by nobody now.
+            for dep in deps.iter() {
+                self.maybe_release(*dep);
+            }
             let job = self.jobs.get_mut(&t.job).expect("task's job exists");
             job.errors.push((t.index, err.clone()));
             if job.done() {
@@ -445,7 +463,7 @@ impl Scheduler {
         tracing::info!(task = %id, input = %input, worker = %w, "input missing; recomputing it");
         let cpus = u32::from(task.cpus);
         if let Some(worker) = self.workers.get_mut(&w) {
-            worker.used -= cpus;
+            worker.used -= worker.charge(cpus);
             worker.assigned -= 1;
         }
         self.task_mut(id).expect("exists").worker = None;
@@ -474,8 +492,12 @@ impl Scheduler {
 
     fn on_tick(&mut self, now: Instant) {
         let timeout = self.config.heartbeat_timeout;
-        let dead: Vec<WorkerId> =
-            self.workers.iter().filter(|(_, w)| now.duration_since(w.last_seen) > timeout).map(|(id, _)| *id).collect();
+        let dead: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.last_seen) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
         for w in dead {
             let conn = self.workers[&w].conn;
             self.conns.remove(&conn);
@@ -523,8 +545,10 @@ impl Scheduler {
                 self.refresh(id);
             }
         }
+        // Failures above may have ended and released jobs: their tasks are gone, and so is the need.
+        lost.retain(|id| self.task(*id).is_some());
         for id in &lost {
-            self.task_mut(*id).expect("exists").worker = None;
+            self.task_mut(*id).expect("kept above").worker = None;
         }
         self.lose_results(&lost);
     }
@@ -543,8 +567,7 @@ impl Scheduler {
                 }
             }
             let t = self.task(id).expect("exists");
-            let wanted = t.keep && !self.jobs[&id.job].release_when_done
-                || t.dependents.iter().any(|d| self.task(*d).is_some_and(|dt| dt.state != State::Finished));
+            let wanted = t.keep && !self.jobs[&id.job].release_when_done || self.needed_by_dependents(t);
             if wanted {
                 needed.push(id);
             }
@@ -592,6 +615,13 @@ impl Scheduler {
         }
     }
 
+    /// Whether a dependent still has to run (finished and failed ones need nothing more).
+    fn needed_by_dependents(&self, t: &Task) -> bool {
+        t.dependents
+            .iter()
+            .any(|d| self.task(*d).is_some_and(|dt| !matches!(dt.state, State::Finished | State::Failed)))
+    }
+
     /// Whether a task's result can be had now (a command task's empty result always can).
     fn available(&self, id: TaskId) -> bool {
         self.task(id)
@@ -600,7 +630,7 @@ impl Scheduler {
 
     fn on_request(&mut self, conn: ConnId, req: u64, body: Request) {
         let reply = match body {
-            Request::Submit(spec) => match self.submit(conn, spec) {
+            Request::Submit(spec) => match self.submit(conn, *spec) {
                 Ok(id) => Reply::Submitted(id),
                 Err(e) => Reply::Refused(e),
             },
@@ -808,18 +838,9 @@ impl Scheduler {
                 self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body }));
             }
         }
-        // Jobs this one referenced may now be releasable.
-        let refs = self.jobs[&job].references.clone();
-        for r in refs {
-            if let Some(rj) = self.jobs.get_mut(&r) {
-                rj.referenced_by.retain(|x| *x != job);
-                if rj.release_when_done && rj.done() && rj.referenced_by.is_empty() {
-                    self.release_job(r);
-                }
-            }
-        }
-        if let Some(j) = self.jobs.get_mut(&job) {
-            j.references.clear();
+        // The jobs it references stay until it is released itself: if one of its kept
+        // results is lost, recomputing it may need theirs.
+        if let Some(j) = self.jobs.get(&job) {
             if j.release_when_done && j.referenced_by.is_empty() {
                 self.release_job(job);
             }
@@ -876,12 +897,13 @@ impl Scheduler {
             return;
         }
         let depth = if self.mean_duration_us < SHORT_TASK_US { DEPTH_SHORT } else { DEPTH_LONG };
-        let mut room: Vec<(WorkerId, u32)> = self
+        // (worker, room left in CPUs, slots)
+        let mut room: Vec<(WorkerId, u32, u32)> = self
             .workers
             .iter()
             .filter(|(_, w)| !w.retiring)
-            .map(|(id, w)| (*id, (u32::from(w.info.slots) * depth).saturating_sub(w.used)))
-            .filter(|(_, r)| *r > 0)
+            .map(|(id, w)| (*id, (w.slots() * depth).saturating_sub(w.used), w.slots()))
+            .filter(|(_, r, _)| *r > 0)
             .collect();
         room.sort();
         let mut batches: HashMap<WorkerId, Vec<Assignment>> = HashMap::new();
@@ -902,8 +924,8 @@ impl Scheduler {
             let mut best: Option<usize> = None;
             if !t.deps.is_empty() {
                 let mut best_bytes = 0u64;
-                for (k, (w, r)) in room.iter().enumerate() {
-                    if *r < cpus {
+                for (k, (w, r, slots)) in room.iter().enumerate() {
+                    if *r < cpus.min(*slots) {
                         continue;
                     }
                     let bytes: u64 = t
@@ -919,7 +941,8 @@ impl Scheduler {
                     }
                 }
             }
-            let slot = best.or_else(|| (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| room[k].1 >= cpus));
+            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2);
+            let slot = best.or_else(|| (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| fits(k)));
             let Some(k) = slot else {
                 // No worker has room for this many CPUs now; keep it for later.
                 skipped.push_back(id);
@@ -930,7 +953,7 @@ impl Scheduler {
             };
             next = k + 1;
             let w = room[k].0;
-            room[k].1 -= cpus;
+            room[k].1 -= cpus.min(room[k].2);
             if room[k].1 == 0 {
                 room.swap_remove(k);
             }
@@ -951,6 +974,7 @@ impl Scheduler {
                 .map(|a| a.id.job)
                 .filter(|j| !worker.commands.contains(j))
                 .collect();
+            jobs.sort();
             jobs.dedup();
             for j in jobs {
                 worker.commands.push(j);
@@ -978,7 +1002,7 @@ impl Scheduler {
             .collect();
         let cpus = t.cpus;
         let worker = self.workers.get_mut(&w).expect("exists");
-        worker.used += u32::from(cpus);
+        worker.used += worker.charge(u32::from(cpus));
         worker.assigned += 1;
         self.task_mut(id).expect("exists").worker = Some(w);
         self.set_state(id, State::Assigned);

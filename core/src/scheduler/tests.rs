@@ -1,1 +1,884 @@
+//! Unit tests of the scheduler state machine, driven by a simulated clock.
+//!
+//! [`Sim`] plays the driver (`crate::server`): it owns a [`Scheduler`] and a fake `now`, feeds it events and
+//! records the commands it emits. Every message going in and every message coming out passes through the real
+//! wire codec (`protocol::encode` then `protocol::decode`), so a codec regression breaks these tests too. The
+//! helpers (`computes`, `releases`, `replies`, `closes`, ...) *remove* what they return from the recorded output,
+//! so each assertion sees only what is new. After every event the harness checks that `next_deadline()` is never
+//! later than a live worker's last message plus the heartbeat timeout. Time only moves with `advance`.
 
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::{Command, Config, ConnId, Event, Scheduler, DEPTH_LONG, DEPTH_SHORT};
+use crate::protocol::{
+    self, Assignment, ClusterStatus, CommandSpec, Counts, ErrorKind, Finished, Holding, JobId, JobOutcome, JobSpec,
+    JobTasks, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, ToWorker, Work,
+    WorkerId, WorkerInfo,
+};
+
+/// Encodes and decodes a message, as the transport would.
+fn wire<T: Serialize + DeserializeOwned + PartialEq + Debug>(msg: T) -> T {
+    let back: T = protocol::decode(&protocol::encode(&msg)).expect("a message we encoded decodes");
+    assert_eq!(back, msg, "the wire round trip changed the message");
+    back
+}
+
+struct Sim {
+    sched: Scheduler,
+    now: Instant,
+    timeout: Duration,
+    next_conn: ConnId,
+    next_req: u64,
+    /// What the scheduler emitted that no helper has taken yet, in order.
+    out: Vec<Command>,
+    /// Live worker connections and when each last sent something.
+    seen: HashMap<ConnId, Instant>,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        let config = Config::default();
+        let timeout = config.heartbeat_timeout;
+        let sched = Scheduler::new(config);
+        Sim { sched, now: Instant::now(), timeout, next_conn: 1, next_req: 1, out: vec![], seen: HashMap::new() }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let event = match event {
+            Event::Message(c, msg) => {
+                if let Some(t) = self.seen.get_mut(&c) {
+                    *t = self.now;
+                }
+                Event::Message(c, wire(msg))
+            }
+            Event::Disconnected(c, why) => {
+                self.seen.remove(&c);
+                Event::Disconnected(c, why)
+            }
+            other => other,
+        };
+        self.sched.handle(self.now, event);
+        for cmd in self.sched.take_commands() {
+            self.out.push(match cmd {
+                Command::ToWorker(c, m) => Command::ToWorker(c, wire(m)),
+                Command::ToClient(c, m) => Command::ToClient(c, wire(m)),
+                Command::Close(c) => {
+                    self.seen.remove(&c);
+                    Command::Close(c)
+                }
+                Command::Exit => Command::Exit,
+            });
+        }
+        if let Some(first) = self.seen.values().min() {
+            let deadline = self.sched.next_deadline().expect("workers are connected: there is a deadline");
+            assert!(deadline <= *first + self.timeout, "next_deadline is later than a live worker's timeout");
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ToScheduler) {
+        self.handle(Event::Message(conn, msg));
+    }
+
+    fn connect(&mut self) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.handle(Event::Connected(conn));
+        conn
+    }
+
+    fn connect_worker(&mut self, slots: u16) -> (ConnId, WorkerId) {
+        let conn = self.connect();
+        let data_address = format!("tcp://node:{conn}");
+        let info = WorkerInfo { slots, host: "node".into(), pid: 1, batch_job: None, data_address };
+        self.send(conn, ToScheduler::RegisterWorker(info));
+        self.seen.insert(conn, self.now);
+        let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
+        assert_eq!(ids.len(), 1, "one Welcome per registration");
+        (conn, ids[0])
+    }
+
+    fn connect_client(&mut self) -> ConnId {
+        let conn = self.connect();
+        self.send(conn, ToScheduler::RegisterClient);
+        let welcomes = self.take(|c| matches!(c, Command::ToClient(x, ToClient::Welcome) if *x == conn).then_some(()));
+        assert_eq!(welcomes.len(), 1);
+        conn
+    }
+
+    fn disconnect(&mut self, conn: ConnId) {
+        self.handle(Event::Disconnected(conn, "connection reset".into()));
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.handle(Event::Tick);
+    }
+
+    fn heartbeat(&mut self, conn: ConnId) {
+        self.send(conn, ToScheduler::Heartbeat);
+    }
+
+    /// Removes and returns the recorded commands that `f` picks.
+    fn take<R>(&mut self, mut f: impl FnMut(&Command) -> Option<R>) -> Vec<R> {
+        let mut got = Vec::new();
+        self.out.retain(|c| f(c).map(|r| got.push(r)).is_none());
+        got
+    }
+
+    /// Removes and returns the messages to worker `conn` that `f` picks.
+    fn sent_to<R>(&mut self, conn: ConnId, f: impl Fn(&ToWorker) -> Option<R>) -> Vec<R> {
+        self.take(|c| if let Command::ToWorker(x, m) = c { (*x == conn).then(|| f(m)).flatten() } else { None })
+    }
+
+    /// The tasks sent to one worker since last asked.
+    fn computes(&mut self, conn: ConnId) -> Vec<Assignment> {
+        self.sent_to(conn, |m| if let ToWorker::Compute(l) = m { Some(l.clone()) } else { None }).concat()
+    }
+
+    /// The tasks sent to any worker since last asked.
+    fn all_computes(&mut self) -> Vec<(ConnId, Assignment)> {
+        let lists = self.take(|c| match c {
+            Command::ToWorker(x, ToWorker::Compute(l)) => Some((*x, l.clone())),
+            _ => None,
+        });
+        lists.into_iter().flat_map(|(c, l)| l.into_iter().map(move |a| (c, a))).collect()
+    }
+
+    fn releases(&mut self, conn: ConnId) -> Vec<TaskId> {
+        self.sent_to(conn, |m| if let ToWorker::Release(l) = m { Some(l.clone()) } else { None }).concat()
+    }
+
+    fn closes(&mut self) -> Vec<ConnId> {
+        self.take(|c| if let Command::Close(x) = c { Some(*x) } else { None })
+    }
+
+    fn replies(&mut self, client: ConnId) -> Vec<(u64, Reply)> {
+        self.take(|c| match c {
+            Command::ToClient(x, ToClient::Reply { req, body }) if *x == client => Some((*req, body.clone())),
+            _ => None,
+        })
+    }
+
+    /// Sends a request and returns its `req`, for replies that come later.
+    fn request_async(&mut self, client: ConnId, body: Request) -> u64 {
+        let req = self.next_req;
+        self.next_req += 1;
+        self.send(client, ToScheduler::Request { req, body });
+        req
+    }
+
+    fn request(&mut self, client: ConnId, body: Request) -> Reply {
+        let req = self.request_async(client, body);
+        let mut got = self.take(|c| match c {
+            Command::ToClient(x, ToClient::Reply { req: r, body }) if *x == client && *r == req => Some(body.clone()),
+            _ => None,
+        });
+        assert_eq!(got.len(), 1, "exactly one immediate reply to request {req}");
+        got.pop().expect("one")
+    }
+
+    fn submit(&mut self, client: ConnId, spec: JobSpec) -> JobId {
+        let Reply::Submitted(j) = self.request(client, Request::Submit(spec.into())) else { panic!("refused") };
+        j
+    }
+
+    fn progress(&mut self, client: ConnId, job: JobId) -> Counts {
+        let Reply::Progress(c) = self.request(client, Request::Progress(job)) else { panic!("no Progress") };
+        c
+    }
+
+    fn status(&mut self, client: ConnId) -> ClusterStatus {
+        let Reply::Status(s) = self.request(client, Request::Status) else { panic!("no Status") };
+        s
+    }
+
+    fn finish_with(&mut self, conn: ConnId, ids: &[TaskId], size: u64, duration_us: u32) {
+        let list = ids.iter().map(|&id| Finished { id, size, duration_us }).collect();
+        self.send(conn, ToScheduler::Finished(list));
+    }
+
+    fn finish(&mut self, conn: ConnId, ids: &[TaskId]) {
+        self.finish_with(conn, ids, 100, 50_000);
+    }
+
+    fn fail(&mut self, conn: ConnId, id: TaskId, kind: ErrorKind) {
+        self.send(conn, ToScheduler::Failed(id, TaskError { kind, message: "boom".into() }));
+    }
+
+    /// Finishes everything sent to workers, again and again, until nothing new is sent.
+    fn run_to_end(&mut self) {
+        loop {
+            let work = self.all_computes();
+            if work.is_empty() {
+                return;
+            }
+            for (conn, a) in work {
+                self.finish(conn, &[a.id]);
+            }
+        }
+    }
+}
+
+fn task(deps: &[u32], keep: bool) -> TaskSpec {
+    TaskSpec {
+        body: TaskBody::Function { func: 0, args: Bytes::from_static(b"args") },
+        deps: deps.iter().map(|&d| TaskRef::Local(d)).collect(),
+        keep,
+        cpus: 1,
+    }
+}
+
+fn graph(tasks: Vec<TaskSpec>) -> JobSpec {
+    JobSpec {
+        name: "g".into(),
+        functions: vec!["f".into()],
+        command: None,
+        tasks: JobTasks::Graph(tasks),
+        max_attempts: 3,
+        release_on_disconnect: false,
+    }
+}
+
+fn command() -> CommandSpec {
+    CommandSpec { argv: vec!["true".into()], env: vec![], cwd: None, stdout: None, stderr: None }
+}
+
+fn array(ranges: Vec<(u32, u32)>, cpus: u16) -> JobSpec {
+    JobSpec { command: Some(command()), tasks: JobTasks::Array { ranges, cpus }, ..graph(vec![]) }
+}
+
+fn tid(job: JobId, index: u32) -> TaskId {
+    TaskId { job, index }
+}
+
+fn ids(list: &[Assignment]) -> Vec<TaskId> {
+    list.iter().map(|a| a.id).collect()
+}
+
+fn counts(total: u32, waiting: u32, running: u32, finished: u32, failed: u32) -> Counts {
+    Counts { total, waiting, running, finished, failed }
+}
+
+fn job_done(reply: Reply) -> JobOutcome {
+    match reply {
+        Reply::JobDone(o) => o,
+        other => panic!("expected JobDone, got {other:?}"),
+    }
+}
+
+#[test]
+fn independent_tasks_spread_over_workers_and_wait_is_answered_once() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(1);
+    let (c2, w2) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, graph((0..4).map(|_| task(&[], true)).collect()));
+    let wait = sim.request_async(client, Request::Wait(job));
+    let (on1, on2) = (ids(&sim.computes(c1)), ids(&sim.computes(c2)));
+    assert!(!on1.is_empty() && !on2.is_empty(), "both workers get work: {on1:?} / {on2:?}");
+    let all: HashSet<TaskId> = on1.iter().chain(&on2).copied().collect();
+    assert_eq!(all, (0..4).map(|i| tid(job, i)).collect(), "each task is sent exactly once");
+    assert_eq!(on1.len() + on2.len(), 4);
+    assert_eq!(sim.progress(client, job), counts(4, 0, 4, 0, 0));
+
+    sim.finish(c1, &on1);
+    assert!(sim.replies(client).is_empty(), "Wait answered before the job ended");
+    sim.finish(c2, &on2);
+    assert_eq!(sim.progress(client, job), counts(4, 0, 0, 4, 0));
+    let replies = sim.replies(client);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].0, wait);
+    let outcome = job_done(replies[0].1.clone());
+    let holding = |w: WorkerId, c: ConnId, on: &[TaskId]| Holding {
+        worker: w,
+        address: format!("tcp://node:{c}"),
+        tasks: on.iter().map(|t| t.index).collect(),
+    };
+    let expected = JobOutcome {
+        job,
+        tasks: 4,
+        finished: 4,
+        failed: vec![],
+        holdings: vec![holding(w1, c1, &on1), holding(w2, c2, &on2)],
+    };
+    assert_eq!(outcome, expected);
+
+    // A new Wait is answered at once; the first is never answered again, even when the job ends a second
+    // time (w1 dies, its kept results are computed again on w2).
+    assert_eq!(job_done(sim.request(client, Request::Wait(job))), expected);
+    sim.disconnect(c1);
+    let redo = ids(&sim.computes(c2));
+    assert_eq!(redo.iter().collect::<HashSet<_>>(), on1.iter().collect());
+    sim.finish(c2, &redo);
+    assert!(sim.replies(client).is_empty());
+    let all: Vec<TaskId> = (0..4).map(|i| tid(job, i)).collect();
+    assert_eq!(job_done(sim.request(client, Request::Wait(job))).holdings, vec![holding(w2, c2, &all)]);
+}
+
+#[test]
+fn diamond_runs_in_order_releases_inputs_and_keeps_the_result() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(1);
+    let (c2, w2) = sim.connect_worker(1);
+    let worker_of = |c: ConnId| if c == c1 { w1 } else { w2 };
+    let client = sim.connect_client();
+    let job =
+        sim.submit(client, graph(vec![task(&[], false), task(&[0], false), task(&[0], false), task(&[1, 2], true)]));
+    let (a, b, c, d) = (tid(job, 0), tid(job, 1), tid(job, 2), tid(job, 3));
+    let first = sim.all_computes();
+    assert_eq!(first.len(), 1, "only `a` can start: {first:?}");
+    let (ca, aa) = first[0].clone();
+    assert_eq!(aa.id, a);
+    let ha = worker_of(ca);
+
+    sim.finish(ca, &[a]);
+    let second = sim.all_computes();
+    let started: HashSet<TaskId> = second.iter().map(|(_, x)| x.id).collect();
+    assert_eq!(started, [b, c].into());
+    for (_, x) in &second {
+        assert_eq!(x.inputs, vec![(a, ha)]);
+    }
+    let holder: HashMap<TaskId, (ConnId, WorkerId)> =
+        second.iter().map(|(cn, x)| (x.id, (*cn, worker_of(*cn)))).collect();
+    sim.finish(holder[&b].0, &[b]);
+    assert!(sim.releases(c1).is_empty() && sim.releases(c2).is_empty(), "`a` released while `c` still needs it");
+    assert!(sim.all_computes().is_empty(), "`d` started before `c` finished");
+    sim.finish(holder[&c].0, &[c]);
+    assert_eq!(sim.releases(ca), vec![a], "`a` is released once `b` and `c` are done");
+    let third = sim.all_computes();
+    assert_eq!(third.len(), 1);
+    let (cd, ad) = third[0].clone();
+    assert_eq!(ad.id, d);
+    assert_eq!(ad.inputs, vec![(b, holder[&b].1), (c, holder[&c].1)], "inputs in dependency order");
+
+    sim.finish(cd, &[d]);
+    let mut released: Vec<TaskId> = [c1, c2].into_iter().flat_map(|cn| sim.releases(cn)).collect();
+    released.sort();
+    assert_eq!(released, vec![b, c], "`d` is kept, its inputs are not");
+    let outcome = job_done(sim.request(client, Request::Wait(job)));
+    assert_eq!(outcome.holdings.iter().map(|h| h.tasks.clone()).collect::<Vec<_>>(), vec![vec![3]]);
+    let holding: u32 = sim.status(client).workers.iter().map(|w| w.holding).sum();
+    assert_eq!(holding, 1);
+}
+
+#[test]
+fn task_goes_to_the_worker_holding_most_of_its_input_bytes() {
+    let mut sim = Sim::new();
+    let _ = sim.connect_worker(2);
+    let _ = sim.connect_worker(2);
+    let client = sim.connect_client();
+    let job =
+        sim.submit(client, graph(vec![task(&[], true), task(&[], true), task(&[0], false), task(&[0, 1], false)]));
+    let (p, x, z, y) = (tid(job, 0), tid(job, 1), tid(job, 2), tid(job, 3));
+    let first = sim.all_computes();
+    let where_ = |t: TaskId| first.iter().find(|(_, a)| a.id == t).expect("sent").0;
+    let (hp, hx) = (where_(p), where_(x));
+    assert_ne!(hp, hx, "independent tasks are spread over both workers");
+    sim.finish_with(hp, &[p], 10, 50_000);
+    assert_eq!(ids(&sim.computes(hp)), vec![z], "`z` runs where its input is");
+    sim.finish_with(hx, &[x], 10_000, 50_000);
+    assert_eq!(ids(&sim.computes(hx)), vec![y], "`y` runs where most of its input bytes are");
+    assert!(sim.all_computes().is_empty());
+}
+
+#[test]
+fn silent_worker_is_lost_at_the_next_tick_and_its_tasks_move() {
+    let mut sim = Sim::new();
+    let t0 = sim.now;
+    let (c1, _) = sim.connect_worker(1);
+    let (c2, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, graph((0..4).map(|_| task(&[], false)).collect()));
+    let (on1, on2) = (ids(&sim.computes(c1)), ids(&sim.computes(c2)));
+    assert_eq!((on1.len(), on2.len()), (2, 2));
+    sim.finish(c2, &on2);
+    for _ in 0..9 {
+        sim.advance(Duration::from_secs(1));
+        sim.heartbeat(c2);
+        assert!(sim.closes().is_empty(), "a worker is lost before its timeout");
+    }
+    let acks = sim.take(|c| matches!(c, Command::ToWorker(x, ToWorker::Ack) if *x == c2).then_some(()));
+    assert_eq!(acks.len(), 9, "each heartbeat is acknowledged");
+    let deadline = sim.sched.next_deadline().expect("workers");
+    assert!(deadline <= t0 + sim.timeout && deadline > sim.now, "deadline {:?} after t0", deadline - t0);
+
+    sim.now = deadline;
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(sim.closes(), vec![c1]);
+    assert_eq!(sim.sched.worker_count(), 1);
+    let moved: HashSet<TaskId> = ids(&sim.computes(c2)).into_iter().collect();
+    assert_eq!(moved, on1.iter().copied().collect());
+    // A late report from the dead worker changes nothing.
+    sim.out.clear();
+    sim.finish(c1, &on1);
+    assert!(sim.out.is_empty(), "{:?}", sim.out);
+    assert_eq!(sim.progress(client, job), counts(4, 0, 2, 2, 0));
+    sim.finish(c2, &on1);
+    assert_eq!(sim.progress(client, job), counts(4, 0, 0, 4, 0));
+    assert!(sim.sched.next_deadline().expect("c2") <= sim.now + sim.timeout);
+}
+
+#[test]
+fn lost_result_needed_by_a_waiting_task_is_recomputed() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let (c2, w2) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, graph(vec![task(&[], false), task(&[], false), task(&[0, 1], true)]));
+    let (a, c, b) = (tid(job, 0), tid(job, 1), tid(job, 2));
+    assert_eq!((ids(&sim.computes(c1)), ids(&sim.computes(c2))), (vec![a], vec![c]));
+    sim.finish(c1, &[a]);
+    assert!(sim.all_computes().is_empty());
+    sim.disconnect(c1);
+    let again = sim.computes(c2);
+    assert_eq!(ids(&again), vec![a], "`a` is computed again on the live worker");
+    assert_eq!(sim.progress(client, job), counts(3, 1, 2, 0, 0));
+    sim.finish(c2, &[a, c]);
+    let last = sim.computes(c2);
+    assert_eq!(ids(&last), vec![b]);
+    assert_eq!(last[0].inputs, vec![(a, w2), (c, w2)]);
+}
+
+#[test]
+fn lost_result_whose_input_was_released_is_recomputed_recursively() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(1);
+    let (c2, w2) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job =
+        sim.submit(client, graph(vec![task(&[], false), task(&[], false), task(&[0], false), task(&[2, 1], true)]));
+    let (x, c, a, b) = (tid(job, 0), tid(job, 1), tid(job, 2), tid(job, 3));
+    assert_eq!((ids(&sim.computes(c1)), ids(&sim.computes(c2))), (vec![x], vec![c]));
+    sim.finish(c1, &[x]);
+    let on1 = sim.computes(c1);
+    assert_eq!((ids(&on1), on1[0].inputs.clone()), (vec![a], vec![(x, w1)]));
+    sim.finish(c1, &[a]);
+    assert_eq!(sim.releases(c1), vec![x], "`x` is not needed any more");
+    sim.disconnect(c1);
+    let redo = sim.computes(c2);
+    assert_eq!(ids(&redo), vec![x], "`a` needs `x`, which was released: `x` first");
+    sim.finish(c2, &[x]);
+    let redo = sim.computes(c2);
+    assert_eq!((ids(&redo), redo[0].inputs.clone()), (vec![a], vec![(x, w2)]));
+    sim.finish(c2, &[a, c]);
+    let last = sim.computes(c2);
+    assert_eq!((ids(&last), last[0].inputs.clone()), (vec![b], vec![(a, w2), (c, w2)]));
+    sim.finish(c2, &[b]);
+    assert_eq!(sim.progress(client, job), counts(4, 0, 0, 4, 0));
+}
+
+#[test]
+fn task_fails_after_max_attempts_worker_deaths_and_so_do_its_dependents() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let spec = JobSpec { max_attempts: 2, ..graph(vec![task(&[], false), task(&[0], false), task(&[], false)]) };
+    let job = sim.submit(client, spec);
+    let (a, u) = (tid(job, 0), tid(job, 2));
+    assert_eq!(ids(&sim.computes(c1)), vec![a, u]);
+    sim.finish(c1, &[u]);
+    let wait = sim.request_async(client, Request::Wait(job));
+    sim.disconnect(c1);
+    assert_eq!(sim.progress(client, job), counts(3, 2, 0, 1, 0), "one death is not enough to fail");
+    let (c2, _) = sim.connect_worker(1);
+    assert_eq!(ids(&sim.computes(c2)), vec![a]);
+    assert!(sim.replies(client).is_empty());
+    sim.disconnect(c2);
+    let replies = sim.replies(client);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].0, wait);
+    let outcome = job_done(replies[0].1.clone());
+    assert_eq!((outcome.tasks, outcome.finished), (3, 1));
+    let kinds: Vec<(u32, ErrorKind)> = outcome.failed.into_iter().map(|(i, e)| (i, e.kind)).collect();
+    assert_eq!(kinds, vec![(0, ErrorKind::WorkerLost), (1, ErrorKind::DependencyFailed(a))]);
+}
+
+#[test]
+fn failure_fails_transitive_dependents_only() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(4);
+    let client = sim.connect_client();
+    let tasks = vec![task(&[], true), task(&[0], false), task(&[1], false), task(&[], false), task(&[3], false)];
+    let job = sim.submit(client, graph(tasks));
+    let (a, b, u, v) = (tid(job, 0), tid(job, 1), tid(job, 3), tid(job, 4));
+    assert_eq!(ids(&sim.computes(c1)), vec![a, u]);
+    sim.fail(c1, a, ErrorKind::Error);
+    assert_eq!(sim.progress(client, job), counts(5, 1, 1, 0, 3));
+    assert_eq!(sim.status(client).workers[0].assigned, 1, "the failed task's slot is free again");
+    sim.finish(c1, &[u]);
+    assert_eq!(ids(&sim.computes(c1)), vec![v]);
+    sim.finish(c1, &[v]);
+    assert_eq!(sim.releases(c1), vec![u, v], "results nobody needs are released");
+    let outcome = job_done(sim.request(client, Request::Wait(job)));
+    let err = |kind| TaskError { kind, message: "boom".into() };
+    assert_eq!(outcome.finished, 2);
+    assert_eq!(
+        outcome.failed,
+        vec![
+            (0, err(ErrorKind::Error)),
+            (1, err(ErrorKind::DependencyFailed(a))),
+            (2, err(ErrorKind::DependencyFailed(b)))
+        ]
+    );
+    // A later job that uses the failed (kept) task fails at once, and says why.
+    let later = graph(vec![TaskSpec { deps: vec![TaskRef::Global(a)], ..task(&[], true) }]);
+    let j2 = sim.submit(client, later);
+    let outcome = job_done(sim.request(client, Request::Wait(j2)));
+    assert_eq!(outcome.failed.len(), 1);
+    assert_eq!(outcome.failed[0].1.kind, ErrorKind::DependencyFailed(a));
+    assert!(sim.all_computes().is_empty());
+}
+
+#[test]
+fn invalid_submissions_are_refused_and_change_nothing() {
+    let mut sim = Sim::new();
+    let _ = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let j1 = sim.submit(client, graph(vec![task(&[], true), task(&[], false)]));
+    let _ = sim.all_computes();
+    let global = |t: TaskId| TaskSpec { deps: vec![TaskRef::Global(t)], ..task(&[], false) };
+    let cases: Vec<(&str, JobSpec)> = vec![
+        ("forward dep", graph(vec![task(&[1], false), task(&[], false)])),
+        ("self dep", graph(vec![task(&[0], false)])),
+        (
+            "unknown function",
+            graph(vec![TaskSpec { body: TaskBody::Function { func: 1, args: Bytes::new() }, ..task(&[], false) }]),
+        ),
+        ("array without command", JobSpec { command: None, ..array(vec![(1, 10)], 1) }),
+        ("empty array", array(vec![], 1)),
+        ("backwards array", array(vec![(5, 1)], 1)),
+        ("empty graph", graph(vec![])),
+        ("command task without command", graph(vec![TaskSpec { body: TaskBody::Command, ..task(&[], false) }])),
+        ("global dep on a task not kept", graph(vec![global(tid(j1, 1))])),
+        ("global dep on no task", graph(vec![global(tid(j1, 9))])),
+        ("global dep on no job", graph(vec![global(tid(JobId(99), 0))])),
+    ];
+    let before = sim.status(client);
+    for (what, spec) in cases {
+        match sim.request(client, Request::Submit(spec.into())) {
+            Reply::Refused(msg) => assert!(!msg.is_empty(), "{what}: empty message"),
+            other => panic!("{what}: expected Refused, got {other:?}"),
+        }
+        assert_eq!(sim.status(client), before, "{what} changed the state");
+        assert!(sim.out.is_empty(), "{what}: {:?}", sim.out);
+    }
+    let j2 = sim.submit(client, graph(vec![global(tid(j1, 0))]));
+    assert_eq!(sim.status(client).jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![j1, j2]);
+}
+
+#[test]
+fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
+    // Each case on a fresh cluster: a worker c1 running task a, a client, and a stranger that never registered.
+    let cases: Vec<(&str, fn(TaskId, JobId) -> ToScheduler)> = vec![
+        ("client", |a, _| ToScheduler::Finished(vec![Finished { id: a, size: 1, duration_us: 1 }])),
+        ("client", |a, _| ToScheduler::Failed(a, TaskError { kind: ErrorKind::Panic, message: String::new() })),
+        ("client", |_, _| {
+            ToScheduler::RegisterWorker(WorkerInfo {
+                slots: 8,
+                host: "h".into(),
+                pid: 1,
+                batch_job: None,
+                data_address: "tcp://127.0.0.1:1".into(),
+            })
+        }),
+        ("worker", |_, _| ToScheduler::Request { req: 1, body: Request::Shutdown }),
+        ("worker", |_, _| ToScheduler::Request { req: 2, body: Request::Submit(graph(vec![task(&[], false)]).into()) }),
+        ("worker", |_, job| ToScheduler::Request { req: 3, body: Request::Release(job) }),
+        ("worker", |_, _| ToScheduler::RegisterClient),
+        ("stranger", |a, _| ToScheduler::Finished(vec![Finished { id: a, size: 1, duration_us: 1 }])),
+        ("stranger", |_, _| ToScheduler::Request { req: 4, body: Request::Shutdown }),
+    ];
+    for (who, make) in cases {
+        let mut sim = Sim::new();
+        let (c1, _) = sim.connect_worker(1);
+        let client = sim.connect_client();
+        let job = sim.submit(client, graph(vec![task(&[], false)]));
+        let a = tid(job, 0);
+        assert_eq!(ids(&sim.computes(c1)), vec![a]);
+        let before = sim.status(client);
+        let stranger = sim.connect();
+        let conn = match who {
+            "client" => client,
+            "worker" => c1,
+            _ => stranger,
+        };
+        let msg = make(a, job);
+        let what = format!("{msg:?} from the {who}");
+        sim.send(conn, msg);
+        assert_eq!(std::mem::take(&mut sim.out), vec![Command::Close(conn)], "{what}");
+        if who == "client" {
+            // The client is gone; the cluster is as it was, and its job runs on.
+            sim.send(c1, ToScheduler::Heartbeat);
+            let client2 = sim.connect_client();
+            assert_eq!(sim.status(client2), before, "{what}");
+        } else if who == "worker" {
+            // The offending worker is dropped like a dead one: its task waits for another worker.
+            let s = sim.status(client);
+            assert!(s.workers.is_empty(), "{what}");
+            assert_eq!(
+                s.jobs,
+                before
+                    .jobs
+                    .iter()
+                    .cloned()
+                    .map(|mut j| {
+                        j.counts.running = 0;
+                        j.counts.waiting = 1;
+                        j
+                    })
+                    .collect::<Vec<_>>(),
+                "{what}"
+            );
+            let (c2, _) = sim.connect_worker(1);
+            assert_eq!(ids(&sim.computes(c2)), vec![a], "{what}");
+        } else {
+            assert_eq!(sim.status(client), before, "{what}");
+        }
+    }
+    // A connection that never connected is ignored altogether.
+    let mut sim = Sim::new();
+    sim.send(99, ToScheduler::RegisterClient);
+    assert!(sim.out.is_empty());
+}
+
+#[test]
+fn million_task_array_is_counted_and_numbered_by_its_ranges() {
+    let mut sim = Sim::new();
+    let client = sim.connect_client();
+    let job = sim.submit(client, array(vec![(1, 1), (5, 7), (10, 1_000_005)], 1));
+    assert_eq!(sim.sched.task_count(), 1_000_000);
+    assert_eq!(sim.progress(client, job), counts(1_000_000, 1_000_000, 0, 0, 0));
+    let (c1, _) = sim.connect_worker(4);
+    let is_command = |c: &Command| matches!(c, Command::ToWorker(x, ToWorker::Command(..)) if *x == c1);
+    assert!(matches!(&sim.out[0], Command::ToWorker(_, ToWorker::Command(j, s)) if *j == job && *s == command()));
+    assert_eq!(sim.take(|c| is_command(c).then_some(())).len(), 1);
+    let work: Vec<Work> = sim.computes(c1).into_iter().map(|a| a.work).collect();
+    let expected: Vec<Work> = [1, 5, 6, 7, 10, 11, 12, 13].into_iter().map(|i| Work::Command { array_id: i }).collect();
+    assert_eq!(work, expected);
+    sim.finish(c1, &(0..8).map(|i| tid(job, i)).collect::<Vec<_>>());
+    assert_eq!(sim.computes(c1).len(), 8);
+    assert!(sim.take(|c| is_command(c).then_some(())).is_empty(), "the command is sent again");
+    assert_eq!(sim.progress(client, job), counts(1_000_000, 999_984, 8, 8, 0));
+}
+
+#[test]
+fn queue_depth_bounds_what_a_one_slot_worker_is_given() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, array(vec![(0, 1999)], 1));
+    let mut in_flight: Vec<TaskId> = Vec::new();
+    let mut deepest = 0;
+    for round in 0.. {
+        in_flight.extend(ids(&sim.computes(c1)));
+        if in_flight.is_empty() {
+            break;
+        }
+        deepest = deepest.max(in_flight.len());
+        // Long tasks first, then short ones: the queue may deepen, never beyond the short-task depth.
+        let limit = if round < 5 { DEPTH_LONG } else { DEPTH_SHORT };
+        assert!(in_flight.len() as u32 <= limit, "round {round}: {} queued on a 1-slot worker", in_flight.len());
+        let done: Vec<TaskId> = in_flight.drain(..in_flight.len().min(2)).collect();
+        sim.finish_with(c1, &done, 0, if round < 5 { 50_000 } else { 10 });
+    }
+    assert!(deepest > DEPTH_LONG as usize, "short tasks never got a deeper queue ({deepest})");
+    assert_eq!(sim.progress(client, job).finished, 2000);
+}
+
+#[test]
+fn task_wider_than_the_worker_runs_when_the_worker_is_free() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let small = sim.submit(client, array(vec![(1, 1)], 1));
+    let wide = sim.submit(client, array(vec![(1, 1)], 2));
+    let huge = sim.submit(client, array(vec![(1, 1)], 64));
+    // A task wider than the worker counts as the whole worker; the worker runs it alone (worker.rs `dispatch`).
+    let sent = sim.computes(c1);
+    assert_eq!(ids(&sent), vec![tid(small, 0), tid(wide, 0)]);
+    assert_eq!(sent[1].cpus, 2, "the worker is told the real width");
+    sim.finish(c1, &[tid(small, 0), tid(wide, 0)]);
+    let sent = sim.computes(c1);
+    assert_eq!((ids(&sent), sent[0].cpus), (vec![tid(huge, 0)], 64), "never stuck however wide");
+}
+
+#[test]
+fn release_on_disconnect_releases_the_clients_jobs_once_done() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(2);
+    let client = sim.connect_client();
+    let spec = JobSpec { release_on_disconnect: true, ..graph(vec![task(&[], true), task(&[], true)]) };
+    let released = sim.submit(client, spec.clone());
+    let kept = sim.submit(client, JobSpec { release_on_disconnect: false, ..spec.clone() });
+    sim.run_to_end();
+    let running = sim.submit(client, spec);
+    let late = ids(&sim.computes(c1));
+    assert_eq!(late.len(), 2);
+    let other = sim.connect_client();
+    assert_eq!(sim.status(other).jobs.len(), 3);
+    let release_jobs =
+        |sim: &mut Sim| sim.sent_to(c1, |m| if let ToWorker::ReleaseJob(j) = m { Some(*j) } else { None });
+    sim.disconnect(client);
+    assert_eq!(release_jobs(&mut sim), vec![released]);
+    assert_eq!(sim.status(other).jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![kept, running]);
+    sim.finish(c1, &late);
+    assert_eq!(release_jobs(&mut sim), vec![running], "a job still running is released when it ends");
+    let status = sim.status(other);
+    assert_eq!(status.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![kept]);
+    assert_eq!(status.workers[0].holding, 2, "only the kept job's results are held");
+}
+
+#[test]
+fn shutdown_stops_workers_answers_and_exits() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let (c2, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    sim.out.clear();
+    let req = sim.request_async(client, Request::Shutdown);
+    let mut out = std::mem::take(&mut sim.out);
+    assert_eq!(out.pop(), Some(Command::Exit), "Exit comes last");
+    assert_eq!(out.pop(), Some(Command::ToClient(client, ToClient::Reply { req, body: Reply::Ok })));
+    let stop = |c: &Command| if let Command::ToWorker(x, ToWorker::Stop) = c { Some(*x) } else { None };
+    let stopped: HashSet<ConnId> = out.iter().filter_map(stop).collect();
+    assert_eq!((stopped, out.len()), ([c1, c2].into(), 2), "{out:?}");
+    assert!(matches!(sim.request(client, Request::Submit(graph(vec![task(&[], false)]).into())), Reply::Refused(_)));
+}
+
+#[test]
+fn input_missing_recomputes_the_input_then_reruns_the_task() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, graph(vec![task(&[], false), task(&[0], true)]));
+    let (a, b) = (tid(job, 0), tid(job, 1));
+    assert_eq!(ids(&sim.computes(c1)), vec![a]);
+    sim.finish(c1, &[a]);
+    assert_eq!(ids(&sim.computes(c1)), vec![b]);
+    sim.send(c1, ToScheduler::InputMissing(a, b));
+    assert!(sim.out.is_empty(), "an InputMissing for a task that is not running is ignored");
+    sim.send(c1, ToScheduler::InputMissing(b, a));
+    assert_eq!(ids(&sim.computes(c1)), vec![a], "`b` waits for `a` to be computed again");
+    assert_eq!(sim.progress(client, job), counts(2, 1, 1, 0, 0));
+    sim.finish(c1, &[b]);
+    assert_eq!(sim.releases(c1), vec![b], "a report for the withdrawn attempt is stale");
+    sim.finish(c1, &[a]);
+    let again = sim.computes(c1);
+    assert_eq!((ids(&again), again[0].inputs.clone()), (vec![b], vec![(a, w1)]));
+}
+
+#[test]
+fn retiring_worker_gets_no_new_tasks_and_peers_learn_of_each_other() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(4);
+    let (c2, w2) = sim.connect_worker(4);
+    let peers = sim.take(|c| match c {
+        Command::ToWorker(x, ToWorker::Peers(p)) => Some((*x, p.clone())),
+        _ => None,
+    });
+    let addr = |c: ConnId| format!("tcp://node:{c}");
+    assert_eq!(peers, vec![(c1, vec![(w2, addr(c2))]), (c2, vec![(w1, addr(c1))])]);
+    sim.send(c1, ToScheduler::Retire);
+    let client = sim.connect_client();
+    let job = sim.submit(client, array(vec![(1, 4)], 1));
+    assert!(sim.computes(c1).is_empty());
+    assert_eq!(sim.computes(c2).len(), 4);
+    assert!(sim.status(client).workers[0].retiring);
+    assert_eq!(sim.progress(client, job).running, 4);
+}
+
+#[test]
+fn new_worker_gets_the_commands_of_the_tasks_it_is_given() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let j1 = sim.submit(client, array(vec![(1, 3)], 1));
+    let j2 = sim.submit(client, array(vec![(1, 1)], 1));
+    assert_eq!(sim.computes(c1).len(), 2);
+    sim.disconnect(c1);
+    let (c2, _) = sim.connect_worker(4);
+    let mut commands = Vec::new();
+    for cmd in std::mem::take(&mut sim.out) {
+        match cmd {
+            Command::ToWorker(x, ToWorker::Command(j, _)) if x == c2 => commands.push(j),
+            Command::ToWorker(x, ToWorker::Compute(list)) if x == c2 => {
+                assert!(list.iter().all(|a| commands.contains(&a.id.job)), "a task arrives before its command");
+            }
+            _ => {}
+        }
+    }
+    // Each job's command once, even when the batch interleaves the jobs' tasks.
+    commands.sort();
+    assert_eq!(commands, vec![j1, j2]);
+}
+
+#[test]
+fn losing_a_worker_whose_job_ends_and_is_released_in_the_same_loss_does_not_panic() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let spec =
+        JobSpec { max_attempts: 1, release_on_disconnect: true, ..graph(vec![task(&[], true), task(&[], true)]) };
+    let job = sim.submit(client, spec);
+    assert_eq!(ids(&sim.computes(c1)), vec![tid(job, 0), tid(job, 1)]);
+    sim.finish(c1, &[tid(job, 0)]);
+    sim.disconnect(client);
+    sim.disconnect(c1);
+    // Task 1 failed (attempts spent), the job ended and was released; task 0's lost result is nobody's loss.
+    let c2 = sim.connect_client();
+    assert!(sim.status(c2).jobs.is_empty());
+}
+
+#[test]
+fn a_failed_tasks_inputs_are_released_and_not_recomputed_when_lost() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, graph(vec![task(&[], false), task(&[0], false)]));
+    let (a, b) = (tid(job, 0), tid(job, 1));
+    assert_eq!(ids(&sim.computes(c1)), vec![a]);
+    sim.finish(c1, &[a]);
+    assert_eq!(ids(&sim.computes(c1)), vec![b]);
+    sim.releases(c1);
+    sim.fail(c1, b, ErrorKind::Panic);
+    assert_eq!(sim.releases(c1), vec![a], "nobody needs a any more");
+    let (c2, _) = sim.connect_worker(1);
+    sim.disconnect(c1);
+    assert!(sim.computes(c2).is_empty(), "nothing to recompute");
+    assert_eq!(sim.progress(client, job), counts(2, 0, 0, 1, 1));
+}
+
+#[test]
+fn a_job_referenced_by_another_stays_until_that_one_is_released() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let j1 = sim.submit(client, graph(vec![task(&[], true)]));
+    let y = tid(j1, 0);
+    let sent = ids(&sim.computes(c1));
+    sim.finish(c1, &sent);
+    let mut x_spec = task(&[], true);
+    x_spec.deps = vec![TaskRef::Global(y)];
+    let j2 = sim.submit(client, graph(vec![x_spec]));
+    let x = tid(j2, 0);
+    assert_eq!(ids(&sim.computes(c1)), vec![x]);
+    sim.finish(c1, &[x]);
+    assert_eq!(sim.request(client, Request::Release(j1)), Reply::Ok);
+    assert_eq!(sim.status(client).jobs.len(), 2, "j1 is pinned by j2");
+    // x's result is lost: recomputing it needs y, which is recomputed too.
+    let (c2, _) = sim.connect_worker(1);
+    sim.disconnect(c1);
+    assert_eq!(ids(&sim.computes(c2)), vec![y]);
+    sim.finish(c2, &[y]);
+    assert_eq!(ids(&sim.computes(c2)), vec![x]);
+    sim.finish(c2, &[x]);
+    assert!(matches!(sim.request(client, Request::Wait(j2)), Reply::JobDone(_)));
+    // Releasing j2 releases j1 too, as asked earlier.
+    assert_eq!(sim.request(client, Request::Release(j2)), Reply::Ok);
+    assert!(sim.status(client).jobs.is_empty());
+}

@@ -21,3 +21,10 @@ fn bad_option_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--size needs a positive whole number"), "{stderr}");
 }
+
+#[test]
+fn readme_quickstart_prints_the_sum_of_squares() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quickstart")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (0..100u64).map(|i| i * i).sum::<u64>().to_string());
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The README's test command: formatting, lints, and the whole test suite with every feature.
+# Idempotent; safe to run again after a failed or interrupted run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Tests start real clusters; keep their state out of the user's ~/.rdask.
+RDASK_HOME="$(mktemp -d -t rdask-ci-XXXXXX)"
+export RDASK_HOME
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# System packages and services for the test suite (batch systems, MPI, UCX) are
+# installed and started by the scripts below; each does nothing when already done.
+for setup in ci/setup-*.sh; do
+    [ -e "$setup" ] || continue
+    step "$setup"
+    bash "$setup"
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "cargo build without default features (a plain build needs only Rust)"
+cargo build --workspace --locked
+
+step "cargo test (all features)"
+cargo test --workspace --all-features --locked
+
+step "no process started by the tests is left running"
+sleep 1
+if pgrep -f "$PWD/target/" >/dev/null; then
+    pgrep -af "$PWD/target/"
+    echo "error: the tests left processes behind" >&2
+    exit 1
+fi
+echo "all checks passed"

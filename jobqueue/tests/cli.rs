@@ -1,0 +1,172 @@
+//! The `rdask-jobqueue` command as users run it: real processes, a real local cluster.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use rdask_jobqueue::state::process_alive;
+
+fn rdask(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
+        .env("RDASK_HOME", home)
+        .env_remove("RDASK_CLUSTER")
+        .args(args)
+        .output()
+        .expect("rdask-jobqueue runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let o = rdask(home, args);
+    assert!(o.status.success(), "{args:?} failed: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The scheduler's and the workers' pids, from `status --output json` and the scheduler file.
+fn cluster_pids(home: &Path) -> Vec<u32> {
+    let status: serde_json::Value = serde_json::from_str(&ok(home, &["status", "--output", "json"])).unwrap();
+    let mut pids: Vec<u32> =
+        status["workers"].as_array().unwrap().iter().map(|w| w["info"]["pid"].as_u64().unwrap() as u32).collect();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("default/scheduler.json")).unwrap()).unwrap();
+    pids.push(file["pid"].as_u64().unwrap() as u32);
+    pids
+}
+
+fn wait_gone(pids: &[u32], within: Duration) {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|p| process_alive(*p, "")) {
+        assert!(Instant::now() < deadline, "processes still running: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn up_submit_wait_status_down_leaves_nothing_running() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let out = ok(h, &["up", "--workers", "2"]);
+    assert!(out.contains("is up") && out.contains("2 workers"), "{out}");
+    let pids = cluster_pids(h);
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|p| process_alive(*p, "")));
+    let outdir = h.join("out");
+    let stdout = format!("{}/%{{TASK_ID}}.txt", outdir.display());
+    let sub =
+        ok(h, &["submit", "--array", "1-50", "--stdout", &stdout, "--", "sh", "-c", "echo $((RDASK_TASK_ID * 2))"]);
+    assert!(sub.contains("submitted job 1 (50 tasks)"), "{sub}");
+    let waited = ok(h, &["wait"]);
+    assert!(waited.contains("50 of 50 tasks finished, 0 failed"), "{waited}");
+    for i in 1..=50 {
+        assert_eq!(std::fs::read_to_string(outdir.join(format!("{i}.txt"))).unwrap(), format!("{}\n", i * 2));
+    }
+    let status = ok(h, &["status"]);
+    assert!(status.contains("2 worker(s), 1 job(s)"), "{status}");
+    let down = ok(h, &["down"]);
+    assert!(down.contains("is down"), "{down}");
+    wait_gone(&pids, Duration::from_secs(5));
+    assert!(!h.join("default/scheduler.json").exists());
+    let again = ok(h, &["down"]);
+    assert!(again.contains("not running"), "{again}");
+}
+
+#[test]
+fn failed_tasks_make_wait_exit_1_with_their_codes() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(h, &["up", "--workers", "1"]);
+    ok(h, &["submit", "--array", "1-6", "--", "sh", "-c", "echo oops >&2; exit $RDASK_TASK_ID"]);
+    let o = rdask(h, &["wait"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("0 of 6 tasks finished, 6 failed"), "{out}");
+    assert!(out.contains("task 3 exited with code 3: oops"), "{out}");
+    let missing = rdask(h, &["submit", "--wait", "--", "/no/such/program"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing).contains("cannot start `/no/such/program`"), "{}", text(&missing));
+    ok(h, &["down"]);
+}
+
+#[test]
+fn scheduler_killed_then_down_ends_its_workers() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(h, &["up", "--workers", "2", "--death-timeout", "600"]);
+    let pids = cluster_pids(h);
+    let scheduler = *pids.last().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(scheduler as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_gone(&[scheduler], Duration::from_secs(5));
+    // The workers outlive it (their death timeout is long); `down` must end them.
+    assert!(pids[..2].iter().all(|p| process_alive(*p, "")));
+    let down = ok(h, &["down"]);
+    assert!(down.contains("ended 2 leftover process(es)"), "{down}");
+    wait_gone(&pids, Duration::from_secs(5));
+}
+
+#[test]
+fn up_twice_is_refused_and_names_the_fix() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(h, &["up", "--workers", "1"]);
+    let o = rdask(h, &["up"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("already up") && text(&o).contains("rdask-jobqueue down"), "{}", text(&o));
+    ok(h, &["down"]);
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let o = rdask(h, &["submit", "--frobnicate", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("unexpected argument '--frobnicate'"), "{}", text(&o));
+    let o = rdask(h, &["submit", "--array", "10-1", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("bad --array") && text(&o).contains("backwards"), "{}", text(&o));
+    let o = rdask(h, &["submit", "--array", "1-x", "--", "true"]);
+    assert!(text(&o).contains("not a non-negative integer"), "{}", text(&o));
+    let o = rdask(h, &["status"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("is the cluster up?"), "{}", text(&o));
+    let o = rdask(h, &["submit", "--", "true"]);
+    assert!(text(&o).contains("rdask-jobqueue up"), "{}", text(&o));
+    let o = rdask(h, &["up", "--slots", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Nothing was started or left behind by any of these.
+    assert!(!h.join("default/scheduler.json").exists());
+}
+
+#[test]
+fn worker_exits_after_its_death_timeout_when_the_scheduler_is_unreachable() {
+    let home = tempfile::tempdir().unwrap();
+    let secret = home.path().join("secret");
+    rdask::Secret::generate().save(&secret).unwrap();
+    // Reserve a port, then free it: nobody listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let start = Instant::now();
+    let o = rdask(
+        home.path(),
+        &[
+            "worker",
+            "--scheduler",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--death-timeout",
+            "2",
+        ],
+    );
+    let took = start.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("unreachable") && text(&o).contains("death timeout"), "{}", text(&o));
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "{took:?}");
+}
