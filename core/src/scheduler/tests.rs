@@ -574,7 +574,8 @@ fn invalid_submissions_are_refused_and_change_nothing() {
 #[test]
 fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
     // Each case on a fresh cluster: a worker c1 running task a, a client, and a stranger that never registered.
-    let cases: Vec<(&str, fn(TaskId, JobId) -> ToScheduler)> = vec![
+    type Make = fn(TaskId, JobId) -> ToScheduler;
+    let cases: Vec<(&str, Make)> = vec![
         ("client", |a, _| ToScheduler::Finished(vec![Finished { id: a, size: 1, duration_us: 1 }])),
         ("client", |a, _| ToScheduler::Failed(a, TaskError { kind: ErrorKind::Panic, message: String::new() })),
         ("client", |_, _| {

@@ -6,7 +6,7 @@
 //! stay in the worker's store until the scheduler releases them; a small data
 //! server hands them out (to peers fetching inputs, to clients gathering).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +22,11 @@ use crate::protocol::{
     ToWorker, Work, WorkerId, WorkerInfo,
 };
 use crate::registry::Registry;
+
+mod exec;
+
+use exec::{Job, Runner, Slots, TaskDone};
+pub use exec::substitute;
 
 /// How a worker runs.
 #[derive(Clone, Debug)]
@@ -73,15 +78,10 @@ pub enum WorkerError {
 type Store = Arc<Mutex<HashMap<TaskId, Bytes>>>;
 
 enum Done {
-    /// A task ended; a command task leaves no result to keep.
-    Task { id: TaskId, cpus: u16, result: Result<Bytes, TaskError>, duration: Duration, keep: bool },
+    /// Tasks ended.
+    Tasks(Vec<TaskDone>),
     /// The inputs of a task arrived (or could not be had).
     Fetched { assignment: Assignment, result: Result<Vec<(TaskId, Bytes)>, TaskId> },
-}
-
-struct Job {
-    assignment: Assignment,
-    inputs: Vec<Bytes>,
 }
 
 /// Runs a worker until the scheduler stops it (`Ok`) or is gone for the death timeout.
@@ -182,17 +182,13 @@ struct Worker {
     store: Store,
     heartbeat: Duration,
     death_timeout: Duration,
-    slots: u32,
-    free: u32,
-    runnable: VecDeque<Job>,
+    slots: Slots,
     commands: HashMap<JobId, Arc<CommandSpec>>,
     peers: HashMap<WorkerId, String>,
     secret: Secret,
     pool: FetchPool,
-    threads: std::sync::mpsc::Sender<(Job, Arc<crate::registry::TaskFn>)>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
-    children: Arc<Mutex<Vec<i32>>>,
     finished: Vec<Finished>,
     retiring: bool,
     in_flight: usize,
@@ -201,32 +197,27 @@ struct Worker {
 impl Worker {
     fn new(config: &WorkerConfig, registry: Arc<Registry>, store: Store, heartbeat: Duration) -> Worker {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let (threads, jobs) = std::sync::mpsc::channel::<(Job, Arc<crate::registry::TaskFn>)>();
-        let jobs = Arc::new(Mutex::new(jobs));
-        for i in 0..config.slots.max(1) {
-            let jobs = jobs.clone();
-            let done = done_tx.clone();
-            std::thread::Builder::new()
-                .name(format!("rdask-task-{i}"))
-                .spawn(move || function_thread(&jobs, &done))
-                .expect("spawning a task thread");
-        }
+        let (batches, mut batch_rx) = mpsc::unbounded_channel::<Vec<TaskDone>>();
+        let forward = done_tx.clone();
+        tokio::spawn(async move {
+            while let Some(b) = batch_rx.recv().await {
+                if forward.send(Done::Tasks(b)).is_err() {
+                    return;
+                }
+            }
+        });
         Worker {
             registry,
             store,
             heartbeat,
             death_timeout: config.death_timeout,
-            slots: u32::from(config.slots.max(1)),
-            free: u32::from(config.slots.max(1)),
-            runnable: VecDeque::new(),
+            slots: Slots::start(config.slots, batches),
             commands: HashMap::new(),
             peers: HashMap::new(),
             secret: config.cluster.secret.clone(),
             pool: FetchPool::default(),
-            threads,
             done_tx,
             done_rx,
-            children: Arc::default(),
             finished: Vec::new(),
             retiring: false,
             in_flight: 0,
@@ -272,12 +263,11 @@ impl Worker {
                     let _ = out.send(protocol::frame(&ToScheduler::Retire));
                 }
             }
-            self.dispatch();
             if !self.finished.is_empty() {
                 let list = std::mem::take(&mut self.finished);
                 let _ = out.send(protocol::frame(&ToScheduler::Finished(list)));
             }
-            if self.retiring && self.in_flight == 0 && self.runnable.is_empty() {
+            if self.retiring && self.in_flight == 0 {
                 break Ended::Stopped;
             }
         };
@@ -335,7 +325,7 @@ impl Worker {
             }
         }
         if remote.is_empty() {
-            self.runnable.push_back(Job { assignment: a, inputs });
+            self.start(a, inputs);
             return;
         }
         let pool = self.pool.clone();
@@ -349,25 +339,26 @@ impl Worker {
 
     fn on_done(&mut self, done: Done, out: &mpsc::UnboundedSender<Frame>) {
         match done {
-            Done::Task { id, cpus, result, duration, keep } => {
-                self.free = (self.free + u32::from(cpus)).min(self.slots);
-                self.in_flight -= 1;
-                match result {
-                    Ok(bytes) => {
-                        let size = bytes.len() as u64;
-                        if keep {
-                            self.store.lock().expect("store lock").insert(id, bytes);
+            Done::Tasks(list) => {
+                for t in list {
+                    self.in_flight -= 1;
+                    match t.result {
+                        Ok(bytes) => {
+                            let size = bytes.len() as u64;
+                            if t.keep {
+                                self.store.lock().expect("store lock").insert(t.id, bytes);
+                            }
+                            let duration_us = t.duration.as_micros().min(u128::from(u32::MAX)) as u32;
+                            self.finished.push(Finished { id: t.id, size, duration_us });
                         }
-                        let duration_us = duration.as_micros().min(u128::from(u32::MAX)) as u32;
-                        self.finished.push(Finished { id, size, duration_us });
-                    }
-                    Err(e) => {
-                        // Keep the order: results finished before this failure go first.
-                        if !self.finished.is_empty() {
-                            let list = std::mem::take(&mut self.finished);
-                            let _ = out.send(protocol::frame(&ToScheduler::Finished(list)));
+                        Err(e) => {
+                            // Keep the order: results finished before this failure go first.
+                            if !self.finished.is_empty() {
+                                let list = std::mem::take(&mut self.finished);
+                                let _ = out.send(protocol::frame(&ToScheduler::Finished(list)));
+                            }
+                            let _ = out.send(protocol::frame(&ToScheduler::Failed(t.id, e)));
                         }
-                        let _ = out.send(protocol::frame(&ToScheduler::Failed(id, e)));
                     }
                 }
             }
@@ -375,15 +366,13 @@ impl Worker {
                 Ok(fetched) => {
                     let mut inputs = Vec::with_capacity(assignment.inputs.len());
                     let store = self.store.lock().expect("store lock");
-                    for (id, holder) in &assignment.inputs {
+                    for (id, _) in &assignment.inputs {
                         let b = fetched.iter().find(|(f, _)| f == id).map(|(_, b)| b.clone());
-                        inputs.push(b.or_else(|| store.get(id).cloned()).unwrap_or_else(|| {
-                            debug_assert_eq!(holder.0, 0);
-                            Bytes::new()
-                        }));
+                        // Not fetched: local, or a command task's empty result.
+                        inputs.push(b.or_else(|| store.get(id).cloned()).unwrap_or_default());
                     }
                     drop(store);
-                    self.runnable.push_back(Job { assignment, inputs });
+                    self.start(assignment, inputs);
                 }
                 Err(missing) => {
                     self.in_flight -= 1;
@@ -393,201 +382,40 @@ impl Worker {
         }
     }
 
-    /// Starts runnable tasks while slots are free.
-    fn dispatch(&mut self) {
-        while let Some(job) = self.runnable.front() {
-            let cpus = u32::from(job.assignment.cpus).min(u32::from(u16::MAX));
-            // A task wider than the worker runs alone rather than never.
-            if cpus > self.free && self.free < self.slots {
-                break;
-            }
-            let job = self.runnable.pop_front().expect("peeked");
-            self.free = self.free.saturating_sub(cpus);
-            let id = job.assignment.id;
-            let cpus = job.assignment.cpus;
-            match &job.assignment.work {
-                Work::Function { name, .. } => match self.registry.get(name) {
-                    Some(f) => {
-                        let _ = self.threads.send((job, f));
-                    }
-                    None => {
-                        let e = TaskError {
-                            kind: ErrorKind::UnknownFunction,
-                            message: format!(
-                                "`{name}` is not registered in this worker's program ({}); start workers from the program that registers it",
-                                std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default()
-                            ),
-                        };
-                        let done = Done::Task { id, cpus, result: Err(e), duration: Duration::ZERO, keep: true };
-                        let _ = self.done_tx.send(done);
-                    }
-                },
-                Work::Command { array_id } => {
-                    let spec = self.commands.get(&id.job).cloned();
-                    let done = self.done_tx.clone();
-                    let children = self.children.clone();
-                    let array_id = *array_id;
-                    tokio::spawn(async move {
-                        let start = Instant::now();
-                        let result = match spec {
-                            Some(spec) => run_command(&spec, id, array_id, &children).await,
-                            None => {
-                                Err(TaskError { kind: ErrorKind::Spawn, message: "no command for this job".into() })
-                            }
-                        };
-                        let _ = done.send(Done::Task { id, cpus, result, duration: start.elapsed(), keep: false });
-                    });
-                }
+    /// Hands a task whose inputs are all here to the slots.
+    fn start(&mut self, assignment: Assignment, inputs: Vec<Bytes>) {
+        let id = assignment.id;
+        let run = match &assignment.work {
+            Work::Function { name, .. } => match self.registry.get(name) {
+                Some(f) => Ok(Runner::Function(f)),
+                None => Err(TaskError {
+                    kind: ErrorKind::UnknownFunction,
+                    message: format!(
+                        "`{name}` is not registered in this worker's program ({}); start workers from the program that registers it",
+                        std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default()
+                    ),
+                }),
+            },
+            Work::Command { .. } => match self.commands.get(&id.job) {
+                Some(spec) => Ok(Runner::Command(spec.clone())),
+                None => Err(TaskError { kind: ErrorKind::Spawn, message: "no command for this job".into() }),
+            },
+        };
+        match run {
+            Ok(run) => self.slots.push([Job { assignment, inputs, run }]),
+            Err(e) => {
+                let t = TaskDone { id, result: Err(e), duration: Duration::ZERO, keep: false };
+                let _ = self.done_tx.send(Done::Tasks(vec![t]));
             }
         }
     }
 
     /// Kills the process groups of running command tasks.
     fn kill_commands(&mut self) {
-        let pids = std::mem::take(&mut *self.children.lock().expect("children lock"));
-        kill_groups(&pids);
+        self.slots.close();
+        let pids = std::mem::take(&mut *self.slots.children.lock().expect("children lock"));
+        exec::kill_groups(&pids);
     }
-}
-
-fn kill_groups(pids: &[i32]) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    for &pid in pids {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    if !pids.is_empty() {
-        std::thread::sleep(Duration::from_millis(200));
-        for &pid in pids {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn function_thread(
-    jobs: &Mutex<std::sync::mpsc::Receiver<(Job, Arc<crate::registry::TaskFn>)>>,
-    done: &mpsc::UnboundedSender<Done>,
-) {
-    loop {
-        let next = jobs.lock().expect("job queue lock").recv();
-        let Ok((job, f)) = next else { return };
-        let start = Instant::now();
-        let Work::Function { args, .. } = &job.assignment.work else { continue };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(args, &job.inputs)));
-        let result = match outcome {
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(message)) => Err(TaskError { kind: ErrorKind::Error, message }),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic with a non-string payload".into());
-                Err(TaskError { kind: ErrorKind::Panic, message })
-            }
-        };
-        let id = job.assignment.id;
-        let cpus = job.assignment.cpus;
-        if done.send(Done::Task { id, cpus, result, duration: start.elapsed(), keep: true }).is_err() {
-            return;
-        }
-    }
-}
-
-/// Replaces `%{TASK_ID}` and `%{JOB_ID}`.
-pub fn substitute(s: &str, job: JobId, array_id: u32) -> String {
-    s.replace("%{TASK_ID}", &array_id.to_string()).replace("%{JOB_ID}", &job.0.to_string())
-}
-
-async fn run_command(
-    spec: &CommandSpec,
-    id: TaskId,
-    array_id: u32,
-    children: &Mutex<Vec<i32>>,
-) -> Result<Bytes, TaskError> {
-    use std::process::Stdio;
-    let sub = |s: &str| substitute(s, id.job, array_id);
-    let spawn_err = |message: String| TaskError { kind: ErrorKind::Spawn, message };
-    let Some(program) = spec.argv.first() else { return Err(spawn_err("empty command".into())) };
-    let mut cmd = tokio::process::Command::new(sub(program));
-    cmd.args(spec.argv[1..].iter().map(|a| sub(a)));
-    cmd.env("RDASK_TASK_ID", array_id.to_string()).env("RDASK_JOB_ID", id.job.0.to_string());
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(sub(cwd));
-    }
-    let open = |path: &Option<String>| -> Result<(Stdio, Option<String>), TaskError> {
-        match path {
-            None => Ok((Stdio::null(), None)),
-            Some(p) => {
-                let p = sub(p);
-                if let Some(parent) = std::path::Path::new(&p).parent() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-                let f = std::fs::File::create(&p).map_err(|e| spawn_err(format!("cannot create {p}: {e}")))?;
-                Ok((Stdio::from(f), Some(p)))
-            }
-        }
-    };
-    let (stdout, _) = open(&spec.stdout)?;
-    let (stderr, stderr_path) = match &spec.stderr {
-        Some(_) => open(&spec.stderr)?,
-        // Keep the tail of an otherwise discarded stderr for error messages.
-        None => (Stdio::piped(), None),
-    };
-    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| spawn_err(format!("cannot start `{}`: {e}", sub(program))))?;
-    let pid = child.id().map(|p| p as i32);
-    if let Some(pid) = pid {
-        children.lock().expect("children lock").push(pid);
-    }
-    let tail_task = child.stderr.take().map(|mut s| {
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut tail = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = s.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > 8192 {
-                    tail.drain(..tail.len() - 4096);
-                }
-            }
-            tail
-        })
-    });
-    let status = child.wait().await;
-    if let Some(pid) = pid {
-        children.lock().expect("children lock").retain(|p| *p != pid);
-    }
-    let status = status.map_err(|e| spawn_err(format!("waiting for the command failed: {e}")))?;
-    if status.success() {
-        return Ok(Bytes::new());
-    }
-    let tail = match (tail_task, stderr_path) {
-        (Some(t), _) => t.await.unwrap_or_default(),
-        (None, Some(p)) => read_tail(&p),
-        (None, None) => Vec::new(),
-    };
-    let mut message = String::from_utf8_lossy(&tail[tail.len().saturating_sub(2048)..]).trim().to_string();
-    if message.is_empty() {
-        message = "(no stderr)".into();
-    }
-    use std::os::unix::process::ExitStatusExt;
-    let kind = match (status.code(), status.signal()) {
-        (Some(c), _) => ErrorKind::ExitCode(c),
-        (None, Some(s)) => ErrorKind::Signal(s),
-        _ => ErrorKind::ExitCode(-1),
-    };
-    Err(TaskError { kind, message })
-}
-
-fn read_tail(path: &str) -> Vec<u8> {
-    let data = std::fs::read(path).unwrap_or_default();
-    data[data.len().saturating_sub(2048)..].to_vec()
 }
 
 /// Serves results to peers and clients.
@@ -680,14 +508,4 @@ async fn fetch_all(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn substitutes_ids() {
-        assert_eq!(substitute("out/%{JOB_ID}-%{TASK_ID}.txt", JobId(3), 17), "out/3-17.txt");
-    }
 }

@@ -1,0 +1,276 @@
+//! The worker's task slots: `slots` threads that run function and command tasks.
+//!
+//! Tasks wait in one queue; a thread takes the first one when enough CPUs are
+//! free (a task wider than the worker takes all of them), runs it, and reports
+//! what it finished in batches: when the queue has nothing it may start, after
+//! a couple of milliseconds, or every 256 tasks. Short tasks thus cost no
+//! wake-up of the worker's event loop each, and long ones are reported at once.
+//! Command tasks run as child processes in their own process groups, spawned
+//! and awaited from the slot thread, like a plain `fork`+`exec` loop.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::protocol::{Assignment, CommandSpec, ErrorKind, JobId, TaskError, TaskId, Work};
+use crate::registry::TaskFn;
+
+/// A task ready to run: its assignment and its inputs.
+pub(super) struct Job {
+    pub assignment: Assignment,
+    pub inputs: Vec<Bytes>,
+    pub run: Runner,
+}
+
+/// How to run a job.
+pub(super) enum Runner {
+    Function(Arc<TaskFn>),
+    Command(Arc<CommandSpec>),
+}
+
+/// The end of one task.
+pub(super) struct TaskDone {
+    pub id: TaskId,
+    pub result: Result<Bytes, TaskError>,
+    pub duration: Duration,
+    /// Whether the result is to be kept (command tasks leave none).
+    pub keep: bool,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    free: u32,
+    closed: bool,
+}
+
+/// The slot threads and their queue.
+pub(super) struct Slots {
+    state: Arc<(Mutex<State>, Condvar)>,
+    /// Process groups of running command tasks.
+    pub children: Arc<Mutex<Vec<i32>>>,
+}
+
+const BATCH: usize = 256;
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+
+impl Slots {
+    /// Starts `slots` threads reporting to `done`.
+    pub fn start(slots: u16, done: mpsc::UnboundedSender<Vec<TaskDone>>) -> Slots {
+        let slots = u32::from(slots.max(1));
+        let state = Arc::new((Mutex::new(State { queue: VecDeque::new(), free: slots, closed: false }), Condvar::new()));
+        let children: Arc<Mutex<Vec<i32>>> = Arc::default();
+        for i in 0..slots {
+            let (state, done, children) = (state.clone(), done.clone(), children.clone());
+            std::thread::Builder::new()
+                .name(format!("rdask-slot-{i}"))
+                .spawn(move || slot_thread(&state, slots, &done, &children))
+                .expect("spawning a slot thread");
+        }
+        Slots { state, children }
+    }
+
+    /// Queues jobs.
+    pub fn push(&self, jobs: impl IntoIterator<Item = Job>) {
+        let (lock, cv) = &*self.state;
+        lock.lock().expect("slot lock").queue.extend(jobs);
+        cv.notify_all();
+    }
+
+    /// Drops queued jobs and ends the threads once their current task is done.
+    pub fn close(&self) {
+        let (lock, cv) = &*self.state;
+        let mut st = lock.lock().expect("slot lock");
+        st.closed = true;
+        st.queue.clear();
+        cv.notify_all();
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn slot_thread(
+    state: &(Mutex<State>, Condvar),
+    slots: u32,
+    done: &mpsc::UnboundedSender<Vec<TaskDone>>,
+    children: &Mutex<Vec<i32>>,
+) {
+    let (lock, cv) = state;
+    let mut results: Vec<TaskDone> = Vec::new();
+    let mut first_result = Instant::now();
+    loop {
+        let job = {
+            let mut st = lock.lock().expect("slot lock");
+            loop {
+                if st.closed {
+                    return;
+                }
+                let need = st.queue.front().map(|j| u32::from(j.assignment.cpus).clamp(1, slots));
+                if let Some(need) = need.filter(|n| *n <= st.free) {
+                    st.free -= need;
+                    break st.queue.pop_front().map(|j| (j, need));
+                }
+                if !results.is_empty() {
+                    break None;
+                }
+                st = cv.wait(st).expect("slot lock");
+            }
+        };
+        let Some((job, need)) = job else {
+            // Nothing this thread may start now: report what it has.
+            if done.send(std::mem::take(&mut results)).is_err() {
+                return;
+            }
+            continue;
+        };
+        let r = run(job, children);
+        {
+            let mut st = lock.lock().expect("slot lock");
+            st.free += need;
+            cv.notify_all();
+        }
+        if results.is_empty() {
+            first_result = Instant::now();
+        }
+        results.push(r);
+        if results.len() >= BATCH || first_result.elapsed() >= BATCH_DELAY {
+            if done.send(std::mem::take(&mut results)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn run(job: Job, children: &Mutex<Vec<i32>>) -> TaskDone {
+    let start = Instant::now();
+    let id = job.assignment.id;
+    let (result, keep) = match (&job.run, &job.assignment.work) {
+        (Runner::Function(f), Work::Function { args, .. }) => (call(f.as_ref(), args, &job.inputs), true),
+        (Runner::Command(spec), Work::Command { array_id }) => (run_command(spec, id, *array_id, children), false),
+        _ => (Err(TaskError { kind: ErrorKind::Spawn, message: "task and runner disagree".into() }), false),
+    };
+    TaskDone { id, result, duration: start.elapsed(), keep }
+}
+
+fn call(f: &TaskFn, args: &[u8], inputs: &[Bytes]) -> Result<Bytes, TaskError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(args, inputs))) {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(message)) => Err(TaskError { kind: ErrorKind::Error, message }),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic with a non-string payload".into());
+            Err(TaskError { kind: ErrorKind::Panic, message })
+        }
+    }
+}
+
+/// Replaces `%{TASK_ID}` and `%{JOB_ID}`.
+pub fn substitute(s: &str, job: JobId, array_id: u32) -> String {
+    s.replace("%{TASK_ID}", &array_id.to_string()).replace("%{JOB_ID}", &job.0.to_string())
+}
+
+fn run_command(spec: &CommandSpec, id: TaskId, array_id: u32, children: &Mutex<Vec<i32>>) -> Result<Bytes, TaskError> {
+    use std::io::Read;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let sub = |s: &str| substitute(s, id.job, array_id);
+    let spawn_err = |message: String| TaskError { kind: ErrorKind::Spawn, message };
+    let Some(program) = spec.argv.first() else { return Err(spawn_err("empty command".into())) };
+    let mut cmd = std::process::Command::new(sub(program));
+    cmd.args(spec.argv[1..].iter().map(|a| sub(a)));
+    cmd.env("RDASK_TASK_ID", array_id.to_string()).env("RDASK_JOB_ID", id.job.0.to_string());
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(sub(cwd));
+    }
+    let open = |path: &str| -> Result<(Stdio, String), TaskError> {
+        let p = sub(path);
+        if let Some(parent) = std::path::Path::new(&p).parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let f = std::fs::File::create(&p).map_err(|e| spawn_err(format!("cannot create {p}: {e}")))?;
+        Ok((Stdio::from(f), p))
+    };
+    let stdout = match &spec.stdout {
+        Some(p) => open(p)?.0,
+        None => Stdio::null(),
+    };
+    // A discarded stderr still goes through a pipe: its tail explains a failure.
+    let (stderr, stderr_path) = match &spec.stderr {
+        Some(p) => open(p).map(|(s, p)| (s, Some(p)))?,
+        None => (Stdio::piped(), None),
+    };
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
+    let mut child = cmd.spawn().map_err(|e| spawn_err(format!("cannot start `{}`: {e}", sub(program))))?;
+    let pid = child.id() as i32;
+    children.lock().expect("children lock").push(pid);
+    let mut tail = Vec::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 8192 {
+                tail.drain(..tail.len() - 4096);
+            }
+        }
+    }
+    let status = child.wait();
+    children.lock().expect("children lock").retain(|p| *p != pid);
+    let status = status.map_err(|e| spawn_err(format!("waiting for the command failed: {e}")))?;
+    if status.success() {
+        return Ok(Bytes::new());
+    }
+    if let Some(p) = stderr_path {
+        let data = std::fs::read(p).unwrap_or_default();
+        tail = data[data.len().saturating_sub(2048)..].to_vec();
+    }
+    let mut message = String::from_utf8_lossy(&tail[tail.len().saturating_sub(2048)..]).trim().to_string();
+    if message.is_empty() {
+        message = "(no stderr)".into();
+    }
+    let kind = match (status.code(), status.signal()) {
+        (Some(c), _) => ErrorKind::ExitCode(c),
+        (None, Some(s)) => ErrorKind::Signal(s),
+        _ => ErrorKind::ExitCode(-1),
+    };
+    Err(TaskError { kind, message })
+}
+
+/// SIGTERM to each process group, a grace period, then SIGKILL.
+pub(super) fn kill_groups(pids: &[i32]) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    for &pid in pids {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    if !pids.is_empty() {
+        std::thread::sleep(Duration::from_millis(200));
+        for &pid in pids {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_ids() {
+        assert_eq!(substitute("out/%{JOB_ID}-%{TASK_ID}.txt", JobId(3), 17), "out/3-17.txt");
+    }
+}
