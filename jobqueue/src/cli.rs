@@ -42,8 +42,10 @@ pub enum Cmd {
     Status(StatusArgs),
     /// Stop the cluster: workers, scheduler, and anything left by a crash.
     Down(DownArgs),
+    /// Print the job script that `up` would submit, and submit nothing.
+    JobScript(SchedulerArgs),
     /// Run the scheduler in the foreground (what `up` starts in the background).
-    Scheduler(SchedulerArgs),
+    Scheduler(SchedulerCmd),
     /// Run a worker in the foreground (for command tasks; function tasks need your own program).
     Worker(WorkerArgs),
 }
@@ -62,20 +64,60 @@ pub enum OutputMode {
 pub struct UpArgs {
     #[command(flatten)]
     pub scheduler: SchedulerArgs,
+    /// Wait until every worker has joined (always done for the local backend).
+    #[arg(long)]
+    pub wait: bool,
     /// Seconds to wait for the workers to join before giving up.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Show what `up` would do (the job script, the commands) and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
-/// Options of the scheduler (shared by `up` and `scheduler`).
-#[derive(Clone, Debug, Args)]
+/// Options of `scheduler`.
+#[derive(Debug, Args)]
+pub struct SchedulerCmd {
+    #[command(flatten)]
+    pub args: SchedulerArgs,
+    /// Read the options from this JSON file instead (written by `up`).
+    #[arg(long, hide = true)]
+    pub args_file: Option<PathBuf>,
+}
+
+/// Options of the scheduler (shared by `up`, `scheduler` and `job-script`).
+#[derive(Clone, Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct SchedulerArgs {
-    /// Where workers run: `local` (this machine; the default).
-    #[arg(long, default_value = "local", value_parser = ["local"])]
+    /// Where workers run: `local` (processes on this machine), or worker jobs on `slurm`, `pbs` or `sge`.
+    #[arg(long, default_value = "local", value_parser = ["local", "slurm", "pbs", "sge"])]
     pub backend: String,
-    /// Number of workers to start.
+    /// Number of local workers to start (local backend).
     #[arg(long, short = 'w', default_value_t = 2)]
     pub workers: usize,
+    /// Number of nodes to get workers on (batch backends): one job per node, or per
+    /// `--nodes-per-job` nodes.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    pub nodes: u32,
+    /// Submit the jobs as one job array instead of one job each.
+    #[arg(long)]
+    pub job_array: bool,
+    /// A job script template replacing the default one (see templates/README.md).
+    #[arg(long)]
+    pub template: Option<PathBuf>,
+    /// The command that submits jobs [default: sbatch for slurm, qsub for pbs and sge].
+    #[arg(long)]
+    pub submit_command: Option<PathBuf>,
+    /// The command that reports job states [default: squeue, qstat].
+    #[arg(long)]
+    pub status_command: Option<PathBuf>,
+    /// The command that cancels jobs [default: scancel, qdel].
+    #[arg(long)]
+    pub cancel_command: Option<PathBuf>,
+    /// Seconds between polls of the batch system.
+    #[arg(long, default_value_t = 2.0)]
+    pub poll_interval: f64,
+    #[command(flatten)]
+    pub job: crate::batch::JobParams,
     /// Task slots (CPUs) per worker.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub slots: u16,
@@ -88,44 +130,19 @@ pub struct SchedulerArgs {
     /// Port to listen on (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// Program the workers run: your program, for function tasks [default: rdask-jobqueue].
+    /// Program the local workers run: your program, for function tasks [default: rdask-jobqueue].
     #[arg(long)]
     pub worker_program: Option<PathBuf>,
+    /// The rdask-jobqueue path that batch jobs run, where compute nodes see it elsewhere
+    /// [default: this program's absolute path].
+    #[arg(long)]
+    pub worker_command: Option<PathBuf>,
     /// Workers exit when the scheduler has been unreachable this many seconds.
     #[arg(long, default_value_t = 60)]
     pub death_timeout: u64,
     /// Heartbeat interval in milliseconds; a worker silent for 10 intervals is lost.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_ms: u64,
-}
-
-impl SchedulerArgs {
-    /// The same options as command-line arguments (for `up` starting `scheduler`).
-    pub fn to_args(&self) -> Vec<String> {
-        let mut v = vec![
-            "--backend".into(),
-            self.backend.clone(),
-            "--workers".into(),
-            self.workers.to_string(),
-            "--slots".into(),
-            self.slots.to_string(),
-            "--port".into(),
-            self.port.to_string(),
-            "--death-timeout".into(),
-            self.death_timeout.to_string(),
-            "--heartbeat-ms".into(),
-            self.heartbeat_ms.to_string(),
-        ];
-        match &self.interface {
-            Some(i) => v.extend(["--interface".into(), i.clone()]),
-            None => v.extend(["--host".into(), self.host.clone()]),
-        }
-        if let Some(p) = &self.worker_program {
-            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-            v.extend(["--worker-program".into(), abs.display().to_string()]);
-        }
-        v
-    }
 }
 
 /// Options of `worker`.
@@ -143,6 +160,12 @@ pub struct WorkerArgs {
     /// Exit when the scheduler has been unreachable this many seconds [default: 60].
     #[arg(long)]
     pub death_timeout: Option<u64>,
+    /// Directory the worker runs in (scratch space; created if missing; `$VARS` are expanded).
+    #[arg(long)]
+    pub local_directory: Option<String>,
+    /// Network interface for the worker's data server (peers fetch results there).
+    #[arg(long)]
+    pub interface: Option<String>,
 }
 
 /// Options of `submit`.
@@ -203,4 +226,14 @@ pub struct DownArgs {
     /// Seconds to wait for a clean stop before ending processes by signal.
     #[arg(long, default_value_t = 15)]
     pub timeout: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -6,7 +6,10 @@
 //! Exit codes: 0 success; 1 the command failed (tasks failed, the cluster is
 //! unreachable, …); 2 the command line is wrong.
 
+pub mod backend;
+pub mod batch;
 pub mod cli;
+pub mod jobs;
 pub mod local;
 pub mod net;
 pub mod state;
@@ -20,7 +23,11 @@ use rdask::cluster::{ClusterInfo, SchedulerFile, SECRET_FILE};
 use rdask::protocol::{parse_array, ClusterStatus, CommandSpec, JobId};
 use rdask::{Client, Secret};
 
-use crate::cli::{Cli, Cmd, DownArgs, OutputMode, SchedulerArgs, StatusArgs, SubmitArgs, UpArgs, WaitArgs, WorkerArgs};
+use crate::backend::BatchBackend;
+use crate::batch::System;
+use crate::cli::{
+    Cli, Cmd, DownArgs, OutputMode, SchedulerArgs, SchedulerCmd, StatusArgs, SubmitArgs, UpArgs, WaitArgs, WorkerArgs,
+};
 use crate::local::LocalBackend;
 use crate::state::{process_alive, StateDir};
 
@@ -35,6 +42,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Status(a) => rt.block_on(status(&state, a)),
         Cmd::Down(a) => rt.block_on(down(&state, a)),
         Cmd::Scheduler(a) => rt.block_on(scheduler(&state, a)),
+        Cmd::JobScript(a) => job_script(&state, &a),
         Cmd::Worker(a) => rt.block_on(worker(&state, a)),
     }
 }
@@ -52,6 +60,19 @@ async fn connect(state: &StateDir) -> Result<Client> {
 
 /// `up`: starts the scheduler in the background and waits for its workers.
 async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
+    let batch = batch_system_of(&a.scheduler)?;
+    if a.dry_run {
+        return dry_run(state, &a.scheduler, batch);
+    }
+    if let Some(system) = batch {
+        // Fail on a bad parameter or template now, not in the background scheduler.
+        backend::render(
+            system,
+            &job_params(&a.scheduler, state),
+            &worker_argv(&a.scheduler, state, &[])?,
+            a.scheduler.template.as_deref(),
+        )?;
+    }
     if let Ok(f) = SchedulerFile::read(&state.path) {
         if process_alive(f.pid, "rdask") {
             bail!(
@@ -82,7 +103,16 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     if let Some(h) = state.path.parent() {
         cmd.arg("--home").arg(h);
     }
-    cmd.arg("scheduler").args(a.scheduler.to_args());
+    let args_file = state.file("up.json");
+    let mut sched_args = a.scheduler.clone();
+    if let Some(p) = &sched_args.worker_program {
+        sched_args.worker_program = Some(std::fs::canonicalize(p)?);
+    }
+    if let Some(p) = &sched_args.template {
+        sched_args.template = Some(std::fs::canonicalize(p).with_context(|| format!("template {}", p.display()))?);
+    }
+    std::fs::write(&args_file, serde_json::to_string_pretty(&sched_args)?)?;
+    cmd.arg("scheduler").arg("--args-file").arg(&args_file);
     use std::os::unix::process::CommandExt;
     // Its own process group: a Ctrl-C in this terminal must not take the cluster down.
     cmd.process_group(0).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -104,17 +134,32 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let client = connect(state).await?;
-    let want = a.scheduler.workers;
+    let want = match batch {
+        None => a.scheduler.workers,
+        Some(_) if !a.wait => 0,
+        Some(_) => (a.scheduler.nodes * a.scheduler.job.processes.unwrap_or(1)) as usize,
+    };
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut s = client.status().await?;
     while s.workers.len() < want {
+        let jobs = backend::read_jobs(state);
+        let all_ended = !jobs.is_empty() && jobs.iter().all(|j| !j.state.is_active());
+        if all_ended {
+            let _ = client.shutdown().await;
+            let states: Vec<String> = jobs.iter().map(|j| format!("{} {}", j.id, j.state)).collect();
+            bail!(
+                "every batch job ended before its worker joined ({}); the cluster was stopped. Job output:\n{}",
+                states.join(", "),
+                logs_tail(state)
+            );
+        }
         if Instant::now() > deadline {
             let _ = client.shutdown().await;
             bail!(
                 "only {} of {want} workers registered within {} s; the cluster was stopped. Worker log:\n{}",
                 s.workers.len(),
                 a.timeout,
-                tail(&state.file("workers.log"))
+                tail(&state.file(if batch.is_some() { "scheduler.log" } else { "workers.log" }))
             );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -122,8 +167,10 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     }
     let f = SchedulerFile::read(&state.path)?;
     let slots: u32 = s.workers.iter().map(|w| u32::from(w.info.slots)).sum();
+    let jobs = backend::read_jobs(state);
+    let jobs = if batch.is_some() { format!(", {} batch job(s)", jobs.len()) } else { String::new() };
     println!(
-        "cluster `{}` is up: scheduler {} (pid {}), {} workers, {slots} slots; state in {}",
+        "cluster `{}` is up: scheduler {} (pid {}), {} workers, {slots} slots{jobs}; state in {}",
         state.name,
         f.addresses.first().map(String::as_str).unwrap_or("?"),
         f.pid,
@@ -134,7 +181,8 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Ends every process in the journal that is still alive; returns how many there were.
+/// Cancels every batch job and ends every process in the journal that is still alive;
+/// returns how many there were.
 fn cleanup(state: &StateDir) -> usize {
     let mut n = 0;
     let mut procs: Vec<(u32, Option<u64>)> = Vec::new();
@@ -147,6 +195,13 @@ fn cleanup(state: &StateDir) -> usize {
             }
         }
     }
+    match backend::cancel_journalled(state) {
+        Ok(0) => {}
+        Ok(jobs) => {
+            println!("cancelled the cluster's {jobs} batch job(s); the batch system shows none of them running")
+        }
+        Err(e) => eprintln!("warning: cancelling the cluster's batch jobs failed: {e:#}"),
+    }
     for (pid, start) in procs {
         // A pid the system has recycled for another program is left alone.
         let same = start.is_none_or(|s| state::process_start_time(pid) == Some(s));
@@ -155,7 +210,9 @@ fn cleanup(state: &StateDir) -> usize {
             terminate(pid);
         }
     }
-    let _ = std::fs::remove_file(state.file(rdask::cluster::SCHEDULER_FILE));
+    for f in [rdask::cluster::SCHEDULER_FILE, "batch-jobs.json", "backend.json"] {
+        let _ = std::fs::remove_file(state.file(f));
+    }
     state.clear_journal();
     n
 }
@@ -187,8 +244,13 @@ fn tail(path: &Path) -> String {
 }
 
 /// `scheduler`: runs the scheduler and its local workers in the foreground.
-async fn scheduler(state: &StateDir, a: SchedulerArgs) -> Result<i32> {
+async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
     rdask::init_logging();
+    let a: SchedulerArgs = match &cmd.args_file {
+        Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?).context("corrupt scheduler arguments file")?,
+        None => cmd.args,
+    };
+    let batch = batch_system_of(&a)?;
     state.create()?;
     let me = std::process::id();
     state.journal("pid", &format!("{me}:{}", state::process_start_time(me).unwrap_or(0)))?;
@@ -217,26 +279,87 @@ async fn scheduler(state: &StateDir, a: SchedulerArgs) -> Result<i32> {
         heartbeat_timeout: Duration::from_millis(a.heartbeat_ms * 10),
     };
     let server = rdask::server::spawn(listener, secret.clone(), config);
+    let server_address = server.address.clone();
+    tracing::info!("scheduler listening; workers and clients use {}", addresses.join(", "));
+    let mut local = None;
+    let mut batch_backend = None;
+    match batch {
+        None => {
+            let (program, args) = match &a.worker_program {
+                Some(p) => (p.clone(), Vec::new()),
+                None => {
+                    (std::env::current_exe()?, vec!["--name".to_string(), state.name.clone(), "worker".to_string()])
+                }
+            };
+            let mut b = LocalBackend::new(program, args, a.slots, a.death_timeout);
+            b.start(state, &addresses, a.workers)?;
+            local = Some(b);
+        }
+        Some(system) => {
+            let mut b = BatchBackend::new(
+                state,
+                system,
+                commands_of(&a, system),
+                &job_params(&a, state),
+                &worker_argv(&a, state, &addresses)?,
+                a.template.as_deref(),
+            )?;
+            let jobs = if a.job_array { 1 } else { jobs_for(&a) };
+            if let Err(e) = b.submit(jobs) {
+                tracing::error!("{e:#}");
+                let _ = b.cancel_all(Duration::from_secs(60));
+                server.abort();
+                let _ = std::fs::remove_file(state.file(rdask::cluster::SCHEDULER_FILE));
+                return Err(e);
+            }
+            batch_backend = Some(std::sync::Arc::new(std::sync::Mutex::new(b)));
+        }
+    }
+    // Ready: `up` waits for this file, so a failed submission above is reported by `up` itself.
     SchedulerFile { addresses: addresses.clone(), pid: std::process::id(), host: rdask::worker::hostname() }
         .write(&state.path)?;
-    tracing::info!("scheduler listening; workers and clients use {}", addresses.join(", "));
-    let (program, args) = match &a.worker_program {
-        Some(p) => (p.clone(), Vec::new()),
-        None => (std::env::current_exe()?, vec!["--name".to_string(), state.name.clone(), "worker".to_string()]),
-    };
-    let mut backend = LocalBackend::new(program, args, a.slots, a.death_timeout);
-    backend.start(state, a.workers)?;
+    let poller = batch_backend.clone().map(|b| {
+        let every = Duration::from_secs_f64(a.poll_interval.max(0.1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let b = b.clone();
+                let r = tokio::task::spawn_blocking(move || b.lock().expect("backend lock").poll()).await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!("polling the batch system failed: {e:#}");
+                }
+            }
+        })
+    });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
+    let info = ClusterInfo { addresses: vec![server_address], secret };
     let mut server = std::pin::pin!(server.wait());
     tokio::select! {
         _ = &mut server => {}
         _ = term.recv() => shutdown_self(&info, &mut server).await,
         _ = int.recv() => shutdown_self(&info, &mut server).await,
     }
-    backend.stop(Duration::from_secs(5));
+    if let Some(p) = poller {
+        p.abort();
+    }
+    if let Some(mut b) = local {
+        b.stop(Duration::from_secs(5));
+    }
+    if let Some(b) = batch_backend {
+        let r =
+            tokio::task::spawn_blocking(move || b.lock().expect("backend lock").cancel_all(Duration::from_secs(60)))
+                .await;
+        match r {
+            Ok(Ok(())) => tracing::info!("every batch job of the cluster has ended"),
+            Ok(Err(e)) => {
+                tracing::error!("{e:#}");
+                return Ok(1);
+            }
+            Err(e) => tracing::error!("cancelling batch jobs panicked: {e}"),
+        }
+    }
     let _ = std::fs::remove_file(state.file(rdask::cluster::SCHEDULER_FILE));
     state.clear_journal();
     tracing::info!("cluster `{}` is down", state.name);
@@ -273,6 +396,14 @@ async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
         },
     };
     let mut config = rdask::worker::WorkerConfig::new(info);
+    if let Some(dir) = &a.local_directory {
+        let dir = expand_vars(dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create local directory {dir}"))?;
+        std::env::set_current_dir(&dir).with_context(|| format!("cannot enter local directory {dir}"))?;
+    }
+    if let Some(iface) = &a.interface {
+        config.listen_host = net::interface_ipv4(iface)?.to_string();
+    }
     if let Some(s) = a.slots.or_else(|| std::env::var("RDASK_SLOTS").ok().and_then(|v| v.parse().ok())) {
         config.slots = s;
     }
@@ -399,14 +530,18 @@ async fn wait_job(state: &StateDir, client: &Client, job: JobId, output: OutputM
 async fn status(state: &StateDir, a: StatusArgs) -> Result<i32> {
     let client = connect(state).await?;
     let s = client.status().await?;
+    let jobs = backend::read_jobs(state);
     match a.output {
-        OutputMode::Json => println!("{}", serde_json::to_string_pretty(&s)?),
-        OutputMode::Text => print!("{}", render_status(state, &s)),
+        OutputMode::Json => {
+            let v = serde_json::json!({ "workers": s.workers, "jobs": s.jobs, "batch_jobs": jobs });
+            println!("{}", serde_json::to_string_pretty(&v)?)
+        }
+        OutputMode::Text => print!("{}", render_status(state, &s, &jobs)),
     }
     Ok(0)
 }
 
-fn render_status(state: &StateDir, s: &ClusterStatus) -> String {
+fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[backend::BatchJob]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "cluster `{}`: {} worker(s), {} job(s)", state.name, s.workers.len(), s.jobs.len());
@@ -429,6 +564,18 @@ fn render_status(state: &StateDir, s: &ClusterStatus) -> String {
                 w.info.batch_job.as_deref().unwrap_or("-"),
                 if w.retiring { " (retiring)" } else { "" }
             );
+        }
+    }
+    if !batch_jobs.is_empty() {
+        let _ = writeln!(out, "\n{:<12} {:<10} WORKERS", "BATCH JOB", "STATE");
+        for j in batch_jobs {
+            let workers: Vec<String> = s
+                .workers
+                .iter()
+                .filter(|w| w.info.batch_job.as_deref().is_some_and(|b| backend::same_job(&j.id, b)))
+                .map(|w| w.id.to_string())
+                .collect();
+            let _ = writeln!(out, "{:<12} {:<10} {}", j.id, j.state.to_string(), workers.join(" "));
         }
     }
     if !s.jobs.is_empty() {
@@ -484,4 +631,152 @@ async fn down(state: &StateDir, a: DownArgs) -> Result<i32> {
     }
     println!("cluster `{}` is down", state.name);
     Ok(0)
+}
+
+/// `$VAR` and `${VAR}` replaced by their values (unset: empty), as a shell would.
+fn expand_vars(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, tail) = if let Some(inner) = after.strip_prefix('{') {
+            match inner.find('}') {
+                Some(end) => (&inner[..end], &inner[end + 1..]),
+                None => ("", after),
+            }
+        } else {
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.is_empty() {
+            out.push('$');
+            rest = after;
+        } else {
+            out.push_str(&std::env::var(name).unwrap_or_default());
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The batch system a scheduler's options name, or `None` for the local backend.
+fn batch_system_of(a: &SchedulerArgs) -> Result<Option<System>> {
+    Ok(match a.backend.as_str() {
+        "local" => None,
+        other => Some(other.parse()?),
+    })
+}
+
+fn commands_of(a: &SchedulerArgs, system: System) -> crate::jobs::Commands {
+    let d = backend::default_commands(system);
+    crate::jobs::Commands {
+        submit: a.submit_command.clone().unwrap_or(d.submit),
+        status: a.status_command.clone().unwrap_or(d.status),
+        cancel: a.cancel_command.clone().unwrap_or(d.cancel),
+    }
+}
+
+/// Jobs to submit for `--nodes`: one per `--nodes-per-job` nodes.
+fn jobs_for(a: &SchedulerArgs) -> usize {
+    let per = a.job.nodes.unwrap_or(1).max(1);
+    a.nodes.div_ceil(per) as usize
+}
+
+/// The job parameters with what the scheduler's own options imply.
+fn job_params(a: &SchedulerArgs, state: &StateDir) -> batch::JobParams {
+    let mut p = a.job.clone();
+    p.death_timeout = Some(a.death_timeout);
+    p.interface.clone_from(&a.interface);
+    if a.job_array {
+        p.array = Some(jobs_for(a) as u32);
+    }
+    if p.cores.is_none() {
+        p.cores = Some(u32::from(a.slots));
+    }
+    if p.log_directory.is_none() {
+        p.log_directory = Some(state.path.join("logs").display().to_string());
+    }
+    p
+}
+
+/// The worker command of a job: this program (or `--worker-command`) joining the cluster.
+fn worker_argv(a: &SchedulerArgs, state: &StateDir, addresses: &[String]) -> Result<Vec<String>> {
+    let exe = match &a.worker_command {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("cannot find this program's path")?,
+    };
+    let addresses = if addresses.is_empty() { "<scheduler-address>".to_string() } else { addresses.join(",") };
+    let mut v = vec![exe.display().to_string(), "--name".into(), state.name.clone()];
+    if let Some(h) = state.path.parent() {
+        v.extend(["--home".into(), h.display().to_string()]);
+    }
+    v.extend([
+        "worker".into(),
+        "--scheduler".into(),
+        addresses,
+        "--secret-file".into(),
+        state.file(SECRET_FILE).display().to_string(),
+    ]);
+    Ok(v)
+}
+
+/// `job-script`: the script `up` would submit.
+fn job_script(state: &StateDir, a: &SchedulerArgs) -> Result<i32> {
+    let Some(system) = batch_system_of(a)? else {
+        bail!("the local backend submits no job script; choose a batch system with --backend slurm|pbs|sge");
+    };
+    let addresses = SchedulerFile::read(&state.path).map(|f| f.addresses).unwrap_or_default();
+    print!(
+        "{}",
+        backend::render(system, &job_params(a, state), &worker_argv(a, state, &addresses)?, a.template.as_deref())?
+    );
+    Ok(0)
+}
+
+/// `up --dry-run`: the plan, the script, nothing done.
+fn dry_run(state: &StateDir, a: &SchedulerArgs, batch: Option<System>) -> Result<i32> {
+    println!("cluster `{}`, state directory {}", state.name, state.path.display());
+    println!(
+        "scheduler: listens on {}:{} (in the background; log in scheduler.log)",
+        a.interface.as_deref().unwrap_or(&a.host),
+        a.port
+    );
+    match batch {
+        None => println!("local backend: {} worker process(es) with {} slot(s) each", a.workers, a.slots),
+        Some(system) => {
+            let c = commands_of(a, system);
+            let jobs = if a.job_array { 1 } else { jobs_for(a) };
+            println!(
+                "{system}: {jobs} submission(s) of the script below with `{}`; states polled with `{}` every {} s; cancelled with `{}`",
+                c.submit.display(),
+                c.status.display(),
+                a.poll_interval,
+                c.cancel.display()
+            );
+            println!("---");
+            print!(
+                "{}",
+                backend::render(system, &job_params(a, state), &worker_argv(a, state, &[])?, a.template.as_deref())?
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// The end of the newest files in the cluster's batch log directory.
+fn logs_tail(state: &StateDir) -> String {
+    let mut files: Vec<_> = std::fs::read_dir(state.path.join("logs"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    let mut out = String::new();
+    for f in files.iter().rev().take(2) {
+        out.push_str(&format!("==> {} <==\n{}\n", f.display(), tail(f)));
+    }
+    if out.is_empty() {
+        out = format!("(no job output in {}; see scheduler.log)", state.path.join("logs").display());
+    }
+    out
 }

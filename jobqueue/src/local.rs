@@ -28,8 +28,8 @@ impl LocalBackend {
         LocalBackend { program, args, slots, death_timeout, children: Vec::new() }
     }
 
-    /// Starts `n` workers that join the cluster in `state`, journalling each pid first thing.
-    pub fn start(&mut self, state: &StateDir, n: usize) -> Result<()> {
+    /// Starts `n` workers that join the cluster at `addresses`, journalling each pid first thing.
+    pub fn start(&mut self, state: &StateDir, addresses: &[String], n: usize) -> Result<()> {
         for _ in 0..n {
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -39,10 +39,11 @@ impl LocalBackend {
             let child = Command::new(&self.program)
                 .args(&self.args)
                 .env(rdask::local::ROLE_VAR, "worker")
-                .env("RDASK_STATE_DIR", &state.path)
+                .env("RDASK_SCHEDULER", addresses.join(","))
+                .env("RDASK_SECRET_FILE", state.file(rdask::cluster::SECRET_FILE))
+                .env_remove("RDASK_SECRET")
                 .env("RDASK_SLOTS", self.slots.to_string())
                 .env("RDASK_DEATH_TIMEOUT", self.death_timeout.to_string())
-                .env_remove("RDASK_SCHEDULER")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)

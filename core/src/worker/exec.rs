@@ -61,7 +61,8 @@ impl Slots {
     /// Starts `slots` threads reporting to `done`.
     pub fn start(slots: u16, done: mpsc::UnboundedSender<Vec<TaskDone>>) -> Slots {
         let slots = u32::from(slots.max(1));
-        let state = Arc::new((Mutex::new(State { queue: VecDeque::new(), free: slots, closed: false }), Condvar::new()));
+        let state =
+            Arc::new((Mutex::new(State { queue: VecDeque::new(), free: slots, closed: false }), Condvar::new()));
         let children: Arc<Mutex<Vec<i32>>> = Arc::default();
         for i in 0..slots {
             let (state, done, children) = (state.clone(), done.clone(), children.clone());
@@ -140,10 +141,9 @@ fn slot_thread(
             first_result = Instant::now();
         }
         results.push(r);
-        if results.len() >= BATCH || first_result.elapsed() >= BATCH_DELAY {
-            if done.send(std::mem::take(&mut results)).is_err() {
-                return;
-            }
+        let due = results.len() >= BATCH || first_result.elapsed() >= BATCH_DELAY;
+        if due && done.send(std::mem::take(&mut results)).is_err() {
+            return;
         }
     }
 }

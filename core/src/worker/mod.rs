@@ -25,8 +25,8 @@ use crate::registry::Registry;
 
 mod exec;
 
-use exec::{Job, Runner, Slots, TaskDone};
 pub use exec::substitute;
+use exec::{Job, Runner, Slots, TaskDone};
 
 /// How a worker runs.
 #[derive(Clone, Debug)]
@@ -167,9 +167,17 @@ pub fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
 }
 
-/// The batch job this process runs in, if any.
+/// The batch job this process runs in, if any: `ID`, or `ID_INDEX` for a task of a job array
+/// (Slurm and SGE; PBS writes the index into its job id itself).
 pub fn batch_job_id() -> Option<String> {
-    ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    let var = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty() && s != "undefined");
+    if let (Some(job), Some(task)) = (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+        return Some(format!("{job}_{task}"));
+    }
+    if let (Some(job), Some(task)) = (var("JOB_ID"), var("SGE_TASK_ID")) {
+        return Some(format!("{job}_{task}"));
+    }
+    ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID"].iter().find_map(|v| var(v))
 }
 
 enum Ended {

@@ -1,0 +1,242 @@
+//! The batch backend: worker jobs submitted to Slurm, PBS or SGE, tracked and cancelled.
+//!
+//! Every job id is written to the cluster's journal before anything else happens
+//! to it, so that `down` can cancel it even if the scheduler was killed. The
+//! states of all the cluster's jobs are polled in one batch-system call and
+//! written to `batch-jobs.json` for `status`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{self, JobParams, System};
+use crate::jobs::{BatchSystem, Commands, JobState, Pbs, Sge, Slurm};
+use crate::state::StateDir;
+
+/// A batch job of the cluster, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchJob {
+    /// The batch system's id.
+    pub id: String,
+    /// Its last known state.
+    pub state: JobState,
+}
+
+/// What `down` needs to cancel a cluster's jobs without its scheduler: `backend.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendFile {
+    /// The batch system.
+    pub system: System,
+    /// Its commands.
+    pub commands: Commands,
+}
+
+/// The default commands of a batch system.
+pub fn default_commands(system: System) -> Commands {
+    match system {
+        System::Slurm => Slurm::default().0,
+        System::Pbs => Pbs::default().0,
+        System::Sge => Sge::default().0,
+    }
+}
+
+/// The implementation of `system` with `commands`.
+pub fn batch_system(system: System, commands: Commands) -> Box<dyn BatchSystem> {
+    match system {
+        System::Slurm => Box::new(Slurm(commands)),
+        System::Pbs => Box::new(Pbs(commands)),
+        System::Sge => Box::new(Sge(commands)),
+    }
+}
+
+/// Worker jobs on a batch system.
+pub struct BatchBackend {
+    system: System,
+    batch: Box<dyn BatchSystem>,
+    script: String,
+    state: StateDir,
+    jobs: Vec<BatchJob>,
+}
+
+impl BatchBackend {
+    /// Prepares jobs of `params` running `worker_command`; renders the script once, now,
+    /// so a bad template or parameter fails before anything is submitted.
+    pub fn new(
+        state: &StateDir,
+        system: System,
+        commands: Commands,
+        params: &JobParams,
+        worker_command: &[String],
+        template: Option<&Path>,
+    ) -> Result<BatchBackend> {
+        let script = render(system, params, worker_command, template)?;
+        if let Some(dir) = &params.log_directory {
+            // The batch system cannot start a job whose output file it cannot create.
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {dir}"))?;
+        }
+        let file = BackendFile { system, commands: commands.clone() };
+        std::fs::write(state.file("backend.json"), serde_json::to_string_pretty(&file)?)?;
+        Ok(BatchBackend {
+            system,
+            batch: batch_system(system, commands),
+            script,
+            state: state.clone(),
+            jobs: Vec::new(),
+        })
+    }
+
+    /// The job script every job runs.
+    pub fn script(&self) -> &str {
+        &self.script
+    }
+
+    /// Submits `n` jobs (or one array of `n`, when the script was rendered as an array).
+    pub fn submit(&mut self, n: usize) -> Result<Vec<String>> {
+        let dir = self.state.path.join("job-scripts");
+        std::fs::create_dir_all(&dir)?;
+        let path: PathBuf = dir.join(format!("{}.sh", self.system));
+        std::fs::write(&path, &self.script)?;
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let id = self.batch.submit(&path).with_context(|| format!("submitting {}", path.display()))?;
+            self.state.journal("job", &format!("{} {id}", self.system))?;
+            tracing::info!(job = %id, system = %self.system, "submitted a worker job");
+            self.jobs.push(BatchJob { id: id.clone(), state: JobState::Pending });
+            ids.push(id);
+        }
+        self.save();
+        Ok(ids)
+    }
+
+    /// Polls the states of every job not known to have ended, in one call.
+    pub fn poll(&mut self) -> Result<()> {
+        let ids: Vec<String> = self.jobs.iter().filter(|j| j.state.is_active()).map(|j| j.id.clone()).collect();
+        let states = self.batch.status(&ids)?;
+        for j in &mut self.jobs {
+            if let Some(s) = states.get(&j.id) {
+                if *s != j.state {
+                    tracing::info!(job = %j.id, from = %j.state, to = %s, "batch job state changed");
+                }
+                j.state = *s;
+            }
+        }
+        self.save();
+        Ok(())
+    }
+
+    /// The jobs and their last known states.
+    pub fn jobs(&self) -> &[BatchJob] {
+        &self.jobs
+    }
+
+    /// Cancels every job of the cluster and waits until the batch system shows none active.
+    pub fn cancel_all(&mut self, timeout: Duration) -> Result<()> {
+        let ids: Vec<String> = self.jobs.iter().map(|j| j.id.clone()).collect();
+        cancel_and_wait(self.batch.as_ref(), &ids, timeout)?;
+        for j in &mut self.jobs {
+            if j.state.is_active() {
+                j.state = JobState::Cancelled;
+            }
+        }
+        self.save();
+        Ok(())
+    }
+
+    fn save(&self) {
+        let text = serde_json::to_string_pretty(&self.jobs).expect("serialisable");
+        let tmp = self.state.file(".batch-jobs.json.tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(tmp, self.state.file("batch-jobs.json"));
+        }
+    }
+}
+
+/// Renders the job script, with a template file if one is given.
+pub fn render(
+    system: System,
+    params: &JobParams,
+    worker_command: &[String],
+    template: Option<&Path>,
+) -> Result<String> {
+    Ok(match template {
+        Some(p) => batch::render_file(system, params, worker_command, p)?,
+        None => batch::render(system, params, worker_command, None)?,
+    })
+}
+
+/// Cancels `ids` and waits until none of them is pending or running.
+pub fn cancel_and_wait(batch: &dyn BatchSystem, ids: &[String], timeout: Duration) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states = batch.status(ids)?;
+        let active: Vec<String> =
+            ids.iter().filter(|id| states.get(*id).is_some_and(|s| s.is_active())).cloned().collect();
+        if active.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} job(s) still active after {} s: {}; cancel them by hand ({} …)",
+                active.len(),
+                timeout.as_secs(),
+                active.join(" "),
+                batch.name()
+            );
+        }
+        batch.cancel(&active)?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The batch jobs recorded in a state directory's journal, by system.
+pub fn journalled_jobs(state: &StateDir) -> HashMap<System, Vec<String>> {
+    let mut out: HashMap<System, Vec<String>> = HashMap::new();
+    for (kind, value) in state.journal_entries() {
+        if kind != "job" {
+            continue;
+        }
+        if let Some((system, id)) = value.split_once(' ') {
+            if let Ok(system) = system.parse::<System>() {
+                out.entry(system).or_default().push(id.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Cancels every journalled batch job of a cluster (after a crash); returns how many were journalled.
+pub fn cancel_journalled(state: &StateDir) -> Result<usize> {
+    let jobs = journalled_jobs(state);
+    let file: Option<BackendFile> =
+        std::fs::read_to_string(state.file("backend.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let mut n = 0;
+    for (system, ids) in jobs {
+        let commands = match &file {
+            Some(f) if f.system == system => f.commands.clone(),
+            _ => default_commands(system),
+        };
+        let batch = batch_system(system, commands);
+        cancel_and_wait(batch.as_ref(), &ids, Duration::from_secs(60))?;
+        n += ids.len();
+    }
+    Ok(n)
+}
+
+/// The batch jobs `status` shows: `batch-jobs.json`, written by the scheduler.
+pub fn read_jobs(state: &StateDir) -> Vec<BatchJob> {
+    std::fs::read_to_string(state.file("batch-jobs.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Whether a worker's batch job (`ID`, `ID_INDEX`, `ID[INDEX].server`, `ID.server`) is job `id`.
+pub fn same_job(id: &str, worker_job: &str) -> bool {
+    worker_job.strip_prefix(id).is_some_and(|rest| rest.is_empty() || rest.starts_with(['_', '.', '[']))
+}

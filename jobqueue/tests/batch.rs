@@ -1,0 +1,248 @@
+//! `rdask-jobqueue` on real batch systems: Slurm, SGE, and PBS through Slurm's PBS-style wrappers.
+//!
+//! `ci/test.sh` installs and starts them (`ci/setup-*.sh`). Where a batch system is missing
+//! these tests say so and pass, except under CI (`CI=true`), where a missing one is a failure.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn rdask(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
+        .env("RDASK_HOME", home)
+        .env_remove("RDASK_CLUSTER")
+        .args(args)
+        .output()
+        .expect("rdask-jobqueue runs")
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let o = rdask(home, args);
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{args:?} failed ({:?}):\n{text}", o.status);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Whether `program` exists; under CI its absence fails the test.
+fn available(program: &str, setup: &str) -> bool {
+    if Path::new(program).exists() {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "{program} is missing under CI: {setup} should have installed it");
+    eprintln!("skipped: {program} not found (run `{setup}` as root to get it)");
+    false
+}
+
+fn status(home: &Path) -> Value {
+    serde_json::from_str(&ok(home, &["status", "--output", "json"])).unwrap()
+}
+
+/// Waits until `f(status)` holds.
+fn wait_for(home: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = status(home);
+        if f(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; status:\n{s:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn batch_ids(s: &Value) -> Vec<String> {
+    s["batch_jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// The states the batch system itself shows for `ids` (through our parsers' commands).
+fn active_in(system: &str, ids: &[String]) -> Vec<String> {
+    let out = match system {
+        "slurm" => Command::new("squeue").args(["-h", "-o", "%i %T", "-j", &ids.join(",")]).output().unwrap(),
+        _ => Command::new("/usr/bin/qstat").args(["-u", "*"]).output().unwrap(),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| {
+            let first = l.split_whitespace().next().unwrap_or("");
+            let base = first.split('_').next().unwrap_or(first);
+            ids.iter().any(|id| id == base)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// `up --nodes 4` → 4 jobs running with a worker each; a 1,000-task array; `down` → no job left.
+fn four_nodes_array_down(system: &str, extra: &[&str]) {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let mut args = vec!["up", "--backend", system, "--nodes", "4", "--cores", "1", "--walltime", "10", "--wait"];
+    args.extend_from_slice(extra);
+    let up = ok(h, &args);
+    assert!(up.contains("4 workers") && up.contains("4 batch job(s)"), "{up}");
+    let s = wait_for(h, "4 running jobs", |s| {
+        s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count() == 4
+    });
+    let ids = batch_ids(&s);
+    // Each worker reports the batch job it runs in, and each job holds one worker.
+    let mut worker_jobs: Vec<String> =
+        s["workers"].as_array().unwrap().iter().map(|w| w["info"]["batch_job"].as_str().unwrap().to_string()).collect();
+    worker_jobs.sort();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(worker_jobs, sorted);
+    assert_eq!(active_in(system, &ids).len(), 4, "the batch system shows the 4 jobs");
+
+    let out = h.join("out");
+    let stdout = format!("{}/%{{TASK_ID}}", out.display());
+    ok(
+        h,
+        &[
+            "submit",
+            "--array",
+            "1-1000",
+            "--stdout",
+            &stdout,
+            "--stderr",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            "echo $RDASK_TASK_ID",
+        ],
+    );
+    let waited = ok(h, &["wait"]);
+    assert!(waited.contains("1000 of 1000 tasks finished, 0 failed"), "{waited}");
+    assert_eq!(std::fs::read_to_string(out.join("777")).unwrap(), "777\n");
+
+    ok(h, &["down"]);
+    assert!(active_in(system, &ids).is_empty(), "jobs left after down: {:?}", active_in(system, &ids));
+}
+
+#[test]
+fn slurm_four_nodes_run_an_array_and_leave_nothing() {
+    if available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        four_nodes_array_down("slurm", &["--memory", "200MB"]);
+    }
+}
+
+#[test]
+fn sge_four_nodes_run_an_array_and_leave_nothing() {
+    if available("/usr/bin/qconf", "ci/setup-sge.sh") {
+        four_nodes_array_down("sge", &[]);
+    }
+}
+
+#[test]
+fn slurm_job_array_and_multi_node_job_give_one_worker_per_node() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(h, &["up", "--backend", "slurm", "--nodes", "3", "--job-array", "--cores", "1", "--memory", "100MB", "--wait"]);
+    let s = status(h);
+    let ids = batch_ids(&s);
+    assert_eq!(ids.len(), 1, "one array job");
+    let workers = s["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    assert!(workers.iter().all(|w| w["info"]["batch_job"].as_str().unwrap().starts_with(&format!("{}_", ids[0]))));
+    ok(h, &["down"]);
+    assert!(active_in("slurm", &ids).is_empty());
+
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let up = ["up", "--backend", "slurm", "--nodes", "2", "--nodes-per-job", "2", "--cores", "1", "--memory", "100MB"];
+    ok(h, &[&up[..], &["--wait"]].concat());
+    let s = status(h);
+    let ids = batch_ids(&s);
+    assert_eq!(ids.len(), 1, "one two-node job");
+    let workers = s["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    assert!(workers.iter().all(|w| w["info"]["batch_job"] == ids[0].as_str()));
+    ok(h, &["down"]);
+}
+
+#[test]
+fn pbs_wrappers_start_workers() {
+    if !available("/opt/slurm-torque/bin/qsub", "ci/setup-pbs.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(
+        h,
+        &[
+            "up",
+            "--backend",
+            "pbs",
+            "--submit-command",
+            "/opt/slurm-torque/bin/qsub",
+            "--status-command",
+            "/opt/slurm-torque/bin/qstat",
+            "--cancel-command",
+            "/opt/slurm-torque/bin/qdel",
+            "--nodes",
+            "2",
+            "--cores",
+            "1",
+            "--memory",
+            "100MB",
+            "--wait",
+        ],
+    );
+    let s = wait_for(h, "2 running PBS jobs", |s| {
+        s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count() == 2
+    });
+    assert_eq!(s["workers"].as_array().unwrap().len(), 2);
+    let ids = batch_ids(&s);
+    ok(h, &["down"]);
+    assert!(active_in("slurm", &ids).is_empty());
+}
+
+#[test]
+fn killed_scheduler_then_down_cancels_every_job() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(h, &["up", "--backend", "slurm", "--nodes", "2", "--cores", "1", "--memory", "100MB", "--wait"]);
+    let s = wait_for(h, "2 running jobs", |s| {
+        s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count() == 2
+    });
+    let ids = batch_ids(&s);
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(h.join("default/scheduler.json")).unwrap()).unwrap();
+    let pid = file["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(active_in("slurm", &ids).len(), 2, "the jobs outlive the killed scheduler");
+    let down = ok(h, &["down"]);
+    assert!(down.contains("cancelled the cluster's 2 batch job(s)"), "{down}");
+    assert!(active_in("slurm", &ids).is_empty(), "left: {:?}", active_in("slurm", &ids));
+}
+
+#[test]
+fn a_rejected_submission_is_a_clear_error_and_leaves_nothing() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // More memory than any node has: sbatch refuses the job.
+    let o = rdask(h, &["up", "--backend", "slurm", "--nodes", "1", "--cores", "1", "--memory", "64GB"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("sbatch") && text.contains("Memory specification"), "{text}");
+    assert!(!h.join("default/scheduler.json").exists());
+    // A bad walltime is refused before anything runs.
+    let o = rdask(h, &["up", "--backend", "slurm", "--walltime", "soon"]);
+    let text = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("soon"), "{text}");
+    let o = rdask(h, &["up", "--backend", "slurm", "--submit-command", "/no/such/sbatch"]);
+    let text = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(text.contains("/no/such/sbatch") && text.contains("slurm-client"), "{text}");
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+
+#PBS -N dask-worker
+#PBS -q regular
+#PBS -A myaccount
+#PBS -l select=1:ncpus=8:mem=27GB
+#PBS -l walltime=02:00:00
+#PBS -j oe
+#PBS -m n
+
+/opt/rdask/bin/rdask-jobqueue --name dummy-name worker --scheduler 'tcp://10.0.0.1:8786,tcp://[fd00::1]:8786' --secret-file /home/user/.local/state/rdask/dummy-name/secret --slots 8 --death-timeout 60
+

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+
+#$ -N rdask-worker
+#$ -l h_rt=00:30:00
+#$ -cwd
+#$ -j y
+
+/opt/rdask/bin/rdask-jobqueue --name dummy-name worker --scheduler 'tcp://10.0.0.1:8786,tcp://[fd00::1]:8786' --secret-file /home/user/.local/state/rdask/dummy-name/secret --slots 8 --death-timeout 60
+

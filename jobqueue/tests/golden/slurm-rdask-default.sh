@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+
+#SBATCH -J rdask-worker
+#SBATCH -n 1
+#SBATCH -N 1
+#SBATCH --cpus-per-task=8
+#SBATCH -t 00:30:00
+
+/opt/rdask/bin/rdask-jobqueue --name dummy-name worker --scheduler 'tcp://10.0.0.1:8786,tcp://[fd00::1]:8786' --secret-file /home/user/.local/state/rdask/dummy-name/secret --slots 8 --death-timeout 60
+
