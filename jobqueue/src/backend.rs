@@ -23,6 +23,9 @@ pub struct BatchJob {
     pub id: String,
     /// Its last known state.
     pub state: JobState,
+    /// Why it ended early, when it ended before any worker of it joined (its stderr's tail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What `down` needs to cancel a cluster's jobs without its scheduler: `backend.json`.
@@ -104,27 +107,56 @@ impl BatchBackend {
             let id = self.batch.submit(&path).with_context(|| format!("submitting {}", path.display()))?;
             self.state.journal("job", &format!("{} {id}", self.system))?;
             tracing::info!(job = %id, system = %self.system, "submitted a worker job");
-            self.jobs.push(BatchJob { id: id.clone(), state: JobState::Pending });
+            self.jobs.push(BatchJob { id: id.clone(), state: JobState::Pending, note: None });
             ids.push(id);
         }
         self.save();
         Ok(ids)
     }
 
-    /// Polls the states of every job not known to have ended, in one call.
-    pub fn poll(&mut self) -> Result<()> {
-        let ids: Vec<String> = self.jobs.iter().filter(|j| j.state.is_active()).map(|j| j.id.clone()).collect();
-        let states = self.batch.status(&ids)?;
-        for j in &mut self.jobs {
-            if let Some(s) = states.get(&j.id) {
-                if *s != j.state {
-                    tracing::info!(job = %j.id, from = %j.state, to = %s, "batch job state changed");
-                }
-                j.state = *s;
+    /// Polls the states of every job not known to have ended, in one call. A job that ended
+    /// without `had_worker(id)` failed to start: it gets a note with its stderr's tail.
+    pub fn poll_and_explain(&mut self, had_worker: impl Fn(&str) -> bool, log_directory: Option<&str>) -> Result<()> {
+        for id in self.poll()? {
+            if !had_worker(&id) {
+                self.ended_without_worker(&id, log_directory);
             }
         }
         self.save();
         Ok(())
+    }
+
+    /// Polls the states of every job not known to have ended, in one call; returns the
+    /// jobs that ended since the last poll.
+    pub fn poll(&mut self) -> Result<Vec<String>> {
+        let ids: Vec<String> = self.jobs.iter().filter(|j| j.state.is_active()).map(|j| j.id.clone()).collect();
+        let states = self.batch.status(&ids)?;
+        let mut ended = Vec::new();
+        for j in &mut self.jobs {
+            if let Some(s) = states.get(&j.id) {
+                if *s != j.state {
+                    tracing::info!(job = %j.id, from = %j.state, to = %s, "batch job state changed");
+                    if !s.is_active() {
+                        ended.push(j.id.clone());
+                    }
+                }
+                j.state = *s;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Records that job `id` ended before any of its workers joined, with its stderr's tail.
+    pub fn ended_without_worker(&mut self, id: &str, log_directory: Option<&str>) {
+        let tail = log_directory.and_then(|d| stderr_tail(Path::new(d), id));
+        let note = match &tail {
+            Some(t) => format!("ended before its worker joined; its stderr ends with:\n{t}"),
+            None => "ended before its worker joined (no stderr file found)".to_string(),
+        };
+        tracing::warn!(job = %id, "batch job {note}");
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id) {
+            j.note = Some(note);
+        }
     }
 
     /// The jobs and their last known states.
@@ -239,4 +271,16 @@ pub fn read_jobs(state: &StateDir) -> Vec<BatchJob> {
 /// Whether a worker's batch job (`ID`, `ID_INDEX`, `ID[INDEX].server`, `ID.server`) is job `id`.
 pub fn same_job(id: &str, worker_job: &str) -> bool {
     worker_job.strip_prefix(id).is_some_and(|rest| rest.is_empty() || rest.starts_with(['_', '.', '[']))
+}
+
+/// The last lines of a job's stderr file in `dir` (Slurm `NAME-ID.err`, SGE and PBS `NAME.eID`).
+fn stderr_tail(dir: &Path, id: &str) -> Option<String> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let file = entries.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        name.ends_with(&format!("-{id}.err")) || name.ends_with(&format!(".e{id}"))
+    })?;
+    let text = std::fs::read_to_string(file).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    Some(lines[lines.len().saturating_sub(10)..].join("\n"))
 }

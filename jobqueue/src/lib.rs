@@ -12,6 +12,7 @@ pub mod cli;
 pub mod jobs;
 pub mod local;
 pub mod net;
+pub mod srun;
 pub mod state;
 
 use std::io::IsTerminal;
@@ -145,8 +146,13 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
         let jobs = backend::read_jobs(state);
         let all_ended = !jobs.is_empty() && jobs.iter().all(|j| !j.state.is_active());
         if all_ended {
-            let _ = client.shutdown().await;
-            let states: Vec<String> = jobs.iter().map(|j| format!("{} {}", j.id, j.state)).collect();
+            stop_cluster(state, &client).await;
+            let states: Vec<String> = jobs
+                .iter()
+                .map(|j| {
+                    format!("{} {}{}", j.id, j.state, j.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default())
+                })
+                .collect();
             bail!(
                 "every batch job ended before its worker joined ({}); the cluster was stopped. Job output:\n{}",
                 states.join(", "),
@@ -154,7 +160,7 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
             );
         }
         if Instant::now() > deadline {
-            let _ = client.shutdown().await;
+            stop_cluster(state, &client).await;
             bail!(
                 "only {} of {want} workers registered within {} s; the cluster was stopped. Worker log:\n{}",
                 s.workers.len(),
@@ -318,15 +324,32 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
     // Ready: `up` waits for this file, so a failed submission above is reported by `up` itself.
     SchedulerFile { addresses: addresses.clone(), pid: std::process::id(), host: rdask::worker::hostname() }
         .write(&state.path)?;
+    let log_directory = job_params(&a, state).log_directory;
     let poller = batch_backend.clone().map(|b| {
         let every = Duration::from_secs_f64(a.poll_interval.max(0.1));
+        let info = ClusterInfo { addresses: vec![server_address.clone()], secret: secret.clone() };
         tokio::spawn(async move {
+            // Jobs that have had a worker: one that ends without ever having had one failed to start.
+            let mut had_worker: std::collections::HashSet<String> = Default::default();
+            let client = Client::connect(&info).await.ok();
             loop {
                 tokio::time::sleep(every).await;
-                let b = b.clone();
-                let r = tokio::task::spawn_blocking(move || b.lock().expect("backend lock").poll()).await;
-                if let Ok(Err(e)) = r {
-                    tracing::warn!("polling the batch system failed: {e:#}");
+                if let Some(Ok(s)) = match &client {
+                    Some(c) => Some(c.status().await),
+                    None => None,
+                } {
+                    had_worker.extend(s.workers.iter().filter_map(|w| w.info.batch_job.clone()));
+                }
+                let (b2, seen, logs) = (b.clone(), had_worker.clone(), log_directory.clone());
+                let r = tokio::task::spawn_blocking(move || {
+                    let had = |id: &str| seen.iter().any(|w| backend::same_job(id, w));
+                    b2.lock().expect("backend lock").poll_and_explain(had, logs.as_deref())
+                })
+                .await;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("polling the batch system failed: {e:#}"),
+                    Err(e) => tracing::warn!("polling the batch system panicked: {e}"),
                 }
             }
         })
@@ -576,6 +599,11 @@ fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[backend::Bat
                 .map(|w| w.id.to_string())
                 .collect();
             let _ = writeln!(out, "{:<12} {:<10} {}", j.id, j.state.to_string(), workers.join(" "));
+            if let Some(note) = &j.note {
+                for line in note.lines() {
+                    let _ = writeln!(out, "             {line}");
+                }
+            }
         }
     }
     if !s.jobs.is_empty() {
@@ -779,4 +807,15 @@ fn logs_tail(state: &StateDir) -> String {
         out = format!("(no job output in {}; see scheduler.log)", state.path.join("logs").display());
     }
     out
+}
+
+/// Asks the cluster to stop and waits (a while) until its scheduler has exited, which it
+/// does only after ending its workers and batch jobs.
+async fn stop_cluster(state: &StateDir, client: &Client) {
+    let pid = SchedulerFile::read(&state.path).map(|f| f.pid).ok();
+    let _ = client.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while pid.is_some_and(|p| process_alive(p, "")) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -246,3 +246,21 @@ fn a_rejected_submission_is_a_clear_error_and_leaves_nothing() {
     let text = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(text.contains("/no/such/sbatch") && text.contains("slurm-client"), "{text}");
 }
+
+#[test]
+fn a_job_that_fails_before_its_worker_joins_is_reported_with_its_stderr() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let prologue = "echo module python/3.99 not found >&2; exit 7";
+    let o = rdask(
+        h,
+        &["up", "--backend", "slurm", "--cores", "1", "--memory", "100MB", "--job-script-prologue", prologue, "--wait"],
+    );
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("ended before its worker joined") && text.contains("python/3.99 not found"), "{text}");
+    assert!(!h.join("default/scheduler.json").exists(), "the cluster was stopped");
+}
