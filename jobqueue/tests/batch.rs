@@ -52,6 +52,20 @@ fn wait_for(home: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// Waits until no process mentions `home` on its command line (the workers of the cluster).
+fn no_process_left(home: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("pgrep").args(["-af", &home.display().to_string()]).output().unwrap();
+        let left = String::from_utf8_lossy(&out.stdout).into_owned();
+        if left.trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes of the cluster left running:\n{left}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn batch_ids(s: &Value) -> Vec<String> {
     s["batch_jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
 }
@@ -118,6 +132,7 @@ fn four_nodes_array_down(system: &str, extra: &[&str]) {
 
     ok(h, &["down"]);
     assert!(active_in(system, &ids).is_empty(), "jobs left after down: {:?}", active_in(system, &ids));
+    no_process_left(h);
 }
 
 #[test]
@@ -199,6 +214,7 @@ fn pbs_wrappers_start_workers() {
     let ids = batch_ids(&s);
     ok(h, &["down"]);
     assert!(active_in("slurm", &ids).is_empty());
+    no_process_left(h);
 }
 
 #[test]
@@ -222,6 +238,8 @@ fn killed_scheduler_then_down_cancels_every_job() {
     let down = ok(h, &["down"]);
     assert!(down.contains("cancelled the cluster's 2 batch job(s)"), "{down}");
     assert!(active_in("slurm", &ids).is_empty(), "left: {:?}", active_in("slurm", &ids));
+    // The workers, cut off from their scheduler, end with their jobs.
+    no_process_left(h);
 }
 
 #[test]

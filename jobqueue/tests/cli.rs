@@ -170,3 +170,28 @@ fn worker_exits_after_its_death_timeout_when_the_scheduler_is_unreachable() {
     assert!(text(&o).contains("unreachable") && text(&o).contains("death timeout"), "{}", text(&o));
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "{took:?}");
 }
+
+#[test]
+fn sigterm_ends_a_worker_that_has_no_scheduler_at_once() {
+    let home = tempfile::tempdir().unwrap();
+    let secret = home.path().join("secret");
+    rdask::Secret::generate().save(&secret).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
+        .args(["worker", "--scheduler", &format!("tcp://127.0.0.1:{port}"), "--secret-file"])
+        .arg(&secret)
+        .args(["--death-timeout", "600"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "the worker ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -100,12 +100,26 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
     let mut lost_since = Instant::now();
     let mut last_error;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut term = async || match sigterm.as_mut() {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    };
     loop {
-        match connect(&config, &data_port).await {
+        // Without a scheduler there is nothing to finish gracefully: SIGTERM ends the worker.
+        let attempt = tokio::select! {
+            r = connect(&config, &data_port) => r,
+            _ = term() => {
+                tracing::info!("SIGTERM while not connected to a scheduler: exiting");
+                return Ok(());
+            }
+        };
+        match attempt {
             Ok((conn, id, hb)) => {
                 tracing::info!(worker = %id, "connected to the scheduler");
                 let mut w = Worker::new(&config, registry.clone(), store.clone(), hb);
-                match w.serve(conn, sigterm.as_mut()).await {
+                match w.serve(conn, &mut term).await {
                     Ended::Stopped => return Ok(()),
                     Ended::Lost(e) => {
                         tracing::warn!("lost the scheduler: {e}; reconnecting until the death timeout");
@@ -127,7 +141,13 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
             });
         }
         let left = config.death_timeout.saturating_sub(lost_since.elapsed());
-        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+        tokio::select! {
+            _ = tokio::time::sleep(left.min(Duration::from_millis(500))) => {}
+            _ = term() => {
+                tracing::info!("SIGTERM while not connected to a scheduler: exiting");
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -232,7 +252,10 @@ impl Worker {
         }
     }
 
-    async fn serve(&mut self, conn: Connection, mut sigterm: Option<&mut tokio::signal::unix::Signal>) -> Ended {
+    /// Serves one scheduler connection. The first SIGTERM (`term`) retires the worker: it takes
+    /// no new task and leaves when its tasks are done; a second one, or losing the scheduler
+    /// while retiring, ends it at once.
+    async fn serve(&mut self, conn: Connection, term: &mut impl AsyncFnMut()) -> Ended {
         let Connection { tx, mut rx, .. } = conn;
         let (out, out_rx) = mpsc::unbounded_channel::<Frame>();
         let writer = tokio::spawn(rdask_transport::pump(tx, out_rx));
@@ -265,7 +288,11 @@ impl Worker {
                     }
                     let _ = out.send(protocol::frame(&ToScheduler::Heartbeat));
                 }
-                _ = async { sigterm.as_mut().expect("guarded").recv().await }, if sigterm.is_some() && !self.retiring => {
+                _ = term() => {
+                    if self.retiring {
+                        tracing::info!("second SIGTERM: stopping now");
+                        break Ended::Stopped;
+                    }
                     tracing::info!("SIGTERM: retiring; finishing the tasks already assigned");
                     self.retiring = true;
                     let _ = out.send(protocol::frame(&ToScheduler::Retire));
@@ -278,6 +305,11 @@ impl Worker {
             if self.retiring && self.in_flight == 0 {
                 break Ended::Stopped;
             }
+        };
+        // A retiring worker that loses its scheduler has nothing left to hand over.
+        let ended = match ended {
+            Ended::Lost(_) if self.retiring => Ended::Stopped,
+            other => other,
         };
         self.kill_commands();
         drop(out);
