@@ -1,0 +1,137 @@
+//! `srun rdask-jobqueue run -- <client command>`: a whole cluster inside one Slurm job step.
+//!
+//! Every task of the step runs this; `SLURM_PROCID` picks the role: task 0 is the
+//! scheduler, task 1 runs the client command, every other task is a worker. They meet
+//! through a state directory on the shared filesystem (`<home>/<name>-<job>.<step>`),
+//! where task 0 writes the secret and its addresses. When the client command ends,
+//! task 1 shuts the cluster down, so every task ends, and the step's exit code is the
+//! client's (srun reports the largest of its tasks' codes; the others exit 0).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdask::cluster::{ClusterInfo, SchedulerFile, SECRET_FILE};
+use rdask::{Client, Secret};
+
+use crate::net;
+use crate::state::StateDir;
+
+/// Options of `run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Task slots of each worker [default: the CPUs Slurm gives each task].
+    #[arg(long)]
+    pub slots: Option<u16>,
+    /// Network interface the scheduler listens on (its address is the one workers use).
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Seconds the client and the workers wait for the scheduler to appear.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The client command, after `--`; it sees the cluster through RDASK_CLUSTER/RDASK_HOME
+    /// (for `rdask-jobqueue submit`) and RDASK_SCHEDULER/RDASK_SECRET_FILE (for Rust clients).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+fn env_u32(var: &str) -> Result<u32> {
+    let v = std::env::var(var).map_err(|_| {
+        anyhow!(
+            "{var} is not set: `run` works inside a Slurm job step, e.g. `srun -n 4 rdask-jobqueue run -- ./client`"
+        )
+    })?;
+    v.parse().with_context(|| format!("{var}={v} is not a number"))
+}
+
+/// Runs this task's role; returns the exit code.
+pub async fn run(home: &std::path::Path, name: &str, a: RunArgs) -> Result<i32> {
+    let rank = env_u32("SLURM_PROCID")?;
+    let ntasks = env_u32("SLURM_NTASKS")?;
+    if ntasks < 3 {
+        bail!("`run` needs at least 3 tasks (scheduler, client, one worker); this step has {ntasks}: use srun -n 3 or more");
+    }
+    let job = std::env::var("SLURM_JOB_ID").unwrap_or_else(|_| "0".into());
+    let step = std::env::var("SLURM_STEP_ID").unwrap_or_else(|_| "0".into());
+    let cluster = format!("{name}-{job}.{step}");
+    let state = StateDir::locate(Some(home), &cluster)?;
+    match rank {
+        0 => scheduler(&state, &a).await,
+        1 => client(&state, &a, ntasks - 2).await,
+        _ => worker(&state, &a).await,
+    }
+}
+
+async fn scheduler(state: &StateDir, a: &RunArgs) -> Result<i32> {
+    rdask::init_logging();
+    state.create()?;
+    let secret = Secret::generate();
+    secret.save(&state.file(SECRET_FILE))?;
+    let host = match &a.interface {
+        Some(i) => net::interface_ipv4(i)?.to_string(),
+        None => "0.0.0.0".to_string(),
+    };
+    let listener = rdask_transport::listen(&format!("tcp://{host}:0").parse()?).await?;
+    let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+    let addresses = net::candidate_addresses(&host, &port);
+    let server = rdask::server::spawn(listener, secret, rdask::scheduler::Config::default());
+    SchedulerFile { addresses, pid: std::process::id(), host: rdask::worker::hostname() }.write(&state.path)?;
+    tracing::info!(dir = %state.path.display(), "srun scheduler ready");
+    server.wait().await;
+    // The client has shut the cluster down: nothing of this step is needed any more.
+    let _ = std::fs::remove_dir_all(&state.path);
+    Ok(0)
+}
+
+/// Waits for task 0's scheduler file.
+async fn rendezvous(state: &StateDir, timeout: u64) -> Result<ClusterInfo> {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        if let Ok(info) = ClusterInfo::from_state_dir(&state.path) {
+            return Ok(info);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no scheduler appeared in {} within {timeout} s (task 0 writes it there; is {} on a filesystem all nodes share?)",
+                state.path.display(),
+                state.path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn client(state: &StateDir, a: &RunArgs, workers: u32) -> Result<i32> {
+    let info = rendezvous(state, a.timeout).await?;
+    let client = Client::connect(&info).await?;
+    // Start the client once the workers are there, so its first tasks don't wait.
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    while client.status().await?.workers.len() < workers as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addrs: Vec<String> = info.addresses.iter().map(|a| a.to_string()).collect();
+    let status = tokio::process::Command::new(&a.command[0])
+        .args(&a.command[1..])
+        .env("RDASK_CLUSTER", &state.name)
+        .env("RDASK_HOME", state.path.parent().unwrap_or(&state.path))
+        .env("RDASK_SCHEDULER", addrs.join(","))
+        .env("RDASK_SECRET_FILE", state.file(SECRET_FILE))
+        .status()
+        .await;
+    // Whatever happened to the client, the cluster ends with it.
+    let _ = client.shutdown().await;
+    let status = status.with_context(|| format!("cannot start the client command `{}`", a.command[0]))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+async fn worker(state: &StateDir, a: &RunArgs) -> Result<i32> {
+    rdask::init_logging();
+    let info = rendezvous(state, a.timeout).await?;
+    let mut config = rdask::worker::WorkerConfig::new(info);
+    let cpus = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse().ok());
+    if let Some(s) = a.slots.or(cpus) {
+        config.slots = s;
+    }
+    config.death_timeout = Duration::from_secs(a.timeout);
+    rdask::worker::run(config, std::sync::Arc::new(rdask::Registry::new())).await?;
+    Ok(0)
+}
