@@ -16,6 +16,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///   rdask-jobqueue submit --array 1-100 -- sh -c 'echo hello from task $RDASK_TASK_ID'
 ///   rdask-jobqueue wait
 ///   rdask-jobqueue down
+///
+/// The options of `up`, `scheduler` and `job-script` can also be set in TOML files
+/// (~/.config/rdask/jobqueue.toml, ./rdask.toml) and RDASK_<OPTION> variables:
+/// see `rdask-jobqueue config --help`.
 #[derive(Debug, Parser)]
 #[command(name = "rdask-jobqueue", version, verbatim_doc_comment)]
 pub struct Cli {
@@ -25,6 +29,10 @@ pub struct Cli {
     /// Where state directories live [default: ~/.rdask].
     #[arg(long, global = true, env = "RDASK_HOME")]
     pub home: Option<PathBuf>,
+    /// Read the options of `up`, `scheduler` and `job-script` from this TOML file instead of the
+    /// user's (~/.config/rdask/jobqueue.toml) and the project's (./rdask.toml or above).
+    #[arg(long, global = true, env = "RDASK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -48,6 +56,15 @@ pub enum Cmd {
     Scheduler(SchedulerCmd),
     /// Run a worker in the foreground (for command tasks; function tasks need your own program).
     Worker(WorkerArgs),
+    /// Show the configuration: the options `up` would use and where each comes from.
+    ///
+    /// Options of `up`, `scheduler` and `job-script` come from, highest precedence first: the
+    /// command line, environment variables RDASK_<OPTION> (RDASK_CORES, RDASK_JOB_EXTRA_DIRECTIVES,
+    /// ...), the project file `rdask.toml` (in the current directory or the nearest one above),
+    /// the user file `$XDG_CONFIG_HOME/rdask/jobqueue.toml` (default ~/.config/rdask/jobqueue.toml),
+    /// and the built-in defaults. `--config FILE` (or RDASK_CONFIG) replaces both files.
+    #[command(verbatim_doc_comment)]
+    Config(ConfigCmd),
 }
 
 /// Output formats.
@@ -143,6 +160,36 @@ pub struct SchedulerArgs {
     /// Heartbeat interval in milliseconds; a worker silent for 10 intervals is lost.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_ms: u64,
+}
+
+/// `config` and its subcommands.
+#[derive(Debug, Args)]
+pub struct ConfigCmd {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+    /// The files, the environment and the merged options, filled in by
+    /// [`crate::config::parse_cli`] (the command line alone cannot tell where a value came from).
+    #[arg(skip)]
+    pub resolved: Option<crate::config::Resolved>,
+}
+
+/// The subcommands of `config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print every option `up` would use that has a value, the value, and where it came from.
+    Show(Box<ConfigShowArgs>),
+    /// Print which configuration files are read, whether they exist, and the RDASK_ variables set.
+    Path,
+}
+
+/// Options of `config show`: those of `up` (to see their effect), and the output format.
+#[derive(Debug, Args)]
+pub struct ConfigShowArgs {
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputMode::Text)]
+    pub output: OutputMode,
 }
 
 /// Options of `worker`.

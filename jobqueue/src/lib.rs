@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod batch;
 pub mod cli;
+pub mod config;
 pub mod jobs;
 pub mod local;
 pub mod net;
@@ -45,6 +46,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Scheduler(a) => rt.block_on(scheduler(&state, a)),
         Cmd::JobScript(a) => job_script(&state, &a),
         Cmd::Worker(a) => rt.block_on(worker(&state, a)),
+        Cmd::Config(a) => config::run(&a),
     }
 }
 

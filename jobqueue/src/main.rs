@@ -1,6 +1,6 @@
 //! The `rdask-jobqueue` command; see `rdask-jobqueue --help`.
 
-use clap::Parser;
+use rdask_jobqueue::config::{self, CliError, Environment};
 
 fn main() {
     // A closed pipe (`rdask-jobqueue status | head`) ends the program quietly, not with a panic.
@@ -9,7 +9,15 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = rdask_jobqueue::cli::Cli::parse();
+    // The command line, with the configuration files and RDASK_<OPTION> variables merged in.
+    let cli = match config::parse_cli(std::env::args_os(), &Environment::current()) {
+        Ok(cli) => cli,
+        Err(CliError::Usage(e)) => e.exit(),
+        Err(CliError::Config(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     match rdask_jobqueue::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
