@@ -56,6 +56,9 @@ pub enum Cmd {
     Scheduler(SchedulerCmd),
     /// Run a worker in the foreground (for command tasks; function tasks need your own program).
     Worker(WorkerArgs),
+    /// Inside a Slurm allocation, `srun rdask-jobqueue run -- CMD`: task 0 becomes the scheduler,
+    /// task 1 runs CMD as the client, the other tasks are workers; all end when CMD ends.
+    Run(crate::srun::RunArgs),
     /// Show the configuration: the options `up` would use and where each comes from.
     ///
     /// Options of `up`, `scheduler` and `job-script` come from, highest precedence first: the

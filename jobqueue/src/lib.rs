@@ -46,6 +46,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Scheduler(a) => rt.block_on(scheduler(&state, a)),
         Cmd::JobScript(a) => job_script(&state, &a),
         Cmd::Worker(a) => rt.block_on(worker(&state, a)),
+        Cmd::Run(a) => {
+            let home = state.path.parent().map(Path::to_path_buf).unwrap_or_default();
+            rt.block_on(srun::run(&home, &cli.name, a))
+        }
         Cmd::Config(a) => config::run(&a),
     }
 }

@@ -282,3 +282,40 @@ fn a_job_that_fails_before_its_worker_joins_is_reported_with_its_stderr() {
     assert!(text.contains("ended before its worker joined") && text.contains("python/3.99 not found"), "{text}");
     assert!(!h.join("default/scheduler.json").exists(), "the cluster was stopped");
 }
+
+#[test]
+fn srun_runner_makes_a_cluster_of_a_job_step_and_ends_with_the_client() {
+    if !available("/usr/bin/srun", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let bin = env!("CARGO_BIN_EXE_rdask-jobqueue");
+    let srun = |client: &str, tasks: &str| {
+        Command::new("srun")
+            .args(["-n", tasks, "--mem-per-cpu=100", "-t", "5", bin, "--home"])
+            .arg(h)
+            .args(["run", "--", "sh", "-c", client])
+            .output()
+            .unwrap()
+    };
+    // The client submits to the step's own cluster, which has its 2 workers.
+    let marker = h.join("marker");
+    let client = format!(
+        "'{bin}' submit --array 1-50 --stdout none --wait -- true && '{bin}' status | grep -c '^w[0-9]' > '{}'",
+        marker.display()
+    );
+    let o = srun(&client, "4");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("50 of 50 tasks finished"), "{text}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "2", "two workers");
+    // The step's exit code is the client's, and every task is gone when it ends.
+    let o = srun("exit 3", "3");
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    no_process_left(h);
+    // Two tasks leave no room for a worker.
+    let o = srun("true", "2");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least 3 tasks"), "{}", String::from_utf8_lossy(&o.stderr));
+}
