@@ -159,6 +159,44 @@ impl BatchBackend {
         }
     }
 
+    /// Brings the number of active jobs to `target`: submits the missing ones, or cancels the
+    /// surplus, pending jobs first, then running jobs whose workers are all `idle`, newest first.
+    /// A busy job is never cancelled: it is looked at again at the next call.
+    pub fn scale_to(&mut self, target: usize, idle: impl Fn(&str) -> bool) -> Result<()> {
+        let active = self.jobs.iter().filter(|j| j.state.is_active()).count();
+        if active < target {
+            tracing::info!(from = active, to = target, "scaling up");
+            self.submit(target - active)?;
+            return Ok(());
+        }
+        let mut surplus = active - target;
+        if surplus == 0 {
+            return Ok(());
+        }
+        let pending = self.jobs.iter().rev().filter(|j| j.state == JobState::Pending);
+        let running_idle = self.jobs.iter().rev().filter(|j| j.state == JobState::Running && idle(&j.id));
+        let mut victims = Vec::new();
+        for j in pending.chain(running_idle) {
+            if surplus == 0 {
+                break;
+            }
+            victims.push(j.id.clone());
+            surplus -= 1;
+        }
+        if victims.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(jobs = ?victims, "scaling down");
+        self.batch.cancel(&victims)?;
+        for j in &mut self.jobs {
+            if victims.contains(&j.id) {
+                j.state = JobState::Cancelled;
+            }
+        }
+        self.save();
+        Ok(())
+    }
+
     /// The jobs and their last known states.
     pub fn jobs(&self) -> &[BatchJob] {
         &self.jobs

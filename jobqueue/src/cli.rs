@@ -56,6 +56,9 @@ pub enum Cmd {
     Scheduler(SchedulerCmd),
     /// Run a worker in the foreground (for command tasks; function tasks need your own program).
     Worker(WorkerArgs),
+    /// Change the number of workers (local backend) or nodes (batch backends); surplus workers
+    /// are retired only once idle.
+    Scale(ScaleArgs),
     /// Inside a Slurm allocation, `srun rdask-jobqueue run -- CMD`: task 0 becomes the scheduler,
     /// task 1 runs CMD as the client, the other tasks are workers; all end when CMD ends.
     Run(crate::srun::RunArgs),
@@ -250,6 +253,19 @@ pub struct SubmitArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// Options of `scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Workers (local) or nodes (batch) to have.
+    pub n: u32,
+    /// Wait until the cluster has that many workers.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait with --wait.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
 /// Options of `wait`.

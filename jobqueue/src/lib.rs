@@ -46,6 +46,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Scheduler(a) => rt.block_on(scheduler(&state, a)),
         Cmd::JobScript(a) => job_script(&state, &a),
         Cmd::Worker(a) => rt.block_on(worker(&state, a)),
+        Cmd::Scale(a) => rt.block_on(scale(&state, a)),
         Cmd::Run(a) => {
             let home = state.path.parent().map(Path::to_path_buf).unwrap_or_default();
             rt.block_on(srun::run(&home, &cli.name, a))
@@ -305,7 +306,7 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
             };
             let mut b = LocalBackend::new(program, args, a.slots, a.death_timeout);
             b.start(state, &addresses, a.workers)?;
-            local = Some(b);
+            local = Some(std::sync::Arc::new(std::sync::Mutex::new(b)));
         }
         Some(system) => {
             let mut b = BatchBackend::new(
@@ -331,35 +332,58 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
     SchedulerFile { addresses: addresses.clone(), pid: std::process::id(), host: rdask::worker::hostname() }
         .write(&state.path)?;
     let log_directory = job_params(&a, state).log_directory;
-    let poller = batch_backend.clone().map(|b| {
+    let _ = std::fs::remove_file(state.file(TARGET_FILE));
+    let manager = {
         let every = Duration::from_secs_f64(a.poll_interval.max(0.1));
         let info = ClusterInfo { addresses: vec![server_address.clone()], secret: secret.clone() };
+        let (batch_backend, local, state, addresses) =
+            (batch_backend.clone(), local.clone(), state.clone(), addresses.clone());
+        let per_job = a.job.nodes.unwrap_or(1).max(1);
         tokio::spawn(async move {
             // Jobs that have had a worker: one that ends without ever having had one failed to start.
             let mut had_worker: std::collections::HashSet<String> = Default::default();
             let client = Client::connect(&info).await.ok();
             loop {
                 tokio::time::sleep(every).await;
-                if let Some(Ok(s)) = match &client {
-                    Some(c) => Some(c.status().await),
+                let status = match &client {
+                    Some(c) => c.status().await.ok(),
                     None => None,
-                } {
-                    had_worker.extend(s.workers.iter().filter_map(|w| w.info.batch_job.clone()));
+                };
+                let workers = status.map(|s| s.workers).unwrap_or_default();
+                had_worker.extend(workers.iter().filter_map(|w| w.info.batch_job.clone()));
+                let busy: Vec<(u32, Option<String>)> =
+                    workers.iter().filter(|w| w.assigned > 0).map(|w| (w.info.pid, w.info.batch_job.clone())).collect();
+                let target = read_target(&state);
+                if let Some(b) = batch_backend.clone() {
+                    let (seen, logs, busy) = (had_worker.clone(), log_directory.clone(), busy.clone());
+                    let r = tokio::task::spawn_blocking(move || {
+                        let had = |id: &str| seen.iter().any(|w| backend::same_job(id, w));
+                        let mut b = b.lock().expect("backend lock");
+                        b.poll_and_explain(had, logs.as_deref())?;
+                        if let Some(nodes) = target {
+                            let idle = |id: &str| {
+                                !busy.iter().any(|(_, j)| j.as_deref().is_some_and(|j| backend::same_job(id, j)))
+                            };
+                            b.scale_to(nodes.div_ceil(per_job) as usize, idle)?;
+                        }
+                        anyhow::Ok(())
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!("managing batch jobs failed: {e:#}"),
+                        Err(e) => tracing::warn!("managing batch jobs panicked: {e}"),
+                    }
                 }
-                let (b2, seen, logs) = (b.clone(), had_worker.clone(), log_directory.clone());
-                let r = tokio::task::spawn_blocking(move || {
-                    let had = |id: &str| seen.iter().any(|w| backend::same_job(id, w));
-                    b2.lock().expect("backend lock").poll_and_explain(had, logs.as_deref())
-                })
-                .await;
-                match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!("polling the batch system failed: {e:#}"),
-                    Err(e) => tracing::warn!("polling the batch system panicked: {e}"),
+                if let (Some(l), Some(n)) = (&local, target) {
+                    let idle = |pid: u32| !busy.iter().any(|(p, _)| *p == pid);
+                    if let Err(e) = l.lock().expect("local lock").scale_to(&state, &addresses, n as usize, idle) {
+                        tracing::warn!("scaling local workers failed: {e:#}");
+                    }
                 }
             }
         })
-    });
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -370,11 +394,9 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
         _ = term.recv() => shutdown_self(&info, &mut server).await,
         _ = int.recv() => shutdown_self(&info, &mut server).await,
     }
-    if let Some(p) = poller {
-        p.abort();
-    }
-    if let Some(mut b) = local {
-        b.stop(Duration::from_secs(5));
+    manager.abort();
+    if let Some(b) = local {
+        b.lock().expect("local lock").stop(Duration::from_secs(5));
     }
     if let Some(b) = batch_backend {
         let r =
@@ -823,5 +845,54 @@ async fn stop_cluster(state: &StateDir, client: &Client) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while pid.is_some_and(|p| process_alive(p, "")) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Where `scale` writes the number of workers (local) or nodes (batch) the cluster should have.
+const TARGET_FILE: &str = "target";
+
+fn read_target(state: &StateDir) -> Option<u32> {
+    std::fs::read_to_string(state.file(TARGET_FILE)).ok()?.trim().parse().ok()
+}
+
+/// `scale N`: N workers (local backend) or N nodes' worth of jobs (batch backends).
+async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
+    let client = connect(state).await?;
+    let up: SchedulerArgs = serde_json::from_str(&std::fs::read_to_string(state.file("up.json")).unwrap_or_default())
+        .map_err(|_| {
+        anyhow!("cluster `{}` was not started by `rdask-jobqueue up`; it cannot be scaled", state.name)
+    })?;
+    if up.job_array {
+        bail!("a cluster started with --job-array cannot be scaled; start it without --job-array to scale it");
+    }
+    let tmp = state.file(".target.tmp");
+    std::fs::write(&tmp, a.n.to_string())?;
+    std::fs::rename(tmp, state.file(TARGET_FILE))?;
+    let want = match up.backend.as_str() {
+        "local" => a.n as usize,
+        _ => {
+            (a.n.div_ceil(up.job.nodes.unwrap_or(1).max(1))
+                * up.job.nodes.unwrap_or(1).max(1)
+                * up.job.processes.unwrap_or(1)) as usize
+        }
+    };
+    println!("scaling cluster `{}` to {} {}", state.name, a.n, if up.backend == "local" { "workers" } else { "nodes" });
+    if !a.wait {
+        return Ok(0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    loop {
+        let n = client.status().await?.workers.len();
+        if n == want {
+            println!("{n} workers");
+            return Ok(0);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{n} workers after {} s, not {want}; busy workers are retired only once idle (see `status`)",
+                a.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

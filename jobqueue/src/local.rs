@@ -20,12 +20,14 @@ pub struct LocalBackend {
     /// Death timeout given to workers, in seconds.
     pub death_timeout: u64,
     children: Vec<Child>,
+    /// Workers asked to retire.
+    retiring: Vec<u32>,
 }
 
 impl LocalBackend {
     /// A backend that starts `program args…` with the worker environment.
     pub fn new(program: PathBuf, args: Vec<String>, slots: u16, death_timeout: u64) -> LocalBackend {
-        LocalBackend { program, args, slots, death_timeout, children: Vec::new() }
+        LocalBackend { program, args, slots, death_timeout, children: Vec::new(), retiring: Vec::new() }
     }
 
     /// Starts `n` workers that join the cluster at `addresses`, journalling each pid first thing.
@@ -53,6 +55,29 @@ impl LocalBackend {
             let start = crate::state::process_start_time(pid).unwrap_or(0);
             state.journal("pid", &format!("{pid}:{start}"))?;
             self.children.push(child);
+        }
+        Ok(())
+    }
+
+    /// Brings the number of workers to `n`: starts the missing ones, or asks surplus workers
+    /// whose pid is `idle` to retire (SIGTERM: they finish what they hold and leave).
+    pub fn scale_to(
+        &mut self,
+        state: &StateDir,
+        addresses: &[String],
+        n: usize,
+        idle: impl Fn(u32) -> bool,
+    ) -> Result<()> {
+        self.children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        let live: Vec<u32> = self.children.iter().map(|c| c.id()).filter(|p| !self.retiring.contains(p)).collect();
+        if live.len() < n {
+            tracing::info!(from = live.len(), to = n, "scaling up");
+            return self.start(state, addresses, n - live.len());
+        }
+        for pid in live.iter().rev().filter(|p| idle(**p)).take(live.len() - n) {
+            tracing::info!(pid, "scaling down: retiring an idle worker");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGTERM);
+            self.retiring.push(*pid);
         }
         Ok(())
     }

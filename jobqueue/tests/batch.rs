@@ -319,3 +319,42 @@ fn srun_runner_makes_a_cluster_of_a_job_step_and_ends_with_the_client() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("at least 3 tasks"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn slurm_scale_submits_and_cancels_jobs() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(
+        h,
+        &[
+            "up",
+            "--backend",
+            "slurm",
+            "--nodes",
+            "1",
+            "--cores",
+            "1",
+            "--memory",
+            "100MB",
+            "--poll-interval",
+            "0.5",
+            "--wait",
+        ],
+    );
+    assert!(ok(h, &["scale", "3", "--wait"]).contains("3 workers"));
+    let ids = batch_ids(&status(h));
+    assert_eq!(ids.len(), 3);
+    assert_eq!(active_in("slurm", &ids).len(), 3);
+    assert!(ok(h, &["scale", "1", "--wait"]).contains("1 workers"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while active_in("slurm", &ids).len() != 1 {
+        assert!(Instant::now() < deadline, "still active: {:?}", active_in("slurm", &ids));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(h, &["down"]);
+    assert!(active_in("slurm", &ids).is_empty());
+    no_process_left(h);
+}

@@ -195,3 +195,25 @@ fn sigterm_ends_a_worker_that_has_no_scheduler_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn scale_adds_workers_and_retires_only_idle_ones() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(h, &["up", "--workers", "2", "--poll-interval", "0.2"]);
+    ok(h, &["submit", "--", "sleep", "3"]);
+    // Let the task start on one of the two workers.
+    let busy = loop {
+        let s: serde_json::Value = serde_json::from_str(&ok(h, &["status", "--output", "json"])).unwrap();
+        if let Some(w) = s["workers"].as_array().unwrap().iter().find(|w| w["assigned"].as_u64() == Some(1)) {
+            break w["info"]["pid"].as_u64().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ok(h, &["scale", "3", "--wait"]).contains("3 workers"));
+    assert!(ok(h, &["scale", "1", "--wait"]).contains("1 workers"));
+    let s: serde_json::Value = serde_json::from_str(&ok(h, &["status", "--output", "json"])).unwrap();
+    assert_eq!(s["workers"][0]["info"]["pid"].as_u64(), Some(busy), "the busy worker is the one kept");
+    assert!(ok(h, &["wait"]).contains("1 of 1 tasks finished, 0 failed"));
+    ok(h, &["down"]);
+}
