@@ -136,6 +136,10 @@ pub struct SchedulerArgs {
     /// The command that cancels jobs [default: scancel, qdel].
     #[arg(long)]
     pub cancel_command: Option<PathBuf>,
+    /// Run the scheduler itself in a batch job rather than here (batch backends); clients
+    /// find it through the state directory.
+    #[arg(long)]
+    pub scheduler_in_job: bool,
     /// Seconds between polls of the batch system.
     #[arg(long, default_value_t = 2.0)]
     pub poll_interval: f64,

@@ -113,6 +113,7 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     }
     let args_file = state.file("up.json");
     let mut sched_args = a.scheduler.clone();
+    sched_args.scheduler_in_job = false;
     if let Some(p) = &sched_args.worker_program {
         sched_args.worker_program = Some(std::fs::canonicalize(p)?);
     }
@@ -121,6 +122,12 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     }
     std::fs::write(&args_file, serde_json::to_string_pretty(&sched_args)?)?;
     cmd.arg("scheduler").arg("--args-file").arg(&args_file);
+    if a.scheduler.scheduler_in_job {
+        let Some(system) = batch else {
+            bail!("--scheduler-in-job needs a batch backend (--backend slurm|pbs|sge)");
+        };
+        return scheduler_in_job(state, &a, system, &exe).await;
+    }
     use std::os::unix::process::CommandExt;
     // Its own process group: a Ctrl-C in this terminal must not take the cluster down.
     cmd.process_group(0).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -667,16 +674,23 @@ async fn down(state: &StateDir, a: DownArgs) -> Result<i32> {
         return Ok(0);
     }
     if let Some(f) = &file {
-        if process_alive(f.pid, "") {
+        // The scheduler may run on another host (--scheduler-in-job): its pid only means
+        // something here when it runs here.
+        let here = f.host == rdask::worker::hostname();
+        if !here || process_alive(f.pid, "") {
             match connect(state).await {
                 Ok(c) => {
                     let _ = c.shutdown().await;
+                    // It removes its scheduler file once its workers and jobs have ended.
+                    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+                    while state.file(rdask::cluster::SCHEDULER_FILE).exists()
+                        && (!here || process_alive(f.pid, ""))
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
-                Err(e) => eprintln!("scheduler unreachable ({e}); ending its processes"),
-            }
-            let deadline = Instant::now() + Duration::from_secs(a.timeout);
-            while process_alive(f.pid, "") && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(e) => eprintln!("scheduler unreachable ({e}); ending what it started"),
             }
         }
     }
@@ -895,4 +909,60 @@ async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `up --scheduler-in-job`: the scheduler itself runs in a batch job (which then submits the
+/// worker jobs); clients find it through the state directory, as usual.
+async fn scheduler_in_job(state: &StateDir, a: &UpArgs, system: System, exe: &Path) -> Result<i32> {
+    let s = &a.scheduler;
+    let mut params = job_params(s, state);
+    params.job_name = Some(format!("{}-scheduler", params.job_name.as_deref().unwrap_or("rdask")));
+    params.processes = None;
+    params.nodes = None;
+    params.array = None;
+    params.gpus = None;
+    params.local_directory = None;
+    params.worker_extra_args.clear();
+    params.interface = None;
+    let exe = s.worker_command.clone().unwrap_or_else(|| exe.to_path_buf());
+    let mut argv = vec![exe.display().to_string(), "--name".into(), state.name.clone()];
+    if let Some(h) = state.path.parent() {
+        argv.extend(["--home".into(), h.display().to_string()]);
+    }
+    argv.extend(["scheduler".into(), "--args-file".into(), state.file("up.json").display().to_string()]);
+    let script = backend::render(system, &params, &argv, s.template.as_deref())?;
+    if let Some(dir) = &params.log_directory {
+        std::fs::create_dir_all(dir)?;
+    }
+    let path = state.file("scheduler-job.sh");
+    std::fs::write(&path, script)?;
+    let batch = backend::batch_system(system, commands_of(s, system));
+    let id = batch.submit(&path)?;
+    state.journal("job", &format!("{system} {id}"))?;
+    println!("submitted the scheduler as {system} job {id}");
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    loop {
+        if SchedulerFile::read(&state.path).is_ok() {
+            break;
+        }
+        let st = batch.status(std::slice::from_ref(&id))?;
+        if st.get(&id).is_some_and(|s| !s.is_active()) {
+            let _ = cleanup(state);
+            bail!("the scheduler's job {id} ended before the scheduler was ready:\n{}", logs_tail(state));
+        }
+        if Instant::now() > deadline {
+            println!("the scheduler's job {id} has not started within {} s; it stays queued (`status` shows when it is up, `down` cancels it)", a.timeout);
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let f = SchedulerFile::read(&state.path)?;
+    println!(
+        "cluster `{}` is up: scheduler {} in job {id} on {}; state in {}",
+        state.name,
+        f.addresses[0],
+        f.host,
+        state.path.display()
+    );
+    Ok(0)
 }

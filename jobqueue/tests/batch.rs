@@ -358,3 +358,36 @@ fn slurm_scale_submits_and_cancels_jobs() {
     assert!(active_in("slurm", &ids).is_empty());
     no_process_left(h);
 }
+
+#[test]
+fn scheduler_in_a_slurm_job_serves_clients_and_down_ends_every_job() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let up = ["up", "--backend", "slurm", "--scheduler-in-job", "--nodes", "2", "--cores", "1", "--memory", "100MB"];
+    for crash in [false, true] {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let out = ok(h, &up);
+        let sched_job = out.split("slurm job ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap().to_string();
+        let s = wait_for(h, "2 workers", |s| s["workers"].as_array().is_some_and(|w| w.len() == 2));
+        let mut ids = batch_ids(&s);
+        ids.push(sched_job.clone());
+        assert_eq!(active_in("slurm", &ids).len(), 3, "the scheduler's job and 2 worker jobs");
+        let waited = ok(h, &["submit", "--array", "1-20", "--stdout", "none", "--wait", "--", "true"]);
+        assert!(waited.contains("20 of 20 tasks finished"), "{waited}");
+        if crash {
+            // The scheduler's job dies hard; its worker jobs live on until `down`.
+            let o = Command::new("scancel").args(["--signal=KILL", "--full", &sched_job]).output().unwrap();
+            assert!(o.status.success());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !active_in("slurm", &[sched_job.clone()]).is_empty() {
+                assert!(Instant::now() < deadline, "the scheduler's job does not end");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        ok(h, &["down"]);
+        assert!(active_in("slurm", &ids).is_empty(), "left: {:?}", active_in("slurm", &ids));
+        no_process_left(h);
+    }
+}
