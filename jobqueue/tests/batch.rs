@@ -381,7 +381,7 @@ fn scheduler_in_a_slurm_job_serves_clients_and_down_ends_every_job() {
             let o = Command::new("scancel").args(["--signal=KILL", "--full", &sched_job]).output().unwrap();
             assert!(o.status.success());
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !active_in("slurm", &[sched_job.clone()]).is_empty() {
+            while !active_in("slurm", std::slice::from_ref(&sched_job)).is_empty() {
                 assert!(Instant::now() < deadline, "the scheduler's job does not end");
                 std::thread::sleep(Duration::from_millis(100));
             }
