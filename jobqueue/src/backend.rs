@@ -23,9 +23,28 @@ pub struct BatchJob {
     pub id: String,
     /// Its last known state.
     pub state: JobState,
+    /// The worker pool it belongs to.
+    #[serde(default = "default_pool")]
+    pub pool: String,
     /// Why it ended early, when it ended before any worker of it joined (its stderr's tail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// The name of the pool that the main options describe.
+pub const DEFAULT_POOL: &str = "default";
+
+fn default_pool() -> String {
+    DEFAULT_POOL.to_string()
+}
+
+/// A named group of identical worker jobs (its own queue, resources, script).
+#[derive(Clone, Debug)]
+pub struct Pool {
+    /// Its name (`default` for the main options).
+    pub name: String,
+    /// The job script its jobs run.
+    pub script: String,
 }
 
 /// What `down` needs to cancel a cluster's jobs without its scheduler: `backend.json`.
@@ -59,55 +78,60 @@ pub fn batch_system(system: System, commands: Commands) -> Box<dyn BatchSystem> 
 pub struct BatchBackend {
     system: System,
     batch: Box<dyn BatchSystem>,
-    script: String,
+    pools: Vec<Pool>,
     state: StateDir,
     jobs: Vec<BatchJob>,
 }
 
 impl BatchBackend {
-    /// Prepares jobs of `params` running `worker_command`; renders the script once, now,
-    /// so a bad template or parameter fails before anything is submitted.
+    /// Prepares the jobs of each pool (`name`, parameters) running `worker_command`; renders
+    /// every script now, so a bad template or parameter fails before anything is submitted.
     pub fn new(
         state: &StateDir,
         system: System,
         commands: Commands,
-        params: &JobParams,
+        pools: &[(String, JobParams)],
         worker_command: &[String],
         template: Option<&Path>,
     ) -> Result<BatchBackend> {
-        let script = render(system, params, worker_command, template)?;
-        if let Some(dir) = &params.log_directory {
-            // The batch system cannot start a job whose output file it cannot create.
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {dir}"))?;
+        let mut rendered = Vec::new();
+        for (name, params) in pools {
+            let script = render(system, params, worker_command, template).with_context(|| format!("pool `{name}`"))?;
+            if let Some(dir) = &params.log_directory {
+                // The batch system cannot start a job whose output file it cannot create.
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {dir}"))?;
+            }
+            rendered.push(Pool { name: name.clone(), script });
         }
         let file = BackendFile { system, commands: commands.clone() };
         std::fs::write(state.file("backend.json"), serde_json::to_string_pretty(&file)?)?;
         Ok(BatchBackend {
             system,
             batch: batch_system(system, commands),
-            script,
+            pools: rendered,
             state: state.clone(),
             jobs: Vec::new(),
         })
     }
 
-    /// The job script every job runs.
-    pub fn script(&self) -> &str {
-        &self.script
+    /// The pools.
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
     }
 
-    /// Submits `n` jobs (or one array of `n`, when the script was rendered as an array).
-    pub fn submit(&mut self, n: usize) -> Result<Vec<String>> {
+    /// Submits `n` jobs of `pool` (or one array of `n`, when its script was rendered as an array).
+    pub fn submit(&mut self, pool: &str, n: usize) -> Result<Vec<String>> {
+        let Some(p) = self.pools.iter().find(|p| p.name == pool) else { bail!("no worker pool named `{pool}`") };
         let dir = self.state.path.join("job-scripts");
         std::fs::create_dir_all(&dir)?;
-        let path: PathBuf = dir.join(format!("{}.sh", self.system));
-        std::fs::write(&path, &self.script)?;
+        let path: PathBuf = dir.join(format!("{}-{pool}.sh", self.system));
+        std::fs::write(&path, &p.script)?;
         let mut ids = Vec::new();
         for _ in 0..n {
             let id = self.batch.submit(&path).with_context(|| format!("submitting {}", path.display()))?;
             self.state.journal("job", &format!("{} {id}", self.system))?;
-            tracing::info!(job = %id, system = %self.system, "submitted a worker job");
-            self.jobs.push(BatchJob { id: id.clone(), state: JobState::Pending, note: None });
+            tracing::info!(job = %id, system = %self.system, pool, "submitted a worker job");
+            self.jobs.push(BatchJob { id: id.clone(), state: JobState::Pending, pool: pool.to_string(), note: None });
             ids.push(id);
         }
         self.save();
@@ -162,19 +186,20 @@ impl BatchBackend {
     /// Brings the number of active jobs to `target`: submits the missing ones, or cancels the
     /// surplus, pending jobs first, then running jobs whose workers are all `idle`, newest first.
     /// A busy job is never cancelled: it is looked at again at the next call.
-    pub fn scale_to(&mut self, target: usize, idle: impl Fn(&str) -> bool) -> Result<()> {
-        let active = self.jobs.iter().filter(|j| j.state.is_active()).count();
+    pub fn scale_to(&mut self, pool: &str, target: usize, idle: impl Fn(&str) -> bool) -> Result<()> {
+        let active = self.jobs.iter().filter(|j| j.pool == pool && j.state.is_active()).count();
         if active < target {
-            tracing::info!(from = active, to = target, "scaling up");
-            self.submit(target - active)?;
+            tracing::info!(pool, from = active, to = target, "scaling up");
+            self.submit(pool, target - active)?;
             return Ok(());
         }
         let mut surplus = active - target;
         if surplus == 0 {
             return Ok(());
         }
-        let pending = self.jobs.iter().rev().filter(|j| j.state == JobState::Pending);
-        let running_idle = self.jobs.iter().rev().filter(|j| j.state == JobState::Running && idle(&j.id));
+        let mine = self.jobs.iter().rev().filter(|j| j.pool == pool);
+        let pending = mine.clone().filter(|j| j.state == JobState::Pending);
+        let running_idle = mine.filter(|j| j.state == JobState::Running && idle(&j.id));
         let mut victims = Vec::new();
         for j in pending.chain(running_idle) {
             if surplus == 0 {

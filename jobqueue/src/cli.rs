@@ -136,6 +136,11 @@ pub struct SchedulerArgs {
     /// The command that cancels jobs [default: scancel, qdel].
     #[arg(long)]
     pub cancel_command: Option<PathBuf>,
+    /// An extra worker pool (batch backends; repeatable): a name, then KEY=VALUE job options
+    /// that differ from the main ones, plus `nodes`, e.g.
+    /// --pool 'gpu nodes=2 queue=gpu gpus=1 cores=4 memory=16GB'.
+    #[arg(long, value_name = "NAME KEY=VALUE...")]
+    pub pool: Vec<String>,
     /// Run the scheduler itself in a batch job rather than here (batch backends); clients
     /// find it through the state directory.
     #[arg(long)]
@@ -264,6 +269,9 @@ pub struct SubmitArgs {
 pub struct ScaleArgs {
     /// Workers (local) or nodes (batch) to have.
     pub n: u32,
+    /// The worker pool to scale (batch backends) [default: the main one].
+    #[arg(long, default_value = "default")]
+    pub pool: String,
     /// Wait until the cluster has that many workers.
     #[arg(long)]
     pub wait: bool,

@@ -73,13 +73,12 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
         return dry_run(state, &a.scheduler, batch);
     }
     if let Some(system) = batch {
-        // Fail on a bad parameter or template now, not in the background scheduler.
-        backend::render(
-            system,
-            &job_params(&a.scheduler, state),
-            &worker_argv(&a.scheduler, state, &[])?,
-            a.scheduler.template.as_deref(),
-        )?;
+        // Fail on a bad parameter, pool or template now, not in the background scheduler.
+        for p in pools_of(&a.scheduler, state)? {
+            let argv = worker_argv(&a.scheduler, state, &[])?;
+            backend::render(system, &p.params, &argv, a.scheduler.template.as_deref())
+                .with_context(|| format!("pool `{}`", p.name))?;
+        }
     }
     if let Ok(f) = SchedulerFile::read(&state.path) {
         if process_alive(f.pid, "rdask") {
@@ -152,7 +151,7 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     let want = match batch {
         None => a.scheduler.workers,
         Some(_) if !a.wait => 0,
-        Some(_) => (a.scheduler.nodes * a.scheduler.job.processes.unwrap_or(1)) as usize,
+        Some(_) => pools_of(&a.scheduler, state)?.iter().map(PoolPlan::workers).sum(),
     };
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut s = client.status().await?;
@@ -316,16 +315,22 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
             local = Some(std::sync::Arc::new(std::sync::Mutex::new(b)));
         }
         Some(system) => {
+            let pools = pools_of(&a, state)?;
+            let specs: Vec<(String, batch::JobParams)> =
+                pools.iter().map(|p| (p.name.clone(), p.params.clone())).collect();
             let mut b = BatchBackend::new(
                 state,
                 system,
                 commands_of(&a, system),
-                &job_params(&a, state),
+                &specs,
                 &worker_argv(&a, state, &addresses)?,
                 a.template.as_deref(),
             )?;
-            let jobs = if a.job_array { 1 } else { jobs_for(&a) };
-            if let Err(e) = b.submit(jobs) {
+            let submitted: Result<()> = pools.iter().try_for_each(|p| {
+                b.submit(&p.name, if a.job_array { 1 } else { p.jobs() })?;
+                Ok(())
+            });
+            if let Err(e) = submitted {
                 tracing::error!("{e:#}");
                 let _ = b.cancel_all(Duration::from_secs(60));
                 server.abort();
@@ -339,13 +344,18 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
     SchedulerFile { addresses: addresses.clone(), pid: std::process::id(), host: rdask::worker::hostname() }
         .write(&state.path)?;
     let log_directory = job_params(&a, state).log_directory;
-    let _ = std::fs::remove_file(state.file(TARGET_FILE));
+    for entry in std::fs::read_dir(&state.path)?.flatten() {
+        // Targets of an earlier run of this cluster do not apply to this one.
+        if entry.file_name().to_string_lossy().starts_with(TARGET_FILE) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let manager = {
         let every = Duration::from_secs_f64(a.poll_interval.max(0.1));
         let info = ClusterInfo { addresses: vec![server_address.clone()], secret: secret.clone() };
         let (batch_backend, local, state, addresses) =
             (batch_backend.clone(), local.clone(), state.clone(), addresses.clone());
-        let per_job = a.job.nodes.unwrap_or(1).max(1);
+        let pools = if batch.is_some() { pools_of(&a, &state)? } else { Vec::new() };
         tokio::spawn(async move {
             // Jobs that have had a worker: one that ends without ever having had one failed to start.
             let mut had_worker: std::collections::HashSet<String> = Default::default();
@@ -360,18 +370,22 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
                 had_worker.extend(workers.iter().filter_map(|w| w.info.batch_job.clone()));
                 let busy: Vec<(u32, Option<String>)> =
                     workers.iter().filter(|w| w.assigned > 0).map(|w| (w.info.pid, w.info.batch_job.clone())).collect();
-                let target = read_target(&state);
+                let target = read_target(&state, backend::DEFAULT_POOL);
                 if let Some(b) = batch_backend.clone() {
                     let (seen, logs, busy) = (had_worker.clone(), log_directory.clone(), busy.clone());
+                    let targets: Vec<(String, usize)> = pools
+                        .iter()
+                        .filter_map(|p| read_target(&state, &p.name).map(|n| (p.name.clone(), p.jobs_for_nodes(n))))
+                        .collect();
                     let r = tokio::task::spawn_blocking(move || {
                         let had = |id: &str| seen.iter().any(|w| backend::same_job(id, w));
                         let mut b = b.lock().expect("backend lock");
                         b.poll_and_explain(had, logs.as_deref())?;
-                        if let Some(nodes) = target {
-                            let idle = |id: &str| {
-                                !busy.iter().any(|(_, j)| j.as_deref().is_some_and(|j| backend::same_job(id, j)))
-                            };
-                            b.scale_to(nodes.div_ceil(per_job) as usize, idle)?;
+                        let idle = |id: &str| {
+                            !busy.iter().any(|(_, j)| j.as_deref().is_some_and(|j| backend::same_job(id, j)))
+                        };
+                        for (pool, jobs) in &targets {
+                            b.scale_to(pool, *jobs, idle)?;
                         }
                         anyhow::Ok(())
                     })
@@ -625,7 +639,7 @@ fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[backend::Bat
         }
     }
     if !batch_jobs.is_empty() {
-        let _ = writeln!(out, "\n{:<12} {:<10} WORKERS", "BATCH JOB", "STATE");
+        let _ = writeln!(out, "\n{:<12} {:<10} {:<10} WORKERS", "BATCH JOB", "POOL", "STATE");
         for j in batch_jobs {
             let workers: Vec<String> = s
                 .workers
@@ -633,7 +647,7 @@ fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[backend::Bat
                 .filter(|w| w.info.batch_job.as_deref().is_some_and(|b| backend::same_job(&j.id, b)))
                 .map(|w| w.id.to_string())
                 .collect();
-            let _ = writeln!(out, "{:<12} {:<10} {}", j.id, j.state.to_string(), workers.join(" "));
+            let _ = writeln!(out, "{:<12} {:<10} {:<10} {}", j.id, j.pool, j.state.to_string(), workers.join(" "));
             if let Some(note) = &j.note {
                 for line in note.lines() {
                     let _ = writeln!(out, "             {line}");
@@ -825,11 +839,10 @@ fn dry_run(state: &StateDir, a: &SchedulerArgs, batch: Option<System>) -> Result
                 a.poll_interval,
                 c.cancel.display()
             );
-            println!("---");
-            print!(
-                "{}",
-                backend::render(system, &job_params(a, state), &worker_argv(a, state, &[])?, a.template.as_deref())?
-            );
+            for p in pools_of(a, state)? {
+                println!("--- pool `{}`: {} job(s)", p.name, if a.job_array { 1 } else { p.jobs() });
+                print!("{}", backend::render(system, &p.params, &worker_argv(a, state, &[])?, a.template.as_deref())?);
+            }
         }
     }
     Ok(0)
@@ -865,8 +878,97 @@ async fn stop_cluster(state: &StateDir, client: &Client) {
 /// Where `scale` writes the number of workers (local) or nodes (batch) the cluster should have.
 const TARGET_FILE: &str = "target";
 
-fn read_target(state: &StateDir) -> Option<u32> {
-    std::fs::read_to_string(state.file(TARGET_FILE)).ok()?.trim().parse().ok()
+fn target_file(pool: &str) -> String {
+    if pool == backend::DEFAULT_POOL {
+        TARGET_FILE.to_string()
+    } else {
+        format!("{TARGET_FILE}-{pool}")
+    }
+}
+
+fn read_target(state: &StateDir, pool: &str) -> Option<u32> {
+    std::fs::read_to_string(state.file(&target_file(pool))).ok()?.trim().parse().ok()
+}
+
+/// A worker pool as the scheduler runs it: its job parameters and its number of nodes.
+#[derive(Clone, Debug)]
+struct PoolPlan {
+    name: String,
+    params: batch::JobParams,
+    nodes: u32,
+}
+
+impl PoolPlan {
+    fn per_job(&self) -> u32 {
+        self.params.nodes.unwrap_or(1).max(1)
+    }
+
+    /// Jobs for `nodes` nodes: one per `nodes-per-job`.
+    fn jobs_for_nodes(&self, nodes: u32) -> usize {
+        nodes.div_ceil(self.per_job()) as usize
+    }
+
+    fn jobs(&self) -> usize {
+        self.jobs_for_nodes(self.nodes)
+    }
+
+    /// Workers its jobs hold when they all run.
+    fn workers(&self) -> usize {
+        self.jobs() * (self.per_job() * self.params.processes.unwrap_or(1)) as usize
+    }
+}
+
+/// The default pool (the main options) and every `--pool`.
+fn pools_of(a: &SchedulerArgs, state: &StateDir) -> Result<Vec<PoolPlan>> {
+    let base = job_params(a, state);
+    let mut pools = vec![PoolPlan { name: backend::DEFAULT_POOL.into(), params: base.clone(), nodes: a.nodes }];
+    for spec in &a.pool {
+        let mut words = spec.split_whitespace();
+        let name = words.next().unwrap_or_default().to_string();
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            bail!("--pool `{spec}` must start with a name (letters, digits, - and _), e.g. --pool 'gpu nodes=2 queue=gpu'");
+        }
+        if pools.iter().any(|p| p.name == name) {
+            bail!("two pools are named `{name}`; give each --pool its own name");
+        }
+        let mut params = serde_json::to_value(&base)?;
+        params["job-name"] = serde_json::Value::String(format!("rdask-{name}"));
+        let mut nodes = 1;
+        for word in words {
+            let Some((key, value)) = word.split_once('=') else {
+                bail!("`{word}` in pool `{name}` is not KEY=VALUE (e.g. queue=gpu)");
+            };
+            if key == "nodes" {
+                nodes = value.parse().map_err(|_| anyhow!("nodes={value} in pool `{name}` is not a whole number"))?;
+                continue;
+            }
+            let key = if key == "nodes-per-job" { "nodes" } else { key };
+            let obj = params.as_object_mut().expect("job parameters are an object");
+            let Some(slot) = obj.get_mut(key) else {
+                let mut keys: Vec<&str> = obj.keys().map(String::as_str).filter(|k| *k != "nodes").collect();
+                keys.sort();
+                bail!("unknown key `{key}` in pool `{name}`; valid keys: nodes, nodes-per-job, {}", keys.join(", "));
+            };
+            match slot {
+                serde_json::Value::Array(items) => items.push(serde_json::Value::String(value.to_string())),
+                _ => {
+                    *slot = match value.parse::<u64>() {
+                        Ok(n) => serde_json::Value::from(n),
+                        Err(_) => serde_json::Value::String(value.to_string()),
+                    }
+                }
+            }
+        }
+        let params: batch::JobParams =
+            serde_json::from_value(params).map_err(|e| anyhow!("bad value in pool `{name}`: {e}"))?;
+        let mut plan = PoolPlan { name, params, nodes };
+        if a.job_array {
+            plan.params.array = Some(plan.jobs() as u32);
+        }
+        pools.push(plan);
+    }
+    Ok(pools)
 }
 
 /// `scale N`: N workers (local backend) or N nodes' worth of jobs (batch backends).
@@ -879,18 +981,38 @@ async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
     if up.job_array {
         bail!("a cluster started with --job-array cannot be scaled; start it without --job-array to scale it");
     }
+    let pools = if up.backend == "local" { Vec::new() } else { pools_of(&up, state)? };
+    let pool = pools.iter().find(|p| p.name == a.pool);
+    if up.backend != "local" && pool.is_none() {
+        let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        bail!("no worker pool named `{}`; this cluster has: {}", a.pool, names.join(", "));
+    }
     let tmp = state.file(".target.tmp");
     std::fs::write(&tmp, a.n.to_string())?;
-    std::fs::rename(tmp, state.file(TARGET_FILE))?;
-    let want = match up.backend.as_str() {
-        "local" => a.n as usize,
-        _ => {
-            (a.n.div_ceil(up.job.nodes.unwrap_or(1).max(1))
-                * up.job.nodes.unwrap_or(1).max(1)
-                * up.job.processes.unwrap_or(1)) as usize
+    std::fs::rename(tmp, state.file(&target_file(&a.pool)))?;
+    // Workers of the other pools stay as they are.
+    let others: usize = match pool {
+        None => 0,
+        Some(_) => {
+            let jobs = backend::read_jobs(state);
+            let s = client.status().await?;
+            s.workers
+                .iter()
+                .filter(|w| {
+                    let job = w.info.batch_job.as_deref().unwrap_or("");
+                    jobs.iter().any(|j| j.pool != a.pool && backend::same_job(&j.id, job))
+                })
+                .count()
         }
     };
-    println!("scaling cluster `{}` to {} {}", state.name, a.n, if up.backend == "local" { "workers" } else { "nodes" });
+    let want = match pool {
+        None => a.n as usize,
+        Some(p) => others + PoolPlan { nodes: a.n, ..p.clone() }.workers(),
+    };
+    match pool {
+        None => println!("scaling cluster `{}` to {} workers", state.name, a.n),
+        Some(p) => println!("scaling pool `{}` of cluster `{}` to {} nodes", p.name, state.name, a.n),
+    }
     if !a.wait {
         return Ok(0);
     }

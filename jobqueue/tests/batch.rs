@@ -391,3 +391,47 @@ fn scheduler_in_a_slurm_job_serves_clients_and_down_ends_every_job() {
         no_process_left(h);
     }
 }
+
+#[test]
+fn slurm_pools_have_their_own_resources_and_scale_alone() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let pool = "big nodes=2 cores=2 memory=200MB job-extra-directives=--comment=bigpool";
+    let up = ["up", "--backend", "slurm", "--nodes", "1", "--cores", "1", "--memory", "100MB", "--pool", pool];
+    ok(h, &[&up[..], &["--poll-interval", "0.5", "--wait"]].concat());
+    let s = status(h);
+    let jobs = s["batch_jobs"].as_array().unwrap();
+    let of = |p: &str| {
+        jobs.iter().filter(|j| j["pool"] == p).map(|j| j["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let (default, big) = (of("default"), of("big"));
+    assert_eq!((default.len(), big.len()), (1, 2), "{s:#}");
+    // The batch system got each pool's own request.
+    let out = Command::new("squeue").args(["-h", "-o", "%i %j %C %k", "-j", &big.join(",")]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().filter(|l| l.contains("rdask-big 2 bigpool")).count(), 2, "{text}");
+    // Workers report their slots: 1 in the default pool, 2 in the big one.
+    let mut slots: Vec<u64> =
+        s["workers"].as_array().unwrap().iter().map(|w| w["info"]["slots"].as_u64().unwrap()).collect();
+    slots.sort();
+    assert_eq!(slots, vec![1, 2, 2]);
+    assert!(ok(h, &["scale", "--pool", "big", "1", "--wait"]).contains("2 workers"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while active_in("slurm", &big).len() != 1 {
+        assert!(Instant::now() < deadline, "still active: {:?}", active_in("slurm", &big));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(active_in("slurm", &default).len(), 1, "the other pool is untouched");
+    let o = rdask(h, &["scale", "--pool", "nope", "1"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no worker pool named `nope`; this cluster has: default, big"));
+    ok(h, &["down"]);
+    no_process_left(h);
+    // A bad pool is refused before anything starts.
+    let o = rdask(h, &["up", "--backend", "slurm", "--pool", "x flavour=vanilla"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown key `flavour` in pool `x`"));
+    assert!(!h.join("default/scheduler.json").exists());
+}
