@@ -17,14 +17,13 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 T0=${EPOCHREALTIME//[.,]/} # start time in microseconds, for the timings printed
+CI_NAME=pbs
+# shellcheck source=ci/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 PREFIX=/opt/slurm-torque
 BIN=$PREFIX/bin
-CIDIR=/var/log/rdask-ci
-
-elapsed() { local us=$((${EPOCHREALTIME//[.,]/} - T0)); printf '%d.%ds' $((us / 1000000)) $((us / 100000 % 10)); }
-say() { printf '[setup-pbs %6s] %s\n' "$(elapsed)" "$*"; }
 
 on_exit() {
     local rc=$?
@@ -39,36 +38,6 @@ on_exit() {
 trap on_exit EXIT
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-
-# ---------------------------------------------------------------- helpers (also in the other ci/setup-*.sh)
-is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q ' installed$'; }
-
-apt_update() { # refresh the package lists unless another setup script did so within the hour
-    local stamp=/var/lib/apt/rdask-ci-updated
-    if [ -n "${1:-}" ] || [ -z "$(find "$stamp" -mmin -60 2>/dev/null)" ]; then
-        apt-get update -qq && touch "$stamp"
-    fi
-}
-
-# apt_install PKG...: install the missing ones quietly (policy-rc.d keeps services down)
-apt_install() {
-    local missing=() p
-    for p in "$@"; do is_installed "$p" || missing+=("$p"); done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing ${missing[*]}"
-    mkdir -p "$CIDIR"
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        POLICY_CREATED=1
-    fi
-    apt_update
-    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CIDIR/apt-pbs.log" 2>&1; then
-        apt_update force # stale lists: refresh once and retry
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CIDIR/apt-pbs.log" 2>&1 ||
-            { cat "$CIDIR/apt-pbs.log"; return 1; }
-    fi
-}
 
 # ---------------------------------------------------------------- 1. Slurm
 SKIP_SMOKE=1 bash "$HERE/setup-slurm.sh" 2>&1 | sed 's/^/  /'

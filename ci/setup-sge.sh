@@ -20,6 +20,9 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 T0=${EPOCHREALTIME//[.,]/} # start time in microseconds, for the timings printed
+CI_NAME=sge
+# shellcheck source=ci/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 SLOTS=${SLOTS:-16}
 HOST=$(hostname)
@@ -27,10 +30,6 @@ export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
 COMMON=$SGE_ROOT/$SGE_CELL/common
 SPOOL=/var/spool/gridengine
 QMASTER_PID=$SPOOL/qmaster/qmaster.pid
-CIDIR=/var/log/rdask-ci
-
-elapsed() { local us=$((${EPOCHREALTIME//[.,]/} - T0)); printf '%d.%ds' $((us / 1000000)) $((us / 100000 % 10)); }
-say() { printf '[setup-sge %6s] %s\n' "$(elapsed)" "$*"; }
 
 show_logs() {
     local f
@@ -56,48 +55,7 @@ trap on_exit EXIT
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
-# ---------------------------------------------------------------- helpers (also in the other ci/setup-*.sh)
-is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q ' installed$'; }
-
-# apt_install PKG...: install the missing ones quietly; refresh the package lists first
-# unless another setup script did so within the last hour.
-apt_install() {
-    local missing=() p stamp=/var/lib/apt/rdask-ci-updated
-    for p in "$@"; do is_installed "$p" || missing+=("$p"); done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing ${missing[*]}"
-    mkdir -p "$CIDIR"
-    if [ ! -e /usr/sbin/policy-rc.d ]; then   # keep postinst scripts from starting services
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        POLICY_CREATED=1
-    fi
-    if [ -z "$(find "$stamp" -mmin -60 2>/dev/null)" ]; then
-        apt-get update -qq && touch "$stamp"
-    fi
-    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CIDIR/apt-sge.log" 2>&1; then
-        # stale lists (a superseded version is gone from the mirror): refresh once and retry
-        apt-get update -qq && touch "$stamp"
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CIDIR/apt-sge.log" 2>&1 ||
-            { cat "$CIDIR/apt-sge.log"; return 1; }
-    fi
-}
-
-# alive PIDFILE NAME: the pid file names a live process called NAME (guards against pid reuse)
-alive() { [ -s "$1" ] && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$2" ]; }
-
-# stop PIDFILE NAME: SIGTERM, SIGKILL after 15 s (qmaster/execd take ~5 s to shut down)
-stop() {
-    local f=$1 name=$2 pid
-    if alive "$f" "$name"; then
-        pid=$(cat "$f")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
-}
-
+# ---------------------------------------------------------------- helpers
 # execd spools under the name its address reverse-resolves to (here "localhost"): glob
 # quiet CMD...: run it silently (qconf reports successes on stderr); show its output on failure
 quiet() {
@@ -107,7 +65,7 @@ quiet() {
 
 execd_pidfiles() { compgen -G "$SPOOL/execd/*/execd.pid" || true; }
 execd_alive() { local f; for f in $(execd_pidfiles); do alive "$f" sge_execd && return 0; done; return 1; }
-stop_execd() { local f; for f in $(execd_pidfiles); do stop "$f" sge_execd; done; }
+stop_execd() { local f; for f in $(execd_pidfiles); do stop "$f" sge_execd 15; done; }
 
 # ---------------------------------------------------------------- 1. packages
 PKGS=(gridengine-master gridengine-exec gridengine-client gridengine-common)
@@ -152,7 +110,7 @@ if [ -z "$ALIASES_CHANGED" ] && [ -z "${FORCE_RESTART:-}" ] && alive "$QMASTER_P
 else
     say "(re)starting sge_qmaster"
     stop_execd & # leftovers of an earlier run
-    stop "$QMASTER_PID" sge_qmaster &
+    stop "$QMASTER_PID" sge_qmaster 15 &
     wait
     /usr/sbin/sge_qmaster # daemonizes and drops to sgeadmin
     for _ in $(seq 100); do qconf -sh >/dev/null 2>&1 && break; sleep 0.2; done

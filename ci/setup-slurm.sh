@@ -17,17 +17,16 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 T0=${EPOCHREALTIME//[.,]/} # start time in microseconds, for the timings printed
+CI_NAME=slurm
+# shellcheck source=ci/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 NNODES=${NNODES:-4}
 CPUS_PER_NODE=${CPUS_PER_NODE:-8}
 MEM_PER_NODE=${MEM_PER_NODE:-4096}
 HOST=$(hostname -s)
 LOGDIR=/var/log/slurm
-CIDIR=/var/log/rdask-ci
 NODES=$(seq -f 'n%g' 1 "$NNODES")
-
-elapsed() { local us=$((${EPOCHREALTIME//[.,]/} - T0)); printf '%d.%ds' $((us / 1000000)) $((us / 100000 % 10)); }
-say() { printf '[setup-slurm %6s] %s\n' "$(elapsed)" "$*"; }
 
 show_logs() {
     local f
@@ -51,48 +50,6 @@ on_exit() {
 trap on_exit EXIT
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-
-# ---------------------------------------------------------------- helpers (also in the other ci/setup-*.sh)
-is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q ' installed$'; }
-
-# apt_install PKG...: install the missing ones quietly; refresh the package lists first
-# unless another setup script did so within the last hour.
-apt_install() {
-    local missing=() p stamp=/var/lib/apt/rdask-ci-updated
-    for p in "$@"; do is_installed "$p" || missing+=("$p"); done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing ${missing[*]}"
-    mkdir -p "$CIDIR"
-    if [ ! -e /usr/sbin/policy-rc.d ]; then   # keep postinst scripts from starting services
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        POLICY_CREATED=1
-    fi
-    if [ -z "$(find "$stamp" -mmin -60 2>/dev/null)" ]; then
-        apt-get update -qq && touch "$stamp"
-    fi
-    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CIDIR/apt-slurm.log" 2>&1; then
-        # stale lists (a superseded version is gone from the mirror): refresh once and retry
-        apt-get update -qq && touch "$stamp"
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CIDIR/apt-slurm.log" 2>&1 ||
-            { cat "$CIDIR/apt-slurm.log"; return 1; }
-    fi
-}
-
-# alive PIDFILE NAME: the pid file names a live process called NAME (guards against pid reuse)
-alive() { [ -s "$1" ] && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$2" ]; }
-
-# stop PIDFILE NAME: SIGTERM, SIGKILL after 10 s (a slurmd with a hung step ignores SIGTERM)
-stop() {
-    local f=$1 name=$2 pid
-    if alive "$f" "$name"; then
-        pid=$(cat "$f")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
-}
 
 # ---------------------------------------------------------------- 1. packages
 PKGS=(slurmctld slurmd slurm-client munge)
