@@ -3,27 +3,14 @@
 //! `ci/test.sh` installs and starts them (`ci/setup-*.sh`). Where a batch system is missing
 //! these tests say so and pass, except under CI (`CI=true`), where a missing one is a failure.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{ok, rdask};
 use serde_json::Value;
-
-fn rdask(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
-        .env("RDASK_HOME", home)
-        .env_remove("RDASK_CLUSTER")
-        .args(args)
-        .output()
-        .expect("rdask-jobqueue runs")
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let o = rdask(home, args);
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{args:?} failed ({:?}):\n{text}", o.status);
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Whether `program` exists; under CI its absence fails the test.
 fn available(program: &str, setup: &str) -> bool {

@@ -1,34 +1,13 @@
 //! The `rdask-jobqueue` command as users run it: real processes, a real local cluster.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{ok, rdask, text};
 use rdask_jobqueue::state::process_alive;
-
-fn rdask(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
-        .env("RDASK_HOME", home)
-        .env_remove("RDASK_CLUSTER")
-        .args(args)
-        .output()
-        .expect("rdask-jobqueue runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let o = rdask(home, args);
-    assert!(o.status.success(), "{args:?} failed: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// The scheduler's and the workers' pids, from `status --output json` and the scheduler file.
 fn cluster_pids(home: &Path) -> Vec<u32> {
