@@ -6,6 +6,19 @@ CIDIR=/var/log/rdask-ci
 elapsed() { local us=$((${EPOCHREALTIME//[.,]/} - T0)); printf '%d.%ds' $((us / 1000000)) $((us / 100000 % 10)); }
 say() { printf '[setup-%s %6s] %s\n' "$CI_NAME" "$(elapsed)" "$*"; }
 
+# on_exit: every setup script's EXIT trap: tidy up, and on failure show the daemon logs
+# (through the script's own show_logs, when it has one).
+on_exit() {
+    local rc=$?
+    [ -n "${POLICY_CREATED:-}" ] && rm -f /usr/sbin/policy-rc.d
+    [ -n "${WORK:-}" ] && rm -rf "$WORK"
+    if [ "$rc" -ne 0 ]; then
+        say "FAILED (exit $rc); daemon logs follow"
+        if declare -F show_logs >/dev/null; then show_logs; fi
+    fi
+    say "wall time $(elapsed)"
+}
+
 is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q ' installed$'; }
 
 # apt_update [force]: refresh the package lists unless a setup script did so within the hour.

@@ -25,15 +25,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PREFIX=/opt/slurm-torque
 BIN=$PREFIX/bin
 
-on_exit() {
-    local rc=$?
-    [ -n "${POLICY_CREATED:-}" ] && rm -f /usr/sbin/policy-rc.d
-    [ -n "${WORK:-}" ] && rm -rf "$WORK"
-    if [ "$rc" -ne 0 ]; then
-        say "FAILED (exit $rc)"
-        [ -s /var/log/slurm/slurmctld.log ] && { echo "----- tail of slurmctld.log"; tail -n 25 /var/log/slurm/slurmctld.log; }
+show_logs() {
+    if [ -s /var/log/slurm/slurmctld.log ]; then
+        echo "----- tail of slurmctld.log"
+        tail -n 25 /var/log/slurm/slurmctld.log
     fi
-    say "wall time $(elapsed)"
 }
 trap on_exit EXIT
 

@@ -41,16 +41,6 @@ show_logs() {
     qstat -f 2>/dev/null || true
 }
 
-on_exit() {
-    local rc=$?
-    [ -n "${POLICY_CREATED:-}" ] && rm -f /usr/sbin/policy-rc.d
-    [ -n "${WORK:-}" ] && rm -rf "$WORK"
-    if [ "$rc" -ne 0 ]; then
-        say "FAILED (exit $rc); daemon logs follow"
-        show_logs
-    fi
-    say "wall time $(elapsed)"
-}
 trap on_exit EXIT
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }

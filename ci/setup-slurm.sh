@@ -38,15 +38,6 @@ show_logs() {
     sinfo -N -l 2>/dev/null || true
 }
 
-on_exit() {
-    local rc=$?
-    [ -n "${POLICY_CREATED:-}" ] && rm -f /usr/sbin/policy-rc.d
-    if [ "$rc" -ne 0 ]; then
-        say "FAILED (exit $rc); daemon logs follow"
-        show_logs
-    fi
-    say "wall time $(elapsed)"
-}
 trap on_exit EXIT
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }

@@ -119,6 +119,26 @@ fn run_in(program: &Path, args: &[&str], package: &'static str, cwd: Option<&Pat
     }
 }
 
+/// Submits `script` with `program flags… script`, run in the script's directory (some qsub
+/// wrappers write the job's output files into the submitter's directory), and reads the job
+/// id from its output with `parse`.
+fn submit_with(
+    program: &Path,
+    flags: &[&str],
+    script: &Path,
+    package: &'static str,
+    parse: fn(&str) -> Option<String>,
+) -> Result<String, BatchError> {
+    let path = script.display().to_string();
+    let args: Vec<&str> = flags.iter().copied().chain([path.as_str()]).collect();
+    let out = run_in(program, &args, package, script.parent())?;
+    parse(&out).ok_or_else(|| BatchError::Failed {
+        command: format!("{} {}", program.display(), args.join(" ")),
+        status: "exit 0".into(),
+        output: format!("no job id in: {out}"),
+    })
+}
+
 /// Slurm: `sbatch --parsable`, `squeue`, `scancel`.
 #[derive(Clone, Debug)]
 pub struct Slurm(pub Commands);
@@ -137,12 +157,7 @@ impl BatchSystem for Slurm {
     }
 
     fn submit(&self, script: &Path) -> Result<String, BatchError> {
-        let out = run_in(&self.0.submit, &["--parsable", &script.display().to_string()], SLURM_PKG, script.parent())?;
-        parse_slurm_submit(&out).ok_or_else(|| BatchError::Failed {
-            command: format!("{} --parsable", self.0.submit.display()),
-            status: "exit 0".into(),
-            output: format!("no job id in: {out}"),
-        })
+        submit_with(&self.0.submit, &["--parsable"], script, SLURM_PKG, parse_slurm_submit)
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
@@ -221,13 +236,7 @@ impl BatchSystem for Pbs {
     }
 
     fn submit(&self, script: &Path) -> Result<String, BatchError> {
-        // Some qsub wrappers write the job's output files into the submitter's directory.
-        let out = run_in(&self.0.submit, &[&script.display().to_string()], PBS_PKG, script.parent())?;
-        parse_pbs_submit(&out).ok_or_else(|| BatchError::Failed {
-            command: self.0.submit.display().to_string(),
-            status: "exit 0".into(),
-            output: format!("no job id in: {out}"),
-        })
+        submit_with(&self.0.submit, &[], script, PBS_PKG, parse_pbs_submit)
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
@@ -293,12 +302,7 @@ impl BatchSystem for Sge {
     }
 
     fn submit(&self, script: &Path) -> Result<String, BatchError> {
-        let out = run_in(&self.0.submit, &["-terse", &script.display().to_string()], SGE_PKG, script.parent())?;
-        parse_sge_submit(&out).ok_or_else(|| BatchError::Failed {
-            command: format!("{} -terse", self.0.submit.display()),
-            status: "exit 0".into(),
-            output: format!("no job id in: {out}"),
-        })
+        submit_with(&self.0.submit, &["-terse"], script, SGE_PKG, parse_sge_submit)
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
