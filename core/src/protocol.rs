@@ -417,11 +417,13 @@ pub enum DataRequest {
     Fetch(Vec<TaskId>),
 }
 
-/// Replies on a data connection, one frame per requested task.
+/// Replies on a data connection: frames that together answer every requested task, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataReply {
     /// The result is the frame's payload.
     Data(TaskId),
+    /// Several small results, whose bytes follow one another in the frame's payload.
+    Batch(Vec<(TaskId, u32)>),
     /// This worker does not hold it.
     Missing(TaskId),
 }

@@ -474,12 +474,11 @@ async fn serve_data(mut listener: Box<dyn rdask_transport::Listener>, secret: Se
                     tracing::warn!(peer = %conn.peer, "malformed data request; closing the connection");
                     return;
                 };
-                for id in ids {
-                    let data = store.lock().expect("store lock").get(&id).cloned();
-                    let f = match data {
-                        Some(b) => Frame::with_payload(protocol::encode(&DataReply::Data(id)), b),
-                        None => protocol::frame(&DataReply::Missing(id)),
-                    };
+                let found: Vec<(TaskId, Option<Bytes>)> = {
+                    let store = store.lock().expect("store lock");
+                    ids.into_iter().map(|id| (id, store.get(&id).cloned())).collect()
+                };
+                for f in reply_frames(found) {
                     if conn.tx.send(f).await.is_err() {
                         return;
                     }
@@ -490,6 +489,46 @@ async fn serve_data(mut listener: Box<dyn rdask_transport::Listener>, secret: Se
             }
         });
     }
+}
+
+/// Results up to this size travel together in [`DataReply::Batch`] frames of up to `BATCH_BYTES`;
+/// larger ones go alone, straight from the store (no copy).
+const SMALL: usize = 64 * 1024;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The frames answering a fetch: small results batched (one copy of a few bytes each, instead
+/// of a frame each), large ones alone, missing ones named.
+fn reply_frames(found: Vec<(TaskId, Option<Bytes>)>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut ids: Vec<(TaskId, u32)> = Vec::new();
+    let mut bytes = bytes::BytesMut::new();
+    let flush = |ids: &mut Vec<(TaskId, u32)>, bytes: &mut bytes::BytesMut, frames: &mut Vec<Frame>| {
+        if !ids.is_empty() {
+            let header = protocol::encode(&DataReply::Batch(std::mem::take(ids)));
+            frames.push(Frame::with_payload(header, std::mem::take(bytes).freeze()));
+        }
+    };
+    for (id, data) in found {
+        match data {
+            Some(b) if b.len() <= SMALL => {
+                ids.push((id, b.len() as u32));
+                bytes.extend_from_slice(&b);
+                if bytes.len() >= BATCH_BYTES {
+                    flush(&mut ids, &mut bytes, &mut frames);
+                }
+            }
+            Some(b) => {
+                flush(&mut ids, &mut bytes, &mut frames);
+                frames.push(Frame::with_payload(protocol::encode(&DataReply::Data(id)), b));
+            }
+            None => {
+                flush(&mut ids, &mut bytes, &mut frames);
+                frames.push(protocol::frame(&DataReply::Missing(id)));
+            }
+        }
+    }
+    flush(&mut ids, &mut bytes, &mut frames);
+    frames
 }
 
 /// Authenticated data connections to other workers, reused between fetches.
@@ -513,12 +552,27 @@ impl FetchPool {
         };
         conn.send_now(protocol::frame(&DataRequest::Fetch(ids.to_vec()))).await.map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(ids.len());
-        for _ in ids {
+        while out.len() < ids.len() {
             let f = conn.recv_some().await.map_err(|e| e.to_string())?;
             match protocol::decode::<DataReply>(&f.header).map_err(|e| e.to_string())? {
                 DataReply::Data(id) => out.push((id, f.payload)),
+                DataReply::Batch(list) => {
+                    let mut at = 0usize;
+                    for (id, len) in list {
+                        let end = at + len as usize;
+                        if end > f.payload.len() {
+                            return Err(format!("{address} sent a batch shorter than it announced"));
+                        }
+                        // Slices share the frame's buffer: no copy.
+                        out.push((id, f.payload.slice(at..end)));
+                        at = end;
+                    }
+                }
                 DataReply::Missing(id) => return Err(format!("{address} does not hold {id}")),
             }
+        }
+        if out.len() != ids.len() || out.iter().zip(ids).any(|((got, _), want)| got != want) {
+            return Err(format!("{address} answered other tasks than asked"));
         }
         self.idle.lock().expect("pool lock").entry(address.to_string()).or_default().push(conn);
         Ok(out)
@@ -548,4 +602,36 @@ async fn fetch_all(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::JobId;
+
+    #[test]
+    fn reply_frames_batch_small_results_and_keep_order() {
+        let id = |i| TaskId { job: JobId(1), index: i };
+        let big = Bytes::from(vec![7u8; SMALL + 1]);
+        let found = vec![
+            (id(0), Some(Bytes::from_static(b"a"))),
+            (id(1), Some(Bytes::from_static(b"bc"))),
+            (id(2), Some(big.clone())),
+            (id(3), Some(Bytes::new())),
+            (id(4), None),
+        ];
+        let frames = reply_frames(found);
+        let decoded: Vec<DataReply> = frames.iter().map(|f| protocol::decode(&f.header).unwrap()).collect();
+        assert_eq!(
+            decoded,
+            vec![
+                DataReply::Batch(vec![(id(0), 1), (id(1), 2)]),
+                DataReply::Data(id(2)),
+                DataReply::Batch(vec![(id(3), 0)]),
+                DataReply::Missing(id(4)),
+            ]
+        );
+        assert_eq!(frames[0].payload.as_ref(), b"abc");
+        assert_eq!(frames[1].payload, big);
+    }
 }
