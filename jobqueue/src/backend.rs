@@ -307,7 +307,11 @@ pub fn journalled_jobs(state: &StateDir) -> HashMap<System, Vec<String>> {
 
 /// Cancels every journalled batch job of a cluster (after a crash); returns how many were journalled.
 pub fn cancel_journalled(state: &StateDir) -> Result<usize> {
-    let jobs = journalled_jobs(state);
+    cancel_jobs(state, journalled_jobs(state))
+}
+
+/// Cancels `jobs` (by system) and waits until the batch system shows none of them active.
+pub fn cancel_jobs(state: &StateDir, jobs: HashMap<System, Vec<String>>) -> Result<usize> {
     let file: Option<BackendFile> =
         std::fs::read_to_string(state.file("backend.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     let mut n = 0;

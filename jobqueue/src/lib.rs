@@ -687,6 +687,9 @@ async fn down(state: &StateDir, a: DownArgs) -> Result<i32> {
         println!("cluster `{}` is not running (nothing in {})", state.name, state.path.display());
         return Ok(0);
     }
+    // The scheduler clears the journal when it exits; what it listed must be gone too (the
+    // scheduler's own batch job, with --scheduler-in-job, ends only after it).
+    let journalled = backend::journalled_jobs(state);
     if let Some(f) = &file {
         // The scheduler may run on another host (--scheduler-in-job): its pid only means
         // something here when it runs here.
@@ -710,6 +713,9 @@ async fn down(state: &StateDir, a: DownArgs) -> Result<i32> {
     }
     // Whatever is still alive (a crashed scheduler's workers, a stuck process) is ended now.
     let left = cleanup(state);
+    if !journalled.is_empty() {
+        backend::cancel_jobs(state, journalled)?;
+    }
     if left > 0 {
         println!("ended {left} leftover process(es)");
     }
