@@ -349,6 +349,10 @@ pub struct ClusterStatus {
     pub workers: Vec<WorkerStatus>,
     /// Known jobs.
     pub jobs: Vec<JobStatus>,
+    /// Connected clients (the one asking included).
+    pub clients: u32,
+    /// Clients that have connected since the scheduler started.
+    pub clients_ever: u64,
 }
 
 /// Replies to client requests.

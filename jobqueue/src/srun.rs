@@ -73,13 +73,50 @@ async fn scheduler(state: &StateDir, a: &RunArgs) -> Result<i32> {
     let listener = rdask_transport::listen(&format!("tcp://{host}:0").parse()?).await?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
     let addresses = net::candidate_addresses(&host, &port);
-    let server = rdask::server::spawn(listener, secret, rdask::scheduler::Config::default());
+    let server = rdask::server::spawn(listener, secret.clone(), rdask::scheduler::Config::default());
+    let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
     SchedulerFile { addresses, pid: std::process::id(), host: rdask::worker::hostname() }.write(&state.path)?;
     tracing::info!(dir = %state.path.display(), "srun scheduler ready");
-    server.wait().await;
-    // The client has shut the cluster down: nothing of this step is needed any more.
+    let mut stopped = std::pin::pin!(server.wait());
+    let code = tokio::select! {
+        _ = &mut stopped => 0,
+        // Task 1 shuts the cluster down when its command ends; if task 1 itself dies, nobody
+        // would, and the step would hang until its time limit.
+        why = watch_client(&info, Duration::from_secs(a.timeout)) => {
+            tracing::error!("{why}; ending the cluster");
+            if let Ok(c) = Client::connect(&info).await {
+                let _ = c.shutdown().await;
+            }
+            // Let the scheduler tell the workers to stop before this process ends.
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut stopped).await;
+            1
+        }
+    };
+    // Nothing of this step is needed any more.
     let _ = std::fs::remove_dir_all(&state.path);
-    Ok(0)
+    Ok(code)
+}
+
+/// Returns when the client task is gone: it never connected within `timeout`, or its
+/// connection closed. (The watcher's own connection counts as one client.)
+async fn watch_client(info: &ClusterInfo, timeout: Duration) -> String {
+    let Ok(me) = Client::connect(info).await else { return "the scheduler cannot be reached".into() };
+    let start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let s = match me.status().await {
+            Ok(s) => s,
+            Err(e) => return format!("the scheduler stopped answering ({e})"),
+        };
+        // Task 1 keeps one connection from before its command starts until it shuts the
+        // cluster down; other clients (the command's own) come and go meanwhile.
+        if s.clients_ever > 1 && s.clients == 1 {
+            return "the client task (task 1) disconnected without shutting the cluster down".into();
+        }
+        if s.clients_ever == 1 && start.elapsed() > timeout {
+            return format!("the client task (task 1) did not connect within {} s", timeout.as_secs());
+        }
+    }
 }
 
 /// Waits for task 0's scheduler file.

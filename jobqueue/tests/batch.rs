@@ -301,6 +301,12 @@ fn srun_runner_makes_a_cluster_of_a_job_step_and_ends_with_the_client() {
     let o = srun("exit 3", "3");
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
     no_process_left(h);
+    // The client task dying hard ends the step too, instead of leaving it to its time limit.
+    let start = Instant::now();
+    let o = srun("kill -9 $PPID; sleep 2", "3");
+    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(start.elapsed() < Duration::from_secs(30), "the step lingered {:?}", start.elapsed());
+    no_process_left(h);
     // Two tasks leave no room for a worker.
     let o = srun("true", "2");
     assert!(!o.status.success());

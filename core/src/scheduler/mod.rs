@@ -185,6 +185,7 @@ pub struct Scheduler {
     /// Results to release, sent in one message per worker at the end of `handle`.
     releases: HashMap<WorkerId, Vec<TaskId>>,
     shutting_down: bool,
+    clients_ever: u64,
 }
 
 /// Per-worker queue depth (in CPUs per slot) for short tasks and for the rest.
@@ -208,6 +209,7 @@ impl Scheduler {
             commands: Vec::new(),
             releases: HashMap::new(),
             shutting_down: false,
+            clients_ever: 0,
         }
     }
 
@@ -264,6 +266,7 @@ impl Scheduler {
             (Some(Peer::Unknown), ToScheduler::RegisterWorker(info)) => self.on_register_worker(now, conn, info),
             (Some(Peer::Unknown), ToScheduler::RegisterClient) => {
                 self.conns.insert(conn, Peer::Client);
+                self.clients_ever += 1;
                 self.commands.push(Command::ToClient(conn, ToClient::Welcome));
             }
             (Some(Peer::Worker(w)), ToScheduler::Heartbeat) => {
@@ -888,7 +891,8 @@ impl Scheduler {
             .map(|(id, j)| JobStatus { id: *id, name: j.spec_name.clone(), counts: j.counts })
             .collect();
         jobs.sort_by_key(|j| j.id);
-        ClusterStatus { workers, jobs }
+        let clients = self.conns.values().filter(|p| **p == Peer::Client).count() as u32;
+        ClusterStatus { workers, jobs, clients, clients_ever: self.clients_ever }
     }
 
     /// Hands ready tasks to workers with room, preferring the worker that holds the most input bytes.

@@ -616,7 +616,9 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
             // The client is gone; the cluster is as it was, and its job runs on.
             sim.send(c1, ToScheduler::Heartbeat);
             let client2 = sim.connect_client();
-            assert_eq!(sim.status(client2), before, "{what}");
+            let after = sim.status(client2);
+            assert_eq!((&after.workers, &after.jobs), (&before.workers, &before.jobs), "{what}");
+            assert_eq!((after.clients, after.clients_ever), (1, 2), "the offender is gone, its successor counted");
         } else if who == "worker" {
             // The offending worker is dropped like a dead one: its task waits for another worker.
             let s = sim.status(client);
