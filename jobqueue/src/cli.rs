@@ -40,7 +40,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Start a cluster in the background and wait until its workers have joined.
+    /// Start a cluster in the background: local workers, or worker jobs on Slurm, PBS or SGE.
     Up(UpArgs),
     /// Submit a command, or an array of commands (`--array 1-1000`), to the cluster.
     Submit(SubmitArgs),
