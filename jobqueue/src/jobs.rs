@@ -240,20 +240,11 @@ impl BatchSystem for Pbs {
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        // Plain `qstat` lists every job the server knows; ours are picked from it.
-        let out = run(&self.0.status, &[], PBS_PKG)?;
-        Ok(fill_gone(ids, parse_pbs_status(&out)))
+        table_status(&self.0.status, &[], PBS_PKG, ids, parse_pbs_status)
     }
 
     fn cancel(&self, ids: &[String]) -> Result<(), BatchError> {
-        for id in ids {
-            // A job that already ended makes qdel fail; that is what we want anyway.
-            let _ = run(&self.0.cancel, &[id], PBS_PKG);
-        }
-        Ok(())
+        cancel_each(&self.0.cancel, PBS_PKG, ids)
     }
 }
 
@@ -306,18 +297,11 @@ impl BatchSystem for Sge {
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let out = run(&self.0.status, &["-u", "*"], SGE_PKG)?;
-        Ok(fill_gone(ids, parse_sge_status(&out)))
+        table_status(&self.0.status, &["-u", "*"], SGE_PKG, ids, parse_sge_status)
     }
 
     fn cancel(&self, ids: &[String]) -> Result<(), BatchError> {
-        for id in ids {
-            let _ = run(&self.0.cancel, &[id], SGE_PKG);
-        }
-        Ok(())
+        cancel_each(&self.0.cancel, SGE_PKG, ids)
     }
 }
 
@@ -353,6 +337,31 @@ pub fn parse_sge_status(out: &str) -> HashMap<String, JobState> {
         }
     }
     map
+}
+
+/// States of `ids` from a `qstat`-style command that lists every job the server knows (ours are
+/// picked from it; a job it does not list has gone).
+fn table_status(
+    program: &Path,
+    args: &[&str],
+    package: &'static str,
+    ids: &[String],
+    parse: fn(&str) -> HashMap<String, JobState>,
+) -> Result<HashMap<String, JobState>, BatchError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let out = run(program, args, package)?;
+    Ok(fill_gone(ids, parse(&out)))
+}
+
+/// `qdel`-style cancellation, one id per call: a job that already ended makes it fail, and
+/// that is the state wanted anyway, so failures are not errors.
+fn cancel_each(program: &Path, package: &'static str, ids: &[String]) -> Result<(), BatchError> {
+    for id in ids {
+        let _ = run(program, &[id], package);
+    }
+    Ok(())
 }
 
 fn fill_gone(ids: &[String], mut found: HashMap<String, JobState>) -> HashMap<String, JobState> {
