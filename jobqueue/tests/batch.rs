@@ -53,6 +53,20 @@ fn no_process_left(home: &Path) {
     }
 }
 
+/// The cluster's batch jobs that `status` shows running.
+fn running_jobs(s: &Value) -> usize {
+    s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count()
+}
+
+/// Waits until the batch system shows exactly `n` of `ids` active.
+fn wait_active(system: &str, ids: &[String], n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while active_in(system, ids).len() != n {
+        assert!(Instant::now() < deadline, "not {n} active: {:?}", active_in(system, ids));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn batch_ids(s: &Value) -> Vec<String> {
     s["batch_jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
 }
@@ -82,9 +96,7 @@ fn four_nodes_array_down(system: &str, extra: &[&str]) {
     args.extend_from_slice(extra);
     let up = ok(h, &args);
     assert!(up.contains("4 workers") && up.contains("4 batch job(s)"), "{up}");
-    let s = wait_for(h, "4 running jobs", |s| {
-        s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count() == 4
-    });
+    let s = wait_for(h, "4 running jobs", |s| running_jobs(s) == 4);
     let ids = batch_ids(&s);
     // Each worker reports the batch job it runs in, and each job holds one worker.
     let mut worker_jobs: Vec<String> =
@@ -194,9 +206,7 @@ fn pbs_wrappers_start_workers() {
             "--wait",
         ],
     );
-    let s = wait_for(h, "2 running PBS jobs", |s| {
-        s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count() == 2
-    });
+    let s = wait_for(h, "2 running PBS jobs", |s| running_jobs(s) == 2);
     assert_eq!(s["workers"].as_array().unwrap().len(), 2);
     let ids = batch_ids(&s);
     ok(h, &["down"]);
@@ -212,9 +222,7 @@ fn killed_scheduler_then_down_cancels_every_job() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     ok(h, &["up", "--backend", "slurm", "--nodes", "2", "--cores", "1", "--memory", "100MB", "--wait"]);
-    let s = wait_for(h, "2 running jobs", |s| {
-        s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count() == 2
-    });
+    let s = wait_for(h, "2 running jobs", |s| running_jobs(s) == 2);
     let ids = batch_ids(&s);
     let file: Value =
         serde_json::from_str(&std::fs::read_to_string(h.join("default/scheduler.json")).unwrap()).unwrap();
@@ -342,11 +350,7 @@ fn slurm_scale_submits_and_cancels_jobs() {
     assert_eq!(ids.len(), 3);
     assert_eq!(active_in("slurm", &ids).len(), 3);
     assert!(ok(h, &["scale", "1", "--wait"]).contains("1 workers"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while active_in("slurm", &ids).len() != 1 {
-        assert!(Instant::now() < deadline, "still active: {:?}", active_in("slurm", &ids));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_active("slurm", &ids, 1);
     ok(h, &["down"]);
     assert!(active_in("slurm", &ids).is_empty());
     no_process_left(h);
@@ -373,11 +377,7 @@ fn scheduler_in_a_slurm_job_serves_clients_and_down_ends_every_job() {
             // The scheduler's job dies hard; its worker jobs live on until `down`.
             let o = Command::new("scancel").args(["--signal=KILL", "--full", &sched_job]).output().unwrap();
             assert!(o.status.success());
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !active_in("slurm", std::slice::from_ref(&sched_job)).is_empty() {
-                assert!(Instant::now() < deadline, "the scheduler's job does not end");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_active("slurm", std::slice::from_ref(&sched_job), 0);
         }
         ok(h, &["down"]);
         assert!(active_in("slurm", &ids).is_empty(), "left: {:?}", active_in("slurm", &ids));
@@ -412,11 +412,7 @@ fn slurm_pools_have_their_own_resources_and_scale_alone() {
     slots.sort();
     assert_eq!(slots, vec![1, 2, 2]);
     assert!(ok(h, &["scale", "--pool", "big", "1", "--wait"]).contains("2 workers"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while active_in("slurm", &big).len() != 1 {
-        assert!(Instant::now() < deadline, "still active: {:?}", active_in("slurm", &big));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_active("slurm", &big, 1);
     assert_eq!(active_in("slurm", &default).len(), 1, "the other pool is untouched");
     let o = rdask(h, &["scale", "--pool", "nope", "1"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no worker pool named `nope`; this cluster has: default, big"));
