@@ -62,6 +62,10 @@ pub enum Cmd {
     /// Inside a Slurm allocation, `srun rdask-jobqueue run -- CMD`: task 0 becomes the scheduler,
     /// task 1 runs CMD as the client, the other tasks are workers; all end when CMD ends.
     Run(crate::srun::RunArgs),
+    /// Under MPI, `mpirun -n N rdask-jobqueue mpi -- CMD`: rank 0 becomes the scheduler, rank 1
+    /// runs CMD as the client, ranks 2.. are workers; all end when CMD ends, with its exit
+    /// code, and a failure on any rank aborts the whole job. Needs the `mpi` feature.
+    Mpi(crate::mpi::MpiArgs),
     /// Show the configuration: the options `up` would use and where each comes from.
     ///
     /// Options of `up`, `scheduler` and `job-script` come from, highest precedence first: the

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod jobs;
 pub mod local;
+pub mod mpi;
 pub mod net;
 pub mod srun;
 pub mod state;
@@ -35,6 +36,10 @@ use crate::state::{process_alive, StateDir};
 
 /// Runs one invocation; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    if let Cmd::Mpi(a) = cli.command {
+        // Before anything else: the ranks must all reach MPI_Init.
+        return mpi::run_cli(cli.home, &cli.name, a);
+    }
     let state = StateDir::locate(cli.home.as_deref(), &cli.name)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.command {
@@ -52,6 +57,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             rt.block_on(srun::run(&home, &cli.name, a))
         }
         Cmd::Config(a) => config::run(&a),
+        Cmd::Mpi(_) => unreachable!("handled above"),
     }
 }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rdask::cluster::{ClusterInfo, SchedulerFile, SECRET_FILE};
+use rdask::protocol::ClusterStatus;
 use rdask::{Client, Secret};
+use rdask_transport::{Address, Scheme};
 
 use crate::net;
 use crate::state::StateDir;
@@ -64,20 +66,17 @@ pub async fn run(home: &std::path::Path, name: &str, a: RunArgs) -> Result<i32> 
 async fn scheduler(state: &StateDir, a: &RunArgs) -> Result<i32> {
     rdask::init_logging();
     state.create()?;
-    let secret = Secret::generate();
-    secret.save(&state.file(SECRET_FILE))?;
-    let host = match &a.interface {
-        Some(i) => net::interface_ipv4(i)?.to_string(),
-        None => "0.0.0.0".to_string(),
+    let started = start_scheduler(Scheme::Tcp, a.interface.as_deref()).await?;
+    started.secret().save(&state.file(SECRET_FILE))?;
+    let file = SchedulerFile {
+        addresses: started.addresses.clone(),
+        pid: std::process::id(),
+        host: rdask::worker::hostname(),
     };
-    let listener = rdask_transport::listen(&format!("tcp://{host}:0").parse()?).await?;
-    let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
-    let addresses = net::candidate_addresses(&host, &port);
-    let server = rdask::server::spawn(listener, secret.clone(), rdask::scheduler::Config::default());
-    let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
-    SchedulerFile { addresses, pid: std::process::id(), host: rdask::worker::hostname() }.write(&state.path)?;
+    file.write(&state.path)?;
     tracing::info!(dir = %state.path.display(), "srun scheduler ready");
-    let mut stopped = std::pin::pin!(server.wait());
+    let info = started.info.clone();
+    let mut stopped = std::pin::pin!(started.server.wait());
     let code = tokio::select! {
         _ = &mut stopped => 0,
         // Task 1 shuts the cluster down when its command ends; if task 1 itself dies, nobody
@@ -97,6 +96,45 @@ async fn scheduler(state: &StateDir, a: &RunArgs) -> Result<i32> {
     Ok(code)
 }
 
+/// The scheduler of a cluster made of one parallel launch (`srun`, `mpirun`), running.
+pub(crate) struct Started {
+    /// The running scheduler.
+    pub server: rdask::server::ServerHandle,
+    /// How this process reaches it.
+    pub info: ClusterInfo,
+    /// The addresses the other tasks try, best first.
+    pub addresses: Vec<String>,
+}
+
+impl Started {
+    pub fn secret(&self) -> &Secret {
+        &self.info.secret
+    }
+}
+
+/// Starts a scheduler with a new secret, listening with `scheme` on `interface`'s address
+/// (every interface when `None`).
+pub(crate) async fn start_scheduler(scheme: Scheme, interface: Option<&str>) -> Result<Started> {
+    let secret = Secret::generate();
+    let host = match interface {
+        Some(i) => net::interface_ipv4(i)?.to_string(),
+        None => "0.0.0.0".to_string(),
+    };
+    let listen = Address { scheme, host_port: format!("{}:0", net::bracket(&host)) };
+    let listener = rdask_transport::listen(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+    let addresses = net::candidate_addresses(&host, &port)
+        .into_iter()
+        .map(|a| match scheme {
+            Scheme::Tcp => a,
+            Scheme::Ucx => a.replacen("tcp://", "ucx://", 1),
+        })
+        .collect();
+    let server = rdask::server::spawn(listener, secret.clone(), rdask::scheduler::Config::default());
+    let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
+    Ok(Started { server, info, addresses })
+}
+
 /// Returns when the client task is gone: it never connected within `timeout`, or its
 /// connection closed. (The watcher's own connection counts as one client.)
 async fn watch_client(info: &ClusterInfo, timeout: Duration) -> String {
@@ -108,15 +146,24 @@ async fn watch_client(info: &ClusterInfo, timeout: Duration) -> String {
             Ok(s) => s,
             Err(e) => return format!("the scheduler stopped answering ({e})"),
         };
-        // Task 1 keeps one connection from before its command starts until it shuts the
-        // cluster down; other clients (the command's own) come and go meanwhile.
-        if s.clients_ever > 1 && s.clients == 1 {
-            return "the client task (task 1) disconnected without shutting the cluster down".into();
-        }
-        if s.clients_ever == 1 && start.elapsed() > timeout {
-            return format!("the client task (task 1) did not connect within {} s", timeout.as_secs());
+        if let Some(why) = client_gone(&s, start.elapsed(), timeout, "task 1") {
+            return why;
         }
     }
+}
+
+/// Whether the client process (`who`) is gone, seen by a watcher with a connection of its own
+/// that has watched for `waited`: it never connected within `timeout`, or its connection closed.
+pub(crate) fn client_gone(s: &ClusterStatus, waited: Duration, timeout: Duration, who: &str) -> Option<String> {
+    // The client process keeps one connection from before its command starts until it shuts
+    // the cluster down; other clients (the command's own) come and go meanwhile.
+    if s.clients_ever > 1 && s.clients == 1 {
+        return Some(format!("the client ({who}) disconnected without shutting the cluster down"));
+    }
+    if s.clients_ever == 1 && waited > timeout {
+        return Some(format!("the client ({who}) did not connect within {} s", timeout.as_secs()));
+    }
+    None
 }
 
 /// Waits for task 0's scheduler file.
@@ -139,15 +186,32 @@ async fn rendezvous(state: &StateDir, timeout: u64) -> Result<ClusterInfo> {
 
 async fn client(state: &StateDir, a: &RunArgs, workers: u32) -> Result<i32> {
     let info = rendezvous(state, a.timeout).await?;
-    let client = Client::connect(&info).await?;
-    // Start the client once the workers are there, so its first tasks don't wait.
-    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let client = connect_when_workers(&info, workers, a.timeout).await?;
+    run_command(&client, &info, state, &a.command).await
+}
+
+/// Connects to the cluster and waits (up to `timeout` seconds) until `workers` workers are
+/// there, so that the client's first tasks don't wait.
+pub(crate) async fn connect_when_workers(info: &ClusterInfo, workers: u32, timeout: u64) -> Result<Client> {
+    let client = Client::connect(info).await?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
     while client.status().await?.workers.len() < workers as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(client)
+}
+
+/// Runs the client command with the cluster in its environment, then shuts the cluster down
+/// through `client` (whatever happened to the command); returns the command's exit code.
+pub(crate) async fn run_command(
+    client: &Client,
+    info: &ClusterInfo,
+    state: &StateDir,
+    command: &[String],
+) -> Result<i32> {
     let addrs: Vec<String> = info.addresses.iter().map(|a| a.to_string()).collect();
-    let status = tokio::process::Command::new(&a.command[0])
-        .args(&a.command[1..])
+    let status = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
         .env("RDASK_CLUSTER", &state.name)
         .env("RDASK_HOME", state.path.parent().unwrap_or(&state.path))
         .env("RDASK_SCHEDULER", addrs.join(","))
@@ -156,19 +220,31 @@ async fn client(state: &StateDir, a: &RunArgs, workers: u32) -> Result<i32> {
         .await;
     // Whatever happened to the client, the cluster ends with it.
     let _ = client.shutdown().await;
-    let status = status.with_context(|| format!("cannot start the client command `{}`", a.command[0]))?;
+    let status = status.with_context(|| format!("cannot start the client command `{}`", command[0]))?;
     Ok(status.code().unwrap_or(1))
 }
 
 async fn worker(state: &StateDir, a: &RunArgs) -> Result<i32> {
     rdask::init_logging();
     let info = rendezvous(state, a.timeout).await?;
-    let mut config = rdask::worker::WorkerConfig::new(info);
     let cpus = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse().ok());
-    if let Some(s) = a.slots.or(cpus) {
+    run_worker(info, a.slots.or(cpus), a.timeout, rdask::Registry::new()).await?;
+    Ok(0)
+}
+
+/// Runs a worker until the scheduler stops it; it gives up when the scheduler has been
+/// unreachable for `timeout` seconds.
+pub(crate) async fn run_worker(
+    info: ClusterInfo,
+    slots: Option<u16>,
+    timeout: u64,
+    registry: rdask::Registry,
+) -> Result<()> {
+    let mut config = rdask::worker::WorkerConfig::new(info);
+    if let Some(s) = slots {
         config.slots = s;
     }
-    config.death_timeout = Duration::from_secs(a.timeout);
-    rdask::worker::run(config, std::sync::Arc::new(rdask::Registry::new())).await?;
-    Ok(0)
+    config.death_timeout = Duration::from_secs(timeout);
+    rdask::worker::run(config, std::sync::Arc::new(registry)).await?;
+    Ok(())
 }
