@@ -1,4 +1,5 @@
-//! Richardson–Lucy deconvolution of a synthetic 3-D image, as a task graph on a local cluster.
+//! Richardson–Lucy deconvolution of a synthetic 3-D image, as a task graph on a local cluster
+//! (or on a cluster it is given: under `mpirun`, or through RDASK_SCHEDULER).
 //!
 //! After the Dask blog post "Image Analysis Redux" (2020): a blurred 3-D image
 //! is split into overlapping chunks; one task deconvolves each chunk, one more
@@ -7,19 +8,24 @@
 //! computation done in this single process.
 //!
 //!   cargo run --release -p rdask-examples --bin deconvolution -- --help
+//!
+//! Built with `--features mpi` and started by `mpirun -n N`, rank 0 is the scheduler, ranks
+//! 2.. are the workers, and rank 1 runs the rest of `main`.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use ndarray::Array3;
-use rdask::{Graph, LocalCluster, Registry};
+use rdask::{Client, ClusterInfo, Graph, LocalCluster, Registry};
 use rdask_examples::deconv::{self, Chunk};
 
 const HELP: &str = "\
-Richardson-Lucy deconvolution of a synthetic 3-D image on a local rdask cluster.
+Richardson-Lucy deconvolution of a synthetic 3-D image on a local rdask cluster, or on the
+cluster in RDASK_SCHEDULER and RDASK_SECRET / RDASK_SECRET_FILE (whose workers must run this
+program), or under mpirun when built with `--features mpi` (`mpirun -n 4 deconvolution`).
 
 Options (all optional):
-  --workers N      worker processes (default 2)
+  --workers N      worker processes of the local cluster (default 2)
   --size N         the image is N x N x N voxels (default 96)
   --chunk N        chunk edge in voxels (default 32)
   --depth N        overlap between chunks in voxels (default 8)
@@ -44,11 +50,25 @@ fn registry() -> Registry {
 
 fn main() -> Result<()> {
     let registry = registry();
+    // Under mpirun, ranks 0 and 2.. become the scheduler and the workers here, for good; rank 1
+    // goes on with the cluster, which ends when `mpi` is dropped at the end of `main`.
+    #[cfg(feature = "mpi")]
+    let mpi = rdask_jobqueue::mpi::initialize(&registry);
+    #[cfg(feature = "mpi")]
+    let given = mpi.as_ref().map(|c| c.info().clone());
+    #[cfg(not(feature = "mpi"))]
+    let given = None;
     // The workers are this same program: it turns into one here when started as such.
     rdask::worker_main_if_requested(&registry);
     let o = parse_args()?;
+    // A cluster started elsewhere (`rdask-jobqueue up --worker-program deconvolution`, say).
+    let given = match given {
+        Some(info) => Some(info),
+        None if std::env::var_os("RDASK_SCHEDULER").is_some() => Some(ClusterInfo::from_env()?),
+        None => None,
+    };
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(o))
+    rt.block_on(run(o, given))
 }
 
 fn parse_args() -> Result<Options> {
@@ -76,26 +96,32 @@ fn parse_args() -> Result<Options> {
     Ok(o)
 }
 
-async fn run(o: Options) -> Result<()> {
+async fn run(o: Options, given: Option<ClusterInfo>) -> Result<()> {
     let shape = [o.size; 3];
     let truth = deconv::synthetic_image(shape, 42);
     let psf = deconv::gaussian_psf([7, 7, 7], 1.2);
     let blurred = deconv::blur(&truth, &psf);
     let chunks = deconv::split(&blurred, [o.chunk; 3], o.depth);
     println!(
-        "image {0}x{0}x{0}, {1} chunks of {2}^3 with {3} voxels of overlap, {4} iterations, {5} workers",
+        "image {0}x{0}x{0}, {1} chunks of {2}^3 with {3} voxels of overlap, {4} iterations",
         o.size,
         chunks.len(),
         o.chunk,
         o.depth,
         o.iterations,
-        o.workers
     );
 
     let start = Instant::now();
-    let cluster = LocalCluster::start(o.workers, 1).await?;
-    let client = cluster.client(o.workers).await?;
-    println!("cluster up in {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
+    let (cluster, client) = match given {
+        Some(info) => (None, connect(&info).await?),
+        None => {
+            let cluster = LocalCluster::start(o.workers, 1).await?;
+            let client = cluster.client(o.workers).await?;
+            (Some(cluster), client)
+        }
+    };
+    let workers = client.status().await?.workers.len();
+    println!("cluster of {workers} workers up in {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
 
     let t = Instant::now();
     let mut g = Graph::new();
@@ -105,7 +131,10 @@ async fn run(o: Options) -> Result<()> {
     let result: Vec<Array3<f64>> = client.gather(&job, &[image]).await?;
     let distributed = result.into_iter().next().expect("one result per requested task");
     let t_cluster = t.elapsed();
-    cluster.shutdown().await;
+    // A cluster it was given is its owner's to end.
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
 
     let t = Instant::now();
     let reference = deconv::chunked_deconvolution(&blurred, &psf, [o.chunk; 3], o.depth, o.iterations);
@@ -125,4 +154,17 @@ async fn run(o: Options) -> Result<()> {
     }
     println!("verified: the cluster's result equals the single-process result (max |diff| = {diff:e})");
     Ok(())
+}
+
+/// Connects to a given cluster and waits (up to a minute) for a worker.
+async fn connect(info: &ClusterInfo) -> Result<Client> {
+    let client = Client::connect(info).await?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while client.status().await?.workers.is_empty() {
+        if Instant::now() > deadline {
+            bail!("the cluster at {} has had no worker for a minute", info.addresses[0]);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(client)
 }
