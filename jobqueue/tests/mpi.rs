@@ -35,13 +35,19 @@ fn linked_mpi() -> Mpi {
     }
 }
 
+impl Mpi {
+    fn mpirun(self) -> &'static str {
+        match self {
+            Mpi::OpenMpi => "mpirun.openmpi",
+            Mpi::Mpich => "mpirun.mpich",
+        }
+    }
+}
+
 /// `mpirun -n N` of the linked MPI, allowed to run as root and with more ranks than cores.
 fn mpirun(n: usize) -> Command {
     let mpi = linked_mpi();
-    let mut c = Command::new(match mpi {
-        Mpi::OpenMpi => "mpirun.openmpi",
-        Mpi::Mpich => "mpirun.mpich",
-    });
+    let mut c = Command::new(mpi.mpirun());
     if mpi == Mpi::OpenMpi {
         c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").arg("--oversubscribe");
     }
@@ -128,6 +134,48 @@ fn the_client_rank_killed_by_a_signal_ends_the_job() {
     let o = rdask_mpi(3, h, &["--", "sh", "-c", "kill -9 $PPID; sleep 300"]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(start.elapsed() < Duration::from_secs(60), "the job lingered {:?}: {}", start.elapsed(), text(&o));
+    no_process_left(h);
+}
+
+#[test]
+fn mpirun_inside_an_sbatch_job_completes() {
+    if !Path::new("/usr/bin/sbatch").exists() {
+        assert!(std::env::var("CI").is_err(), "sbatch is missing under CI: ci/setup-slurm.sh should have installed it");
+        eprintln!("skipped: sbatch not found (run `ci/setup-slurm.sh` as root to get it)");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let out = h.join("job.out");
+    // Two nodes, so that ranks meet over the network; the client checks its two workers.
+    let script = format!(
+        r#"#!/bin/bash
+#SBATCH -N 2
+#SBATCH --ntasks-per-node=2
+#SBATCH -J rdask-mpi-test-{pid}
+#SBATCH -t 5
+#SBATCH --mem-per-cpu=200
+#SBATCH -o {out}
+# These test "nodes" share one host: OpenMPI must not take that for shared memory.
+export OMPI_MCA_btl=self,tcp OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 RDASK_LOG=warn
+echo "nodes $SLURM_JOB_NODELIST"
+{mpirun} -n "$SLURM_NTASKS" '{bin}' --home '{home}' mpi -- \
+    sh -c '"$0" submit --array 1-8 --stdout none --wait -- true && "$0" status | grep -c "^w[0-9]"; exit 5' '{bin}'
+"#,
+        pid = std::process::id(),
+        out = out.display(),
+        mpirun = linked_mpi().mpirun(),
+        bin = BIN,
+        home = h.display(),
+    );
+    std::fs::write(h.join("job.sh"), script).unwrap();
+    let o =
+        Command::new("sbatch").arg("--wait").arg(h.join("job.sh")).env("RDASK_CONFIG", "/dev/null").output().unwrap();
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    // sbatch --wait exits with the job's code, which is the client's.
+    assert_eq!(o.status.code(), Some(5), "{}\njob output:\n{log}", text(&o));
+    assert!(log.contains("nodes n") && log.contains("8 of 8 tasks finished"), "{log}");
+    assert!(log.lines().any(|l| l == "2"), "two workers: {log}");
     no_process_left(h);
 }
 
