@@ -110,6 +110,26 @@ fn two_ranks_are_refused_with_the_fix() {
 }
 
 #[test]
+fn the_other_mpis_mpirun_is_refused_with_the_fix() {
+    // Each rank would be a world of its own (a "singleton"), all of them rank 0.
+    let other = match linked_mpi() {
+        Mpi::OpenMpi => Mpi::Mpich,
+        Mpi::Mpich => Mpi::OpenMpi,
+    };
+    let home = tempfile::tempdir().unwrap();
+    let mut c = Command::new(other.mpirun());
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").env("RDASK_LOG", "warn");
+    if other == Mpi::OpenMpi {
+        c.arg("--oversubscribe");
+    }
+    let o = c.args(["-n", "3", BIN, "--home"]).arg(home.path()).args(["mpi", "--", "true"]).output().unwrap();
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("MPI sees 1 rank but") && out.contains("start it with the mpirun of the MPI"), "{out}");
+    no_process_left(home.path());
+}
+
+#[test]
 fn a_worker_rank_killed_by_a_signal_ends_the_job() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
