@@ -461,8 +461,8 @@ mod imp {
                 if seen[r] && !here {
                     let (pid, host) = &ranks[r];
                     bail!(
-                        "saw worker rank {r} (pid {pid} on {host}) disconnect before the client was done: \
-                         it died (killed by a signal?) or lost its connection"
+                        "worker rank {r} (pid {pid} on {host}) left the cluster before the client was done: \
+                         it died, froze or lost its connection (the scheduler's warning above says which)"
                     );
                 }
                 seen[r] |= here;

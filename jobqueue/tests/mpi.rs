@@ -147,6 +147,21 @@ fn a_worker_rank_killed_by_a_signal_ends_the_job() {
 }
 
 #[test]
+fn a_frozen_worker_rank_is_named_and_the_job_aborted() {
+    // mpirun sees nothing wrong with a stopped process; rank 0 sees its heartbeats stop.
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let client = "\"$0\" submit -- sh -c 'kill -STOP $PPID' && sleep 300";
+    let start = Instant::now();
+    let o = rdask_mpi(4, h, &["--", "sh", "-c", client, BIN]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("rank 0 (scheduler) failed: worker rank") && out.contains("left the cluster"), "{out}");
+    assert!(start.elapsed() < Duration::from_secs(60), "the job lingered {:?}: {out}", start.elapsed());
+    no_process_left(h);
+}
+
+#[test]
 fn the_client_rank_killed_by_a_signal_ends_the_job() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
