@@ -525,7 +525,12 @@ mod imp {
             SchedulerFile { addresses, pid, host }.write(&state.path)?;
             let code = srun::run_command(&client, &info, &state, &a.command).await;
             let _ = std::fs::remove_dir_all(&state.path);
-            code
+            // The command could not start: the client failed, as a shell's would (127), and
+            // the cluster, shut down already, ends cleanly.
+            Ok(code.unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                127
+            }))
         });
         match result {
             Ok(code) => world.finish(code, o.timeout),

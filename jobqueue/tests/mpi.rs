@@ -97,6 +97,11 @@ fn the_job_ends_with_the_clients_exit_code_and_every_rank_ends() {
     let o = rdask_mpi(3, h, &["--", "true"]);
     assert!(o.status.success(), "{}", text(&o));
     no_process_left(h);
+    // A client command that cannot start fails like a shell's would.
+    let o = rdask_mpi(3, h, &["--", "/no/such/client"]);
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o));
+    assert!(text(&o).contains("cannot start the client command `/no/such/client`"), "{}", text(&o));
+    no_process_left(h);
 }
 
 #[test]
@@ -106,6 +111,21 @@ fn two_ranks_are_refused_with_the_fix() {
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(out.contains("at least 3 MPI ranks") && out.contains("mpirun -n 3"), "{out}");
+    no_process_left(home.path());
+}
+
+#[test]
+fn a_fatal_error_on_a_rank_aborts_the_job_naming_the_rank_and_the_cause() {
+    let home = tempfile::tempdir().unwrap();
+    let o = rdask_mpi(3, home.path(), &["--interface", "no-such-if0", "--", "sleep", "300"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "rank 0 (scheduler) failed: cannot start the scheduler: no IPv4 address on interface `no-such-if0`"
+        ),
+        "{out}"
+    );
     no_process_left(home.path());
 }
 
