@@ -91,9 +91,10 @@ impl Default for Options {
 /// PMI-2 and PMIx plugins) tell a process it is one of several ranks.
 const LAUNCHER_VARS: &[&str] = &["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"];
 
-/// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun --mpi=…`).
+/// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun --mpi=…`)
+/// as one of its ranks (not as a worker of another cluster, which rdask starts with RDASK_ROLE).
 pub fn launched_by_mpi() -> bool {
-    LAUNCHER_VARS.iter().any(|v| std::env::var_os(v).is_some())
+    LAUNCHER_VARS.iter().any(|v| std::env::var_os(v).is_some()) && std::env::var_os(rdask::local::ROLE_VAR).is_none()
 }
 
 /// The pure parts, tested without MPI.
@@ -101,7 +102,7 @@ pub fn launched_by_mpi() -> bool {
 mod parts {
     /// The number of processes the launcher says it started, and the variable that says so.
     pub(super) fn launcher_size() -> Option<(&'static str, u32)> {
-        ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"]
+        ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
             .into_iter()
             .find_map(|v| std::env::var(v).ok().and_then(|n| n.parse().ok()).map(|n| (v, n)))
     }
@@ -190,12 +191,28 @@ mod parts {
         w.pid == *pid && w.host.as_bytes().starts_with(host.as_bytes())
     }
 
+    /// Whether a variable is one by which the MPI launcher told this process its place in the
+    /// job (a process this one starts must not inherit those: an MPI program would take itself
+    /// for this rank, and MPICH's hangs). Users' settings (OMPI_MCA_btl, OMPI_ALLOW_RUN_AS_ROOT,
+    /// …) stay.
+    pub(crate) fn launcher_var(name: &str) -> bool {
+        const OMPI_RUNTIME_MCA: &[&str] = &["ess", "orte_", "pmix", "initial_wdir", "shmem_RUNTIME_QUERY_hint"];
+        if let Some(mca) = name.strip_prefix("OMPI_MCA_") {
+            return OMPI_RUNTIME_MCA.iter().any(|p| mca.starts_with(p));
+        }
+        if let Some(rest) = name.strip_prefix("OMPI_") {
+            return !rest.starts_with("ALLOW_RUN_AS_ROOT");
+        }
+        ["PMI_", "PMIX_", "HYDI_", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"].iter().any(|p| name.starts_with(p))
+    }
+
     /// Where rank 1 keeps the state directory its client command finds the cluster in.
     pub(super) fn client_state_name(name: &str) -> String {
         format!("{name}-mpi-{}", std::process::id())
     }
 }
 
+pub(crate) use parts::launcher_var;
 #[cfg_attr(not(feature = "mpi"), allow(unused_imports))]
 use parts::*;
 
@@ -289,6 +306,9 @@ mod imp {
         let _ = std::io::stdout().flush();
         eprintln!("error: rdask mpi: rank {rank} ({}) {why}; aborting the MPI job", role(rank));
         let _ = std::io::stderr().flush();
+        // Give the launcher a moment to forward that message: MPICH's can lose a rank's last
+        // output when the abort kills everything.
+        std::thread::sleep(Duration::from_millis(250));
         SimpleCommunicator::world().abort(code)
     }
 
@@ -523,7 +543,8 @@ mod imp {
             info.secret.save(&state.file(SECRET_FILE))?;
             let Rendezvous { addresses, pid, host, .. } = rendezvous;
             SchedulerFile { addresses, pid, host }.write(&state.path)?;
-            let code = srun::run_command(&client, &info, &state, &a.command).await;
+            // Not a rank itself: an MPI program it starts must not take itself for rank 1.
+            let code = srun::run_command(&client, &info, &state, &a.command, launcher_var).await;
             let _ = std::fs::remove_dir_all(&state.path);
             // The command could not start: the client failed, as a shell's would (127), and
             // the cluster, shut down already, ends cleanly.
@@ -706,6 +727,35 @@ mod tests {
         let wrong = world_size_problem(1, Some(("PMI_SIZE", 4))).unwrap();
         assert!(wrong.contains("PMI_SIZE=4") && wrong.contains("another MPI"), "{wrong}");
         assert!(world_size_problem(1, None).unwrap().contains("has 1"));
+    }
+
+    #[test]
+    fn launcher_variables_are_told_from_users_settings() {
+        for v in [
+            "OMPI_COMM_WORLD_SIZE",
+            "OMPI_MCA_ess_base_jobid",
+            "OMPI_MCA_orte_hnp_uri",
+            "OMPI_MCA_pmix",
+            "OMPI_FILE_LOCATION",
+            "PMIX_RANK",
+            "PMIX_SERVER_URI4",
+            "PMI_FD",
+            "PMI_SIZE",
+            "HYDI_CONTROL_FD",
+            "MPI_LOCALRANKID",
+        ] {
+            assert!(launcher_var(v), "{v}");
+        }
+        for v in [
+            "OMPI_MCA_btl",
+            "OMPI_ALLOW_RUN_AS_ROOT",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
+            "SLURM_JOB_ID",
+            "PATH",
+            "RDASK_SCHEDULER",
+        ] {
+            assert!(!launcher_var(v), "{v}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use std::os::unix::process::CommandExt;
+
 use anyhow::{anyhow, bail, Context, Result};
 use rdask::cluster::{ClusterInfo, SchedulerFile, SECRET_FILE};
 use rdask::protocol::ClusterStatus;
@@ -187,7 +189,8 @@ async fn rendezvous(state: &StateDir, timeout: u64) -> Result<ClusterInfo> {
 async fn client(state: &StateDir, a: &RunArgs, workers: u32) -> Result<i32> {
     let info = rendezvous(state, a.timeout).await?;
     let client = connect_when_workers(&info, workers, a.timeout).await?;
-    run_command(&client, &info, state, &a.command).await
+    // The command is not a task of the step: an MPI program must not take itself for task 1.
+    run_command(&client, &info, state, &a.command, crate::mpi::launcher_var).await
 }
 
 /// Connects to the cluster and waits (up to `timeout` seconds) until `workers` workers are
@@ -201,27 +204,70 @@ pub(crate) async fn connect_when_workers(info: &ClusterInfo, workers: u32, timeo
     Ok(client)
 }
 
-/// Runs the client command with the cluster in its environment, then shuts the cluster down
-/// through `client` (whatever happened to the command); returns the command's exit code.
+/// Runs the client command with the cluster in its environment (less the variables `hide`
+/// picks), then shuts the cluster down through `client` (whatever happened to the command);
+/// returns the command's exit code.
+///
+/// The command runs in the process group of a watchdog that ends the group when this process
+/// ends, however it ends: otherwise, were this process killed, the command's processes would
+/// outlive the job (and, holding the launcher's output pipes open, keep MPICH's mpirun
+/// waiting for them).
 pub(crate) async fn run_command(
     client: &Client,
     info: &ClusterInfo,
     state: &StateDir,
     command: &[String],
+    hide: impl Fn(&str) -> bool,
 ) -> Result<i32> {
     let addrs: Vec<String> = info.addresses.iter().map(|a| a.to_string()).collect();
-    let status = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    for (var, _) in std::env::vars_os() {
+        if var.to_str().is_some_and(&hide) {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.args(&command[1..])
         .env("RDASK_CLUSTER", &state.name)
         .env("RDASK_HOME", state.path.parent().unwrap_or(&state.path))
         .env("RDASK_SCHEDULER", addrs.join(","))
-        .env("RDASK_SECRET_FILE", state.file(SECRET_FILE))
-        .status()
-        .await;
+        .env("RDASK_SECRET_FILE", state.file(SECRET_FILE));
+    let watchdog = match group_watchdog() {
+        Ok((pgid, pipe)) => {
+            cmd.process_group(pgid as i32);
+            Some(pipe)
+        }
+        Err(e) => {
+            tracing::warn!("cannot start the watchdog of the client command's processes: {e}");
+            None
+        }
+    };
+    let status = cmd.status().await;
+    // Anything the command left running ends now.
+    drop(watchdog);
     // Whatever happened to the client, the cluster ends with it.
     let _ = client.shutdown().await;
     let status = status.with_context(|| format!("cannot start the client command `{}`", command[0]))?;
     Ok(status.code().unwrap_or(1))
+}
+
+/// Starts a watchdog, leader of a new process group; once the returned pipe closes (when it
+/// is dropped, or this process dies), it ends its group: SIGTERM, then SIGKILL a second later
+/// (which ends the watchdog too). The pipe is close-on-exec: nothing else this process starts
+/// keeps it open. Returns the group's id and the pipe.
+fn group_watchdog() -> std::io::Result<(u32, std::process::ChildStdin)> {
+    let script = r#"trap '' TERM; cat >/dev/null; kill -s TERM -- "-$$"; sleep 1; kill -s KILL -- "-$$""#;
+    let mut dog = std::process::Command::new("sh")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let pipe = dog.stdin.take().expect("piped stdin");
+    let pgid = dog.id();
+    // Reap it when it ends, so that it leaves no zombie behind while this process lives.
+    std::thread::spawn(move || dog.wait());
+    Ok((pgid, pipe))
 }
 
 async fn worker(state: &StateDir, a: &RunArgs) -> Result<i32> {

@@ -130,6 +130,19 @@ fn a_fatal_error_on_a_rank_aborts_the_job_naming_the_rank_and_the_cause() {
 }
 
 #[test]
+fn a_client_command_that_is_an_mpi_program_is_a_world_of_its_own() {
+    // Were it to inherit rank 1's launcher variables, it would take itself for rank 1 (under
+    // MPICH, it would hang). Instead it is an MPI job of one rank, which `mpi` refuses.
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().display().to_string();
+    let o = rdask_mpi(3, home.path(), &["--", BIN, "--home", &h, "mpi", "--", "true"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("this job has 1: use mpirun -n 3 or more"), "{out}");
+    no_process_left(home.path());
+}
+
+#[test]
 fn the_other_mpis_mpirun_is_refused_with_the_fix() {
     // Each rank would be a world of its own (a "singleton"), all of them rank 0.
     let other = match linked_mpi() {
@@ -186,7 +199,9 @@ fn the_client_rank_killed_by_a_signal_ends_the_job() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let start = Instant::now();
-    let o = rdask_mpi(3, h, &["--", "sh", "-c", "kill -9 $PPID; sleep 300"]);
+    // The client's own processes (named after the home directory, for the check below) go too.
+    let name = h.join("client").display().to_string();
+    let o = rdask_mpi(3, h, &["--", "sh", "-c", "kill -9 $PPID; sleep 300", &name]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(start.elapsed() < Duration::from_secs(60), "the job lingered {:?}: {}", start.elapsed(), text(&o));
     no_process_left(h);
