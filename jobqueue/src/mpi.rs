@@ -236,7 +236,7 @@ mod imp {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
-    use anyhow::{bail, Context, Result};
+    use anyhow::{anyhow, Context, Result};
     use mpi::collective::{CommunicatorCollectives, Root};
     use mpi::environment::Universe;
     use mpi::topology::{Communicator, SimpleCommunicator};
@@ -268,6 +268,7 @@ mod imp {
         let comm = universe.world();
         let (rank, size) = (comm.rank(), comm.size());
         install_panic_hook(rank);
+        close_on_exec();
         if let Some(why) = world_size_problem(size as u32, launcher_size()) {
             if rank == 0 {
                 eprintln!("error: {why}");
@@ -276,6 +277,20 @@ mod imp {
             std::process::exit(2);
         }
         World { universe, comm, rank, size, started }
+    }
+
+    /// Marks every file descriptor but stdin, stdout and stderr close-on-exec: the launcher's
+    /// and MPI's own sockets and pipes (MPICH's PMI_FD, say) are not for the processes a rank
+    /// starts (client command, command tasks), and the launcher waits for them to close: a
+    /// task left running by a rank killed with SIGKILL would hold up the end of the job.
+    fn close_on_exec() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+        for fd in fds.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter(|fd| *fd > 2) {
+            if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+                let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC));
+            }
+        }
     }
 
     /// A panic on any rank ends the job with `MPI_Abort`; otherwise unwinding reaches
@@ -450,20 +465,34 @@ mod imp {
     }
 
     /// Rank 0's watch: returns `Ok` when the scheduler has stopped (the client shut the
-    /// cluster down), an error when the job must be aborted.
+    /// cluster down), an error when the job must be aborted. Before that, it stops the workers
+    /// still there, so that they end their command tasks before the abort kills them.
     async fn watch(started: srun::Started, ranks: &[(u32, String)], timeout: Duration) -> Result<()> {
         let me = Client::connect(&started.info).await.context("cannot reach its own scheduler")?;
         let mut stopped = std::pin::pin!(started.server.wait());
+        let Some(why) = watch_for_trouble(&me, stopped.as_mut(), ranks, timeout).await else { return Ok(()) };
+        let _ = me.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
+        Err(anyhow!(why))
+    }
+
+    /// Watches the job until the scheduler stops (`None`), or something that must abort it.
+    async fn watch_for_trouble(
+        me: &Client,
+        mut stopped: std::pin::Pin<&mut impl Future<Output = ()>>,
+        ranks: &[(u32, String)],
+        timeout: Duration,
+    ) -> Option<String> {
         let start = Instant::now();
         let workers: Vec<usize> = (2..ranks.len()).collect();
         let mut seen = vec![false; ranks.len()];
         loop {
             tokio::select! {
-                _ = &mut stopped => return Ok(()),
+                _ = &mut stopped => return None,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             let status = tokio::select! {
-                _ = &mut stopped => return Ok(()),
+                _ = &mut stopped => return None,
                 s = me.status() => s,
             };
             let s = match status {
@@ -471,35 +500,35 @@ mod imp {
                 Err(e) => {
                     // The scheduler closes every connection right after a shutdown request.
                     if tokio::time::timeout(Duration::from_secs(5), &mut stopped).await.is_ok() {
-                        return Ok(());
+                        return None;
                     }
-                    bail!("the scheduler stopped answering ({e})");
+                    return Some(format!("the scheduler stopped answering ({e})"));
                 }
             };
             for &r in &workers {
                 let here = s.workers.iter().any(|w| is_rank(&w.info, &ranks[r]));
                 if seen[r] && !here {
                     let (pid, host) = &ranks[r];
-                    bail!(
+                    return Some(format!(
                         "worker rank {r} (pid {pid} on {host}) left the cluster before the client was done: \
                          it died, froze or lost its connection (the scheduler's warning above says which)"
-                    );
+                    ));
                 }
                 seen[r] |= here;
             }
             if start.elapsed() > timeout {
                 let missing: Vec<String> = workers.iter().filter(|&&r| !seen[r]).map(|r| r.to_string()).collect();
                 if !missing.is_empty() {
-                    bail!(
+                    return Some(format!(
                         "worker rank(s) {} did not register within {} s (see their messages above; \
                          --timeout sets the wait)",
                         missing.join(", "),
                         timeout.as_secs()
-                    );
+                    ));
                 }
             }
             if let Some(why) = srun::client_gone(&s, start.elapsed(), timeout, "rank 1") {
-                bail!(why);
+                return Some(why);
             }
         }
     }
