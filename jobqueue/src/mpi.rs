@@ -262,8 +262,11 @@ mod imp {
     fn init() -> World {
         let started = Instant::now();
         let Some((universe, _threading)) = mpi::initialize_with_threading(Threading::Multiple) else {
-            eprintln!("error: rdask mpi: MPI was initialised already; call rdask_jobqueue::mpi::initialize first");
-            std::process::exit(2);
+            eprintln!(
+                "error: rdask mpi: MPI was initialised already: call rdask_jobqueue::mpi::initialize once, \
+                 first thing in main, before anything else initialises MPI"
+            );
+            SimpleCommunicator::world().abort(2)
         };
         let comm = universe.world();
         let (rank, size) = (comm.rank(), comm.size());
@@ -420,10 +423,7 @@ mod imp {
             let watched = std::thread::scope(|s| {
                 let server = s.spawn(move || {
                     block_on(|| async {
-                        let started = match srun::start_scheduler(o.transport.into(), o.interface.as_deref()).await {
-                            Ok(started) => started,
-                            Err(e) => return Err(e),
-                        };
+                        let started = srun::start_scheduler(o.transport.into(), o.interface.as_deref()).await?;
                         let r = Rendezvous {
                             addresses: started.addresses.clone(),
                             secret: started.secret().to_hex(),

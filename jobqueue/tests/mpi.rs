@@ -306,6 +306,14 @@ fn the_library_call_makes_a_cluster_of_the_program_and_ends_cleanly() {
 }
 
 #[test]
+fn the_library_calls_finish_gives_the_jobs_exit_code() {
+    let (o, _) = run_program(4, "finish-4", "never");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains("square of 12: 144"), "{out}");
+}
+
+#[test]
 fn a_worker_rank_that_panics_aborts_the_job_within_seconds() {
     let (o, after) = run_program(4, "worker-panic", "rdask mpi: rank");
     let out = text(&o);
@@ -356,9 +364,19 @@ fn mpi_program() {
                 let r = client.gather::<u64>(&job, &[t]).await;
                 panic!("the job should have been aborted, but the client got {r:?}");
             }
+            "finish-4" => {
+                let mut g = rdask::Graph::new();
+                let t = g.call("square", &12u64);
+                let job = client.submit(g).await.unwrap();
+                let r: Vec<u64> = client.gather(&job, &[t]).await.unwrap();
+                println!("square of 12: {}", r[0]);
+            }
             other => panic!("unknown scenario {other}"),
         }
     });
     drop(rt);
+    if scenario == "finish-4" {
+        cluster.finish(4);
+    }
     drop(cluster);
 }
