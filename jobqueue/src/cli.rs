@@ -73,6 +73,27 @@ pub enum Cmd {
     Config(ConfigCmd),
 }
 
+/// Transports the scheduler can listen on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP sockets.
+    #[default]
+    Tcp,
+    /// UCX (rdask built with the `ucx` feature).
+    Ucx,
+}
+
+impl Protocol {
+    /// The address scheme.
+    pub fn scheme(self) -> rdask_transport::Scheme {
+        match self {
+            Protocol::Tcp => rdask_transport::Scheme::Tcp,
+            Protocol::Ucx => rdask_transport::Scheme::Ucx,
+        }
+    }
+}
+
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputMode {
@@ -162,6 +183,12 @@ pub struct SchedulerArgs {
     /// Port to listen on (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Transport between scheduler, workers and clients: tcp, or ucx (InfiniBand, NVLink,
+    /// shared memory; needs rdask built with `--features ucx`; UCX_* variables such as
+    /// UCX_TLS and UCX_NET_DEVICES pass through to UCX).
+    #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Program the local workers run: your program, for function tasks [default: rdask-jobqueue].
     #[arg(long)]
     pub worker_program: Option<PathBuf>,

@@ -287,12 +287,13 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
         Some(iface) => net::interface_ipv4(iface)?.to_string(),
         None => a.host.clone(),
     };
-    let addr: rdask::Address = format!("tcp://{}:{}", net::bracket(&bind_host), a.port).parse()?;
+    let addr =
+        rdask::Address { scheme: a.protocol.scheme(), host_port: format!("{}:{}", net::bracket(&bind_host), a.port) };
     let listener = rdask_transport::listen(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (is the port in use? choose another with --port)"))?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
-    let addresses = net::candidate_addresses(&bind_host, &port);
+    let addresses = net::candidate_addresses_on(addr.scheme, &bind_host, &port);
     let config = rdask::scheduler::Config {
         heartbeat_interval: Duration::from_millis(a.heartbeat_ms),
         heartbeat_timeout: Duration::from_millis(a.heartbeat_ms * 10),

@@ -88,7 +88,7 @@ enum Done {
 pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), WorkerError> {
     let store: Store = Arc::default();
     let data_listener = rdask_transport::listen(&Address {
-        scheme: rdask_transport::Scheme::Tcp,
+        scheme: data_scheme(&config),
         host_port: format!("{}:0", config.listen_host),
     })
     .await
@@ -151,6 +151,11 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
     }
 }
 
+/// The data server speaks the scheduler's transport (tcp or ucx).
+fn data_scheme(config: &WorkerConfig) -> rdask_transport::Scheme {
+    config.cluster.addresses.first().map_or(rdask_transport::Scheme::Tcp, |a| a.scheme)
+}
+
 async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, WorkerId, Duration), String> {
     let mut last = String::new();
     for addr in &config.cluster.addresses {
@@ -164,7 +169,8 @@ async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, 
                 host: hostname(),
                 pid: std::process::id(),
                 batch_job: batch_job_id(),
-                data_address: format!("tcp://{ip}:{data_port}"),
+                data_address: Address { scheme: data_scheme(config), host_port: format!("{ip}:{data_port}") }
+                    .to_string(),
             };
             conn.send_now(protocol::frame(&ToScheduler::RegisterWorker(info))).await.map_err(|e| e.to_string())?;
             let f = conn.recv_some().await.map_err(|e| e.to_string())?;
