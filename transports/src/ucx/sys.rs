@@ -25,7 +25,7 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use ucx_sys as u;
@@ -194,7 +194,7 @@ enum Op {
     /// A send: the buffers UCX reads from until completion.
     Send { _header: Bytes, _data: Bytes },
     /// A rendezvous receive: the buffer UCX writes into until completion.
-    Recv { buf: BytesMut, len: usize },
+    Recv { buf: Vec<u8>, len: usize },
 }
 
 /// Error handling asked of endpoints.
@@ -394,7 +394,7 @@ impl Worker {
                     // SAFETY: UCX reported success writing `len` bytes into the first `len`
                     // bytes of buf's capacity (which is at least `len`); they are initialised.
                     unsafe { buf.set_len(len) };
-                    Ok(buf.freeze())
+                    Ok(pool::bytes(buf))
                 });
                 Some(Event::Received { op, result })
             }
@@ -598,10 +598,7 @@ impl Worker {
     /// `Ok(Ok(bytes))`: here already; `Ok(Err(op))`: a [`Event::Received`] for `op` follows.
     pub fn am_recv(&mut self, desc: RndvDesc) -> Result<Result<Bytes, OpId>, UcxError> {
         let len = desc.len;
-        let mut buf = BytesMut::with_capacity(len);
-        if len >= HUGE {
-            advise_huge_pages(&mut buf);
-        }
+        let mut buf = pool::take(len);
         let mut p = request_param(&self.queue);
         p.cb.recv_am = Some(recv_callback);
         // SAFETY: desc came from this worker's AM callback (RNDV flag) and is consumed once;
@@ -618,7 +615,7 @@ impl Worker {
             check(|| "receiving data from the peer".into(), u::UCS_PTR_STATUS(ret))?;
             // SAFETY: UCX completed the receive of `len` bytes into buf's capacity in the call.
             unsafe { buf.set_len(len) };
-            Ok(Ok(buf.freeze()))
+            Ok(Ok(pool::bytes(buf)))
         }
     }
 
@@ -806,23 +803,110 @@ pub fn ucx_settings() -> String {
     }
 }
 
-/// Payloads from this size on are received into transparent huge pages.
-const HUGE: usize = 4 << 20;
+/// Receive buffers for rendezvous data, reused: a buffer fresh from the kernel costs a page
+/// fault and the zeroing of every page (for a large payload about as long as the copy
+/// itself); a payload's buffer comes back here when its last `Bytes` is dropped.
+pub mod pool {
+    use std::sync::Mutex;
 
-/// Asks the kernel to back `buf`'s capacity with transparent huge pages: receiving a large
-/// payload into fresh memory is otherwise dominated by one page fault per 4 KiB.
-fn advise_huge_pages(buf: &mut BytesMut) {
+    use bytes::Bytes;
+
+    /// Buffers smaller than this are not pooled (the allocator serves them well).
+    const MIN: usize = 1 << 20;
+    /// Payloads from this size on are received into transparent huge pages.
+    const HUGE: usize = 4 << 20;
+
+    struct Pool {
+        free: Vec<Vec<u8>>,
+        bytes: usize,
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool { free: Vec::new(), bytes: 0 });
+
+    /// At most this many bytes of free buffers are kept: `RDASK_UCX_POOL_MB` (default 1024; 0 turns it off).
+    fn limit() -> usize {
+        static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *LIMIT.get_or_init(|| {
+            std::env::var("RDASK_UCX_POOL_MB").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1024) << 20
+        })
+    }
+
+    /// An empty buffer with room for `len` bytes: a pooled one of about that size, or a new one.
+    pub(super) fn take(len: usize) -> Vec<u8> {
+        if len >= MIN {
+            let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            // The smallest free buffer that fits and wastes at most a quarter.
+            let best = p
+                .free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len && b.capacity() - len <= len / 4)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                let mut b = p.free.swap_remove(i);
+                p.bytes -= b.capacity();
+                b.clear();
+                return b;
+            }
+        }
+        let mut b = Vec::with_capacity(len);
+        if len >= HUGE {
+            super::advise_huge_pages(b.spare_capacity_mut().as_mut_ptr() as usize, len);
+        }
+        b
+    }
+
+    struct Pooled(Vec<u8>);
+
+    impl AsRef<[u8]> for Pooled {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Pooled {
+        fn drop(&mut self) {
+            let b = std::mem::take(&mut self.0);
+            if b.capacity() < MIN {
+                return;
+            }
+            let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            // Make room by dropping the oldest buffers; a buffer over the limit is not kept.
+            while p.bytes + b.capacity() > limit() && !p.free.is_empty() {
+                let old = p.free.remove(0);
+                p.bytes -= old.capacity();
+            }
+            if p.bytes + b.capacity() <= limit() {
+                p.bytes += b.capacity();
+                p.free.push(b);
+            }
+        }
+    }
+
+    /// The received data as `Bytes` that return the buffer to the pool when dropped.
+    pub(super) fn bytes(b: Vec<u8>) -> Bytes {
+        if b.capacity() < MIN {
+            Bytes::from(b)
+        } else {
+            Bytes::from_owner(Pooled(b))
+        }
+    }
+}
+
+/// Asks the kernel to back `[start, start + len)` (inside one allocation of ours) with
+/// transparent huge pages: receiving a large payload into fresh memory is otherwise dominated
+/// by one page fault per 4 KiB.
+fn advise_huge_pages(start: usize, len: usize) {
     const PAGE: usize = 4096;
-    let spare = buf.spare_capacity_mut();
-    let start = spare.as_mut_ptr() as usize;
-    let end = start + spare.len();
+    let end = start + len;
     let aligned = start.next_multiple_of(PAGE);
     if end <= aligned + PAGE {
         return;
     }
     let len = (end - aligned) / PAGE * PAGE;
-    // SAFETY: [aligned, aligned + len) lies inside buf's own allocation, alive for the call;
-    // MADV_HUGEPAGE changes only how the kernel backs the pages. A failure is harmless.
+    // SAFETY: [aligned, aligned + len) lies inside the caller's allocation (the spare capacity
+    // of a live Vec); MADV_HUGEPAGE changes only how the kernel backs the pages. A failure is harmless.
     unsafe {
         libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
