@@ -26,7 +26,7 @@ const RDASK_TCP: &str = "rdask-tcp";
 fn settings(tls: &str) -> Settings {
     Settings {
         overrides: vec![("TLS".into(), tls.into())],
-        error_mode: ErrorMode::None,
+        error_mode: ErrorMode::Peer,
         timeout: Duration::from_secs(60),
     }
 }
@@ -168,7 +168,7 @@ fn perftest(tls: &str, size: usize, iters: usize) -> R<f64> {
 
 pub async fn bench(quick: bool) -> R<Value> {
     let sizes = [64 * MIB, 512 * MIB];
-    let reps = if quick { 3 } else { 5 };
+    let reps = if quick { 3 } else { 9 };
     let mut res = serde_json::Map::new();
     for (name, tls) in PATHS {
         let v = measure(tls, &sizes, reps).await.unwrap_or_else(|e| json!({ "error": e.to_string() }));

@@ -18,6 +18,10 @@ use rdask_transport::{Bytes, Connection, Frame, Listener};
 const TLS_TCP: &str = "tcp";
 const TLS_SM: &str = "sm,self,tcp";
 
+/// Set (in this process and so in its peer processes): endpoints without UCX's peer-failure
+/// handling, so that only rdask's keepalives can detect a dead peer.
+const NO_PEER_ERRORS: &str = "RDASK_UCX_TEST_NO_PEER_ERRORS";
+
 fn settings(tls: &str, timeout: Duration) -> Settings {
     Settings { overrides: vec![("TLS".into(), tls.into())], error_mode: ErrorMode::None, timeout }
 }
@@ -315,4 +319,22 @@ async fn killed_receiver_is_an_error_over_ucx_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_receiver_is_an_error_over_shared_memory() {
     sender_sees_killed_receiver(TLS_SM).await;
+}
+
+/// The same four cases without UCX's peer-failure handling (`RDASK_UCX_ERROR_MODE=none`): the
+/// keepalive timeout alone must turn a dead peer into an error. Run in a child process, as the
+/// mode is chosen per process here.
+#[test]
+fn killed_peers_are_errors_without_ucx_error_handling() {
+    if std::env::var(NO_PEER_ERRORS).is_ok() || std::env::var(PEER_ENV).is_ok() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["killed_", "--skip", "without_ucx_error_handling", "--test-threads=1"])
+        .env(NO_PEER_ERRORS, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("4 passed"), "{stdout}");
 }

@@ -12,10 +12,12 @@
 //! checked, and UCX writes the data straight into it (shared memory: one copy by the kernel
 //! (CMA); InfiniBand: RDMA). The sender's buffer is the result's own `Bytes`.
 //!
-//! Peer failure: with `RDASK_UCX_ERROR_MODE=peer`, UCX's error callbacks report it
-//! (`UCP_ERR_HANDLING_MODE_PEER`; UCX 1.13 then avoids shared memory). Always, both sides send
-//! keepalives, and a connection that hears nothing for `RDASK_UCX_TIMEOUT` seconds fails with
-//! a clear error, so a dead peer never leaves a read, a flush or a connect hanging.
+//! Peer failure: by default UCX's error callbacks report it (`UCP_ERR_HANDLING_MODE_PEER`;
+//! with client-server endpoints UCX 1.13 keeps shared memory and CMA in this mode, as
+//! `UCX_LOG_LEVEL=info` shows: `am(sysv/memory cma/memory)`); `RDASK_UCX_ERROR_MODE=none` turns
+//! it off. Always, both sides send keepalives, and a connection that hears nothing for
+//! `RDASK_UCX_TIMEOUT` seconds fails with a clear error, so a dead peer never leaves a read, a
+//! flush or a connect hanging.
 
 pub mod sys;
 
@@ -47,7 +49,7 @@ pub struct Settings {
 
 impl Settings {
     /// The settings from the environment: `RDASK_UCX_TIMEOUT` (seconds, default 30) and
-    /// `RDASK_UCX_ERROR_MODE` (`none`, the default, or `peer`); UCX itself reads `UCX_*`.
+    /// `RDASK_UCX_ERROR_MODE` (`peer`, the default, or `none`); UCX itself reads `UCX_*`.
     pub fn from_env() -> io::Result<Settings> {
         let timeout = match std::env::var("RDASK_UCX_TIMEOUT") {
             Ok(s) => match s.trim().parse::<f64>() {
@@ -57,9 +59,9 @@ impl Settings {
             Err(_) => Duration::from_secs(30),
         };
         let error_mode = match std::env::var("RDASK_UCX_ERROR_MODE").as_deref() {
-            Err(_) | Ok("none") | Ok("") => ErrorMode::None,
-            Ok("peer") => ErrorMode::Peer,
-            Ok(other) => return Err(invalid(format!("RDASK_UCX_ERROR_MODE={other:?}: use `none` or `peer`"))),
+            Err(_) | Ok("peer") | Ok("") => ErrorMode::Peer,
+            Ok("none") => ErrorMode::None,
+            Ok(other) => return Err(invalid(format!("RDASK_UCX_ERROR_MODE={other:?}: use `peer` or `none`"))),
         };
         Ok(Settings { overrides: Vec::new(), error_mode, timeout })
     }
@@ -81,6 +83,15 @@ fn ucx_io(e: UcxError) -> io::Error {
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)
+}
+
+/// The error of a connection UCX reports as failed.
+fn lost(peer: &str, e: &UcxError) -> String {
+    if e.is_peer_failure() {
+        format!("connection to ucx://{peer} lost ({}: {}): the peer died or became unreachable", e.what, e.message)
+    } else {
+        format!("connection to ucx://{peer} failed: {e}")
+    }
 }
 
 /// Kinds of active message, the first byte of the AM header.
@@ -265,7 +276,7 @@ impl State {
                     conn.outstanding -= 1;
                 }
                 if let Err(e) = result {
-                    conn.fail(ucx_io(e.clone()).kind(), format!("sending to {} failed: {e}", conn.peer));
+                    conn.fail(ucx_io(e.clone()).kind(), lost(&conn.peer, &e));
                 }
                 conn.tx_notify.notify_one();
             }
@@ -278,7 +289,7 @@ impl State {
                             p.data = PartData::Here(b);
                         }
                     }
-                    Err(e) => conn.fail(ucx_io(e.clone()).kind(), format!("receiving from {} failed: {e}", conn.peer)),
+                    Err(e) => conn.fail(ucx_io(e.clone()).kind(), lost(&conn.peer, &e)),
                 }
                 conn.rx_notify.notify_one();
             }
@@ -286,7 +297,7 @@ impl State {
                 if let Some(conn) = self.conns.get_mut(&ep) {
                     let kind =
                         if conn.heard { io::ErrorKind::ConnectionReset } else { io::ErrorKind::ConnectionRefused };
-                    conn.fail(kind, format!("connection to {} lost: {error}", conn.peer));
+                    conn.fail(kind, lost(&conn.peer, &error));
                 }
                 // UCX asks for failed endpoints to be closed (at once: there is no peer to flush to).
                 self.close_ep(ep, true);
@@ -298,11 +309,15 @@ impl State {
                     return;
                 }
                 match self.worker.accept(req) {
-                    Ok(ep) => {
-                        let mut conn = Conn::new(format!(
-                            "ucx peer of {}",
-                            self.worker.listener_addr(lid).map(|a| a.to_string()).unwrap_or_default()
-                        ));
+                    Ok((ep, client)) => {
+                        let peer = match client {
+                            Some(a) => a.to_string(),
+                            None => format!(
+                                "a peer of {}",
+                                self.worker.listener_addr(lid).map(|a| a.to_string()).unwrap_or_default()
+                            ),
+                        };
+                        let mut conn = Conn::new(peer);
                         conn.heard = true;
                         self.conns.insert(ep, conn);
                         // Hello: lets the connecting side know the connection stands.
@@ -334,7 +349,7 @@ impl State {
                 Ok(())
             }
             Err(e) => {
-                let msg = format!("sending to {} failed: {e}", conn.peer);
+                let msg = lost(&conn.peer, &e);
                 let kind = ucx_io(e).kind();
                 conn.fail(kind, msg.clone());
                 Err(io::Error::new(kind, msg))
@@ -369,7 +384,7 @@ impl State {
             let silent = now.duration_since(conn.last_heard);
             if silent >= settings.timeout {
                 let msg = format!(
-                    "no message from {} for {:.1} s (RDASK_UCX_TIMEOUT): the peer died or is unreachable",
+                    "no message from ucx://{} for {:.1} s (RDASK_UCX_TIMEOUT): the peer died or is unreachable",
                     conn.peer,
                     silent.as_secs_f64()
                 );
@@ -436,7 +451,7 @@ impl State {
                 }
                 Err(e) => {
                     let conn = self.conns.get_mut(&ep).expect("present");
-                    let msg = format!("receiving from {} failed: {e}", conn.peer);
+                    let msg = lost(&conn.peer, &e);
                     conn.fail(ucx_io(e).kind(), msg.clone());
                     return Err(io::Error::other(msg));
                 }

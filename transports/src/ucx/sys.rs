@@ -201,7 +201,6 @@ enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorMode {
     /// `UCP_ERR_HANDLING_MODE_PEER`: UCX detects peer failure and calls the error handler.
-    /// UCX 1.13 then uses no shared-memory transport for the endpoint.
     Peer,
     /// `UCP_ERR_HANDLING_MODE_NONE`: every transport allowed; peer failure is detected by
     /// the caller (keepalive timeouts).
@@ -536,11 +535,26 @@ impl Worker {
         }
     }
 
-    /// Accepts a connection request: creates the server side's endpoint.
-    pub fn accept(&mut self, req: ConnRequest) -> Result<EpId, UcxError> {
+    /// Accepts a connection request: creates the server side's endpoint. Also returns the
+    /// client's address, when UCX knows it.
+    pub fn accept(&mut self, req: ConnRequest) -> Result<(EpId, Option<SocketAddr>), UcxError> {
         if !self.listeners.contains_key(&req.listener) {
             return Err(UcxError::new("the listener is closed", u::ucs_status_t::UCS_ERR_CANCELED));
         }
+        let mut attr = u::ucp_conn_request_attr_t {
+            field_mask: u::UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR as u64,
+            ..Default::default()
+        };
+        // SAFETY: req.raw is a live connection request (not yet consumed); attr is valid for writing.
+        let status = unsafe { u::ucp_conn_request_query(req.raw as u::ucp_conn_request_h, &mut attr) };
+        let client = if status == u::ucs_status_t::UCS_OK {
+            // SAFETY: UCX filled client_address, a sockaddr_storage.
+            from_sockaddr(unsafe {
+                &*(&attr.client_address as *const u::sockaddr_storage as *const libc::sockaddr_storage)
+            })
+        } else {
+            None
+        };
         let mut p = self.ep_params();
         p.field_mask |= u::UCP_EP_PARAM_FIELD_CONN_REQUEST as u64;
         p.conn_request = req.raw as u::ucp_conn_request_h;
@@ -549,7 +563,7 @@ impl Worker {
         // consumed here exactly once (ConnRequest is not Clone).
         let status = unsafe { u::ucp_ep_create(self.worker, &p, &mut ep) };
         check(|| "UCX cannot accept a connection".into(), status)?;
-        Ok(self.add_ep(ep))
+        Ok((self.add_ep(ep), client))
     }
 
     /// Rejects a connection request.
