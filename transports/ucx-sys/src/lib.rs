@@ -4,134 +4,141 @@
 //! `ucp_init`.
 //!
 //! Everything here is `unsafe` FFI. rdask uses it only through the safe wrapper
-//! in `rdask-transport` (`transports/src/ucx/sys.rs`).
+//! in `rdask-transport` (`transports/src/ucx/sys.rs`). Without the `bind` feature the crate
+//! is empty (and needs neither UCX nor libclang to build).
 
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
 #![allow(clippy::all)]
 
-include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+#[cfg(feature = "bind")]
+mod bound {
+    include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 
-/// `UCS_PTR_IS_ERR(ptr)`: the pointer returned by a non-blocking call encodes an error status.
-#[inline]
-pub fn UCS_PTR_IS_ERR(ptr: ucs_status_ptr_t) -> bool {
-    ptr as usize >= ucs_status_t::UCS_ERR_LAST as isize as usize
-}
-
-/// `UCS_PTR_IS_PTR(ptr)`: the pointer is a real request handle (neither NULL nor an error).
-#[inline]
-pub fn UCS_PTR_IS_PTR(ptr: ucs_status_ptr_t) -> bool {
-    (ptr as usize).wrapping_sub(1) < (ucs_status_t::UCS_ERR_LAST as isize as usize).wrapping_sub(1)
-}
-
-/// `UCS_PTR_RAW_STATUS(ptr)`: the status a non-pointer value encodes (`UCS_OK` for NULL).
-#[inline]
-pub fn UCS_PTR_RAW_STATUS(ptr: ucs_status_ptr_t) -> ucs_status_t {
-    let raw = ptr as isize;
-    if raw == 0 {
-        return ucs_status_t::UCS_OK;
-    }
-    // Error statuses are small negative numbers between UCS_ERR_LAST and -1.
-    let code = raw as i8;
-    if (ucs_status_t::UCS_ERR_LAST as i8..0).contains(&code) && raw == code as isize {
-        status_from_code(code)
-    } else {
-        ucs_status_t::UCS_ERR_NO_MESSAGE
-    }
-}
-
-/// `UCS_PTR_STATUS(ptr)`: `UCS_INPROGRESS` for a request handle, else the encoded status.
-#[inline]
-pub fn UCS_PTR_STATUS(ptr: ucs_status_ptr_t) -> ucs_status_t {
-    if UCS_PTR_IS_PTR(ptr) {
-        ucs_status_t::UCS_INPROGRESS
-    } else {
-        UCS_PTR_RAW_STATUS(ptr)
-    }
-}
-
-fn status_from_code(code: i8) -> ucs_status_t {
-    use ucs_status_t::*;
-    const ALL: &[ucs_status_t] = &[
-        UCS_OK,
-        UCS_INPROGRESS,
-        UCS_ERR_NO_MESSAGE,
-        UCS_ERR_NO_RESOURCE,
-        UCS_ERR_IO_ERROR,
-        UCS_ERR_NO_MEMORY,
-        UCS_ERR_INVALID_PARAM,
-        UCS_ERR_UNREACHABLE,
-        UCS_ERR_INVALID_ADDR,
-        UCS_ERR_NOT_IMPLEMENTED,
-        UCS_ERR_MESSAGE_TRUNCATED,
-        UCS_ERR_NO_PROGRESS,
-        UCS_ERR_BUFFER_TOO_SMALL,
-        UCS_ERR_NO_ELEM,
-        UCS_ERR_SOME_CONNECTS_FAILED,
-        UCS_ERR_NO_DEVICE,
-        UCS_ERR_BUSY,
-        UCS_ERR_CANCELED,
-        UCS_ERR_SHMEM_SEGMENT,
-        UCS_ERR_ALREADY_EXISTS,
-        UCS_ERR_OUT_OF_RANGE,
-        UCS_ERR_TIMED_OUT,
-        UCS_ERR_EXCEEDS_LIMIT,
-        UCS_ERR_UNSUPPORTED,
-        UCS_ERR_REJECTED,
-        UCS_ERR_NOT_CONNECTED,
-        UCS_ERR_CONNECTION_RESET,
-        UCS_ERR_FIRST_LINK_FAILURE,
-        UCS_ERR_LAST_LINK_FAILURE,
-        UCS_ERR_FIRST_ENDPOINT_FAILURE,
-        UCS_ERR_ENDPOINT_TIMEOUT,
-        UCS_ERR_LAST_ENDPOINT_FAILURE,
-    ];
-    ALL.iter().copied().find(|s| *s as i32 == code as i32).unwrap_or(UCS_ERR_NO_MESSAGE)
-}
-
-/// `ucp_init`: a `static inline` in ucp.h that passes the header's API version to
-/// `ucp_init_version`, which the library checks against its own.
-///
-/// # Safety
-/// As for `ucp_init_version`: `params` must point to a valid `ucp_params_t`, `config` be
-/// NULL or a live config, and `context_p` valid for writing.
-#[inline]
-pub unsafe fn ucp_init(
-    params: *const ucp_params_t,
-    config: *const ucp_config_t,
-    context_p: *mut ucp_context_h,
-) -> ucs_status_t {
-    ucp_init_version(UCP_API_MAJOR, UCP_API_MINOR, params, config, context_p)
-}
-
-/// `ucp_dt_make_contig(1)`: the datatype of a contiguous byte buffer.
-pub const UCP_DATATYPE_CONTIG_BYTES: ucp_datatype_t = (1u64 << UCP_DATATYPE_SHIFT) | UCP_DATATYPE_CONTIG as u64;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ptr_macros_match_their_c_definitions() {
-        let null = std::ptr::null_mut();
-        assert!(!UCS_PTR_IS_ERR(null));
-        assert!(!UCS_PTR_IS_PTR(null));
-        assert_eq!(UCS_PTR_STATUS(null), ucs_status_t::UCS_OK);
-        let err = ucs_status_t::UCS_ERR_NO_DEVICE as isize as ucs_status_ptr_t;
-        assert!(UCS_PTR_IS_ERR(err));
-        assert!(!UCS_PTR_IS_PTR(err));
-        assert_eq!(UCS_PTR_STATUS(err), ucs_status_t::UCS_ERR_NO_DEVICE);
-        let mut x = 0u64;
-        let p = &mut x as *mut u64 as ucs_status_ptr_t;
-        assert!(UCS_PTR_IS_PTR(p));
-        assert!(!UCS_PTR_IS_ERR(p));
-        assert_eq!(UCS_PTR_STATUS(p), ucs_status_t::UCS_INPROGRESS);
+    /// `UCS_PTR_IS_ERR(ptr)`: the pointer returned by a non-blocking call encodes an error status.
+    #[inline]
+    pub fn UCS_PTR_IS_ERR(ptr: ucs_status_ptr_t) -> bool {
+        ptr as usize >= ucs_status_t::UCS_ERR_LAST as isize as usize
     }
 
-    #[test]
-    fn links_and_reports_a_version() {
-        let (mut major, mut minor, mut release) = (0, 0, 0);
-        // SAFETY: the three pointers are valid for writing for the duration of the call.
-        unsafe { ucp_get_version(&mut major, &mut minor, &mut release) };
-        assert_eq!((major, minor), (UCP_API_MAJOR, UCP_API_MINOR), "headers and library disagree");
+    /// `UCS_PTR_IS_PTR(ptr)`: the pointer is a real request handle (neither NULL nor an error).
+    #[inline]
+    pub fn UCS_PTR_IS_PTR(ptr: ucs_status_ptr_t) -> bool {
+        (ptr as usize).wrapping_sub(1) < (ucs_status_t::UCS_ERR_LAST as isize as usize).wrapping_sub(1)
+    }
+
+    /// `UCS_PTR_RAW_STATUS(ptr)`: the status a non-pointer value encodes (`UCS_OK` for NULL).
+    #[inline]
+    pub fn UCS_PTR_RAW_STATUS(ptr: ucs_status_ptr_t) -> ucs_status_t {
+        let raw = ptr as isize;
+        if raw == 0 {
+            return ucs_status_t::UCS_OK;
+        }
+        // Error statuses are small negative numbers between UCS_ERR_LAST and -1.
+        let code = raw as i8;
+        if (ucs_status_t::UCS_ERR_LAST as i8..0).contains(&code) && raw == code as isize {
+            status_from_code(code)
+        } else {
+            ucs_status_t::UCS_ERR_NO_MESSAGE
+        }
+    }
+
+    /// `UCS_PTR_STATUS(ptr)`: `UCS_INPROGRESS` for a request handle, else the encoded status.
+    #[inline]
+    pub fn UCS_PTR_STATUS(ptr: ucs_status_ptr_t) -> ucs_status_t {
+        if UCS_PTR_IS_PTR(ptr) {
+            ucs_status_t::UCS_INPROGRESS
+        } else {
+            UCS_PTR_RAW_STATUS(ptr)
+        }
+    }
+
+    fn status_from_code(code: i8) -> ucs_status_t {
+        use ucs_status_t::*;
+        const ALL: &[ucs_status_t] = &[
+            UCS_OK,
+            UCS_INPROGRESS,
+            UCS_ERR_NO_MESSAGE,
+            UCS_ERR_NO_RESOURCE,
+            UCS_ERR_IO_ERROR,
+            UCS_ERR_NO_MEMORY,
+            UCS_ERR_INVALID_PARAM,
+            UCS_ERR_UNREACHABLE,
+            UCS_ERR_INVALID_ADDR,
+            UCS_ERR_NOT_IMPLEMENTED,
+            UCS_ERR_MESSAGE_TRUNCATED,
+            UCS_ERR_NO_PROGRESS,
+            UCS_ERR_BUFFER_TOO_SMALL,
+            UCS_ERR_NO_ELEM,
+            UCS_ERR_SOME_CONNECTS_FAILED,
+            UCS_ERR_NO_DEVICE,
+            UCS_ERR_BUSY,
+            UCS_ERR_CANCELED,
+            UCS_ERR_SHMEM_SEGMENT,
+            UCS_ERR_ALREADY_EXISTS,
+            UCS_ERR_OUT_OF_RANGE,
+            UCS_ERR_TIMED_OUT,
+            UCS_ERR_EXCEEDS_LIMIT,
+            UCS_ERR_UNSUPPORTED,
+            UCS_ERR_REJECTED,
+            UCS_ERR_NOT_CONNECTED,
+            UCS_ERR_CONNECTION_RESET,
+            UCS_ERR_FIRST_LINK_FAILURE,
+            UCS_ERR_LAST_LINK_FAILURE,
+            UCS_ERR_FIRST_ENDPOINT_FAILURE,
+            UCS_ERR_ENDPOINT_TIMEOUT,
+            UCS_ERR_LAST_ENDPOINT_FAILURE,
+        ];
+        ALL.iter().copied().find(|s| *s as i32 == code as i32).unwrap_or(UCS_ERR_NO_MESSAGE)
+    }
+
+    /// `ucp_init`: a `static inline` in ucp.h that passes the header's API version to
+    /// `ucp_init_version`, which the library checks against its own.
+    ///
+    /// # Safety
+    /// As for `ucp_init_version`: `params` must point to a valid `ucp_params_t`, `config` be
+    /// NULL or a live config, and `context_p` valid for writing.
+    #[inline]
+    pub unsafe fn ucp_init(
+        params: *const ucp_params_t,
+        config: *const ucp_config_t,
+        context_p: *mut ucp_context_h,
+    ) -> ucs_status_t {
+        ucp_init_version(UCP_API_MAJOR, UCP_API_MINOR, params, config, context_p)
+    }
+
+    /// `ucp_dt_make_contig(1)`: the datatype of a contiguous byte buffer.
+    pub const UCP_DATATYPE_CONTIG_BYTES: ucp_datatype_t = (1u64 << UCP_DATATYPE_SHIFT) | UCP_DATATYPE_CONTIG as u64;
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ptr_macros_match_their_c_definitions() {
+            let null = std::ptr::null_mut();
+            assert!(!UCS_PTR_IS_ERR(null));
+            assert!(!UCS_PTR_IS_PTR(null));
+            assert_eq!(UCS_PTR_STATUS(null), ucs_status_t::UCS_OK);
+            let err = ucs_status_t::UCS_ERR_NO_DEVICE as isize as ucs_status_ptr_t;
+            assert!(UCS_PTR_IS_ERR(err));
+            assert!(!UCS_PTR_IS_PTR(err));
+            assert_eq!(UCS_PTR_STATUS(err), ucs_status_t::UCS_ERR_NO_DEVICE);
+            let mut x = 0u64;
+            let p = &mut x as *mut u64 as ucs_status_ptr_t;
+            assert!(UCS_PTR_IS_PTR(p));
+            assert!(!UCS_PTR_IS_ERR(p));
+            assert_eq!(UCS_PTR_STATUS(p), ucs_status_t::UCS_INPROGRESS);
+        }
+
+        #[test]
+        fn links_and_reports_a_version() {
+            let (mut major, mut minor, mut release) = (0, 0, 0);
+            // SAFETY: the three pointers are valid for writing for the duration of the call.
+            unsafe { ucp_get_version(&mut major, &mut minor, &mut release) };
+            assert_eq!((major, minor), (UCP_API_MAJOR, UCP_API_MINOR), "headers and library disagree");
+        }
     }
 }
+
+#[cfg(feature = "bind")]
+pub use bound::*;
