@@ -289,9 +289,10 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
     };
     let addr =
         rdask::Address { scheme: a.protocol.scheme(), host_port: format!("{}:{}", net::bracket(&bind_host), a.port) };
-    let listener = rdask_transport::listen(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (is the port in use? choose another with --port)"))?;
+    let listener = rdask_transport::listen(&addr).await.with_context(|| match a.protocol {
+        cli::Protocol::Tcp => format!("cannot listen on {addr} (is the port in use? choose another with --port)"),
+        cli::Protocol::Ucx => format!("cannot listen on {addr}"),
+    })?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
     let addresses = net::candidate_addresses_on(addr.scheme, &bind_host, &port);
     let config = rdask::scheduler::Config {

@@ -59,3 +59,20 @@ fn protocol_from_the_environment_over_shared_memory() {
     // RDASK_PROTOCOL is the `protocol` configuration key; UCX_TLS passes through to UCX.
     up_submit_down(&[("UCX_TLS", "sm,self,tcp"), ("RDASK_PROTOCOL", "ucx")], &["up", "--workers", "2"]);
 }
+
+#[test]
+fn a_ucx_setting_ucx_refuses_stops_up_with_ucx_words() {
+    let home = tempfile::tempdir().unwrap();
+    for env in [
+        [("UCX_TLS", "no_such_transport"), ("UCX_NET_DEVICES", "all")],
+        [("UCX_TLS", "tcp"), ("UCX_NET_DEVICES", "mlx5_9:1")],
+    ] {
+        let o = rdask(home.path(), &env, &["up", "--workers", "1", "--protocol", "ucx"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        // UCX's own log line and its status message, after what rdask was doing.
+        assert!(err.contains("no usable transports/devices"), "{err}");
+        assert!(err.contains("UCX cannot start") && err.contains("No such device"), "{err}");
+        assert!(!err.contains("port in use"), "{err}");
+    }
+}

@@ -174,6 +174,14 @@ fn unknown_transport_is_refused_in_ucx_words() {
     assert!(msg.contains("No such device") || msg.contains("not"), "{msg}");
 }
 
+#[test]
+fn missing_network_device_is_refused_in_ucx_words() {
+    let mut s = settings(TLS_TCP, Duration::from_secs(30));
+    s.overrides.push(("NET_DEVICES".into(), "mlx5_9:1".into()));
+    let msg = Engine::new(s).map(|_| ()).unwrap_err().to_string();
+    assert!(msg.contains("UCX cannot start") && msg.contains("No such device"), "{msg}");
+}
+
 #[tokio::test]
 async fn connecting_to_nothing_fails() {
     let client = Engine::new(settings(TLS_TCP, Duration::from_secs(3))).unwrap();
