@@ -126,6 +126,31 @@ async fn many_small_frames_keep_their_order() {
     drop(sender.await.unwrap());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_before_a_close_are_all_read_then_a_clean_end() {
+    for tls in [TLS_TCP, TLS_SM] {
+        let (mut a, mut b) = pair(tls).await;
+        let writer = tokio::spawn(async move {
+            for i in 0..20u32 {
+                let payload = if i == 10 { pattern(1 << 20, 3) } else { pattern(100, i as u64) };
+                a.tx.send(Frame::with_payload(i.to_le_bytes().to_vec(), payload)).await.unwrap();
+            }
+            // Not flushed: dropping the connection must still deliver everything before the end.
+            drop(a);
+        });
+        // Read only once the writer has closed (and UCX has seen its endpoint go).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in 0..20u32 {
+            let f = b.recv_some().await.unwrap_or_else(|e| panic!("frame {i} over {tls}: {e}"));
+            assert_eq!(f.header.as_ref(), i.to_le_bytes());
+            let want = if i == 10 { pattern(1 << 20, 3) } else { pattern(100, i as u64) };
+            assert!(f.payload == want, "payload of frame {i} over {tls}");
+        }
+        assert!(b.rx.recv().await.unwrap().is_none(), "a clean end over {tls}");
+        writer.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn oversized_frame_is_refused_before_authentication() {
     let server = Engine::new(settings(TLS_TCP, Duration::from_secs(30))).unwrap();

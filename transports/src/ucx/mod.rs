@@ -279,6 +279,9 @@ impl State {
                     conn.fail(ucx_io(e.clone()).kind(), lost(&conn.peer, &e));
                 }
                 conn.tx_notify.notify_one();
+                if conn.halves == 0 {
+                    self.close_if_idle(ep);
+                }
             }
             Event::Received { op, result } => {
                 let Some((ep, OpKind::Recv(seq))) = self.ops.remove(&op) else { return };
@@ -292,12 +295,22 @@ impl State {
                     Err(e) => conn.fail(ucx_io(e.clone()).kind(), lost(&conn.peer, &e)),
                 }
                 conn.rx_notify.notify_one();
+                if conn.halves == 0 {
+                    self.close_if_idle(ep);
+                }
             }
             Event::EpFailed { ep, error } => {
                 if let Some(conn) = self.conns.get_mut(&ep) {
-                    let kind =
-                        if conn.heard { io::ErrorKind::ConnectionReset } else { io::ErrorKind::ConnectionRefused };
-                    conn.fail(kind, lost(&conn.peer, &error));
+                    if conn.parts.values().any(|p| p.kind == CLOSE) {
+                        // The peer closed after its last frame: the frames already here and
+                        // the clean end are still read; our sends still in flight fail.
+                        conn.rx_notify.notify_one();
+                        conn.tx_notify.notify_one();
+                    } else {
+                        let kind =
+                            if conn.heard { io::ErrorKind::ConnectionReset } else { io::ErrorKind::ConnectionRefused };
+                        conn.fail(kind, lost(&conn.peer, &error));
+                    }
                 }
                 // UCX asks for failed endpoints to be closed (at once: there is no peer to flush to).
                 self.close_ep(ep, true);
@@ -357,10 +370,30 @@ impl State {
         }
     }
 
+    /// Closes the endpoint of a connection whose halves are both dropped once none of its
+    /// operations is in flight: UCX's flush on close does not wait for a rendezvous send to be
+    /// fetched, so closing earlier would take the data away from the peer.
+    fn close_if_idle(&mut self, ep: EpId) {
+        if self.ops.values().any(|(e, _)| *e == ep) {
+            return; // again when the last one completes (Event::Sent), or by the keepalive check
+        }
+        // Not forced: UCX first flushes what is still queued (the close message included).
+        self.close_ep(ep, false);
+        self.conns.remove(&ep);
+    }
+
+    /// Closes the endpoint. Data already received stays readable; rendezvous data not yet
+    /// fetched is released (it can no longer be).
     fn close_ep(&mut self, ep: EpId, force: bool) {
         if let Some(conn) = self.conns.get_mut(&ep) {
-            for (_, p) in std::mem::take(&mut conn.parts) {
-                if let PartData::Rndv(d) = p.data {
+            let waiting: Vec<u64> =
+                conn.parts.iter().filter(|(_, p)| matches!(p.data, PartData::Rndv(_))).map(|(s, _)| *s).collect();
+            if !waiting.is_empty() {
+                let msg = format!("connection to ucx://{} closed before all its data was received", conn.peer);
+                conn.fail(io::ErrorKind::ConnectionReset, msg);
+            }
+            for seq in waiting {
+                if let Some(Part { data: PartData::Rndv(d), .. }) = conn.parts.remove(&seq) {
                     self.worker.am_release(d);
                 }
             }
@@ -378,10 +411,16 @@ impl State {
         let eps: Vec<EpId> = self.conns.keys().copied().collect();
         for ep in eps {
             let conn = &self.conns[&ep];
+            let silent = now.duration_since(conn.last_heard);
+            if conn.halves == 0 && (conn.error.is_some() || silent >= settings.timeout) {
+                // Dropped, still waiting for its last sends, but the peer is gone: give up.
+                self.close_ep(ep, settings.error_mode == ErrorMode::Peer);
+                self.conns.remove(&ep);
+                continue;
+            }
             if conn.error.is_some() || conn.halves == 0 {
                 continue;
             }
-            let silent = now.duration_since(conn.last_heard);
             if silent >= settings.timeout {
                 let msg = format!(
                     "no message from ucx://{} for {:.1} s (RDASK_UCX_TIMEOUT): the peer died or is unreachable",
@@ -732,9 +771,7 @@ fn drop_half(shared: &Shared, ep: EpId, sink: bool) {
         let _ = st.post(ep, am_header(CLOSE, seq, 0), Bytes::new(), OpKind::Quiet);
     }
     if last {
-        // Not forced: UCX first flushes what is still in flight (the close message included).
-        st.close_ep(ep, false);
-        st.conns.remove(&ep);
+        st.close_if_idle(ep);
     }
     st.progress();
     drop(st);
