@@ -57,6 +57,16 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     #[cfg(feature = "ucx")]
+    if args.first().map(String::as_str) == Some("--ucx-transfer") {
+        // The ucx benchmark's rdask-level transfer, in a process of its own (UCX_TLS is per process).
+        let size: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64 * MIB);
+        let v = rt
+            .block_on(transfer_on(rdask_transport::Scheme::Ucx, size, 5))
+            .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+        println!("{v}");
+        std::process::exit(0);
+    }
+    #[cfg(feature = "ucx")]
     if args.first().map(String::as_str) == Some("--ucx-peer") {
         // The receiving process of the ucx benchmark.
         if let Err(e) = rt.block_on(ucx::peer(&args[1..])) {
@@ -452,11 +462,16 @@ async fn consume(client: &Client, producer: JobId, index: u32, size: usize, a: r
 }
 
 async fn transfer(size: usize, reps: usize) -> R<Value> {
+    transfer_on(rdask_transport::Scheme::Tcp, size, reps).await
+}
+
+/// [`transfer`] on a cluster whose scheduler, workers and data servers use `scheme`.
+async fn transfer_on(scheme: rdask_transport::Scheme, size: usize, reps: usize) -> R<Value> {
     let tcp = loopback(size, 5, false)?;
     let tcp_fresh = loopback(size, 5, true)?;
     let flag = std::env::temp_dir().join(format!("rdask-bench-{}.release", std::process::id()));
     let _ = std::fs::remove_file(&flag);
-    let mut cluster = LocalCluster::start(1, 1).await?;
+    let mut cluster = LocalCluster::start_on(scheme, 1, 1).await?;
     let res: R<Value> = async {
         let client = cluster.client(1).await?;
         // Worker A (alone) produces the big and a small result; keeps both.
@@ -669,6 +684,17 @@ fn summarize(r: &Value) -> Vec<Value> {
             let value = format!("{:.0} MiB/s", bw("ucx_sm"));
             let met = Some(p >= 0.8 && t >= 1.5);
             row(format!("{mib} MiB over UCX shm"), value, ">= 80% perftest, 1.5x TCP", met, note);
+        }
+    }
+    for mib in ["64", "512"] {
+        let (sm, tcp) = (&u["rdask_fetch"]["ucx_sm"][mib], &u["rdask_fetch"]["ucx_tcp"][mib]);
+        if sm["fetch_mib_per_s"].is_number() {
+            let mut note = format!("UCX tcp {:.0} MiB/s", f(&tcp["fetch_mib_per_s"]));
+            if mib == "512" && x["fetch_mib_per_s"].is_number() {
+                note += &format!("; rdask over TCP {:.0} MiB/s (transfer)", f(&x["fetch_mib_per_s"]));
+            }
+            let value = format!("{:.0} MiB/s", f(&sm["fetch_mib_per_s"]));
+            row(format!("{mib} MiB rdask fetch, UCX shm"), value, "", None, note);
         }
     }
     if u["ucx_sm"]["round_trip_us_median"].is_number() {

@@ -205,6 +205,27 @@ pub async fn bench(quick: bool) -> R<Value> {
             }),
         );
     }
+    // The same sizes worker to worker through rdask itself (data server, fetch, task input):
+    // `transfer` on a cluster over UCX, each UCX_TLS in a process of its own.
+    let mut fetch = serde_json::Map::new();
+    for (name, tls) in [("ucx_sm", "sm,self,tcp"), ("ucx_tcp", "tcp")] {
+        let mut by_size = serde_json::Map::new();
+        for &size in &sizes {
+            let out = Command::new(std::env::current_exe()?)
+                .args(["--ucx-transfer", &size.to_string()])
+                .env("UCX_TLS", tls)
+                .stderr(Stdio::null())
+                .output()?;
+            let v: Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&out.stdout).into_owned() }));
+            if let Some(m) = v["fetch_mib_per_s"].as_f64() {
+                eprintln!("   rdask fetch over {tls} {} MiB: {m:.0} MiB/s", size / MIB);
+            }
+            by_size.insert(format!("{}", size / MIB), v);
+        }
+        fetch.insert(name.to_string(), Value::Object(by_size));
+    }
+    res.insert("rdask_fetch".into(), Value::Object(fetch));
     res.insert("ucx_perftest_tag_bw_mib_per_s".into(), Value::Object(pt));
     res.insert("ratios".into(), Value::Object(ratios));
     res.insert("targets".into(), json!({ "ucx_sm_vs_perftest": 0.8, "ucx_sm_vs_rdask_tcp": 1.5 }));
@@ -213,7 +234,9 @@ pub async fn bench(quick: bool) -> R<Value> {
         json!("two processes on this host; the sender times one frame (header + payload) until the receiver's 8-byte ack, \
                median of the reps after a warm-up; the receiver allocates every payload at its exact size (UCX: rendezvous \
                into it). ucx_perftest: tag_bw, same sizes, its overall bandwidth (MB/s = MiB/s), same UCX_TLS, reusing one \
-               buffer. Round trip: 8-byte frames, ping-pong, median of 1800 after 200 warm-up"),
+               buffer. Round trip: 8-byte frames, ping-pong, median of 1800 after 200 warm-up. rdask_fetch: the \
+               `transfer` benchmark (a task on worker B whose input lives on worker A) on a cluster over UCX, \
+               one process per UCX_TLS; compare with `transfer` (rdask over TCP) in the same run"),
     );
     Ok(Value::Object(res))
 }
