@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use std::os::fd::OwnedFd;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
 use sys::{AmData, EpId, Event, ListenerId, OpId, RndvDesc, Worker};
@@ -518,15 +520,7 @@ impl Shared {
 }
 
 /// The progress thread's loop: progress, arm, wait for the event fd, a kick or the keepalive tick.
-async fn drive(shared: Arc<Shared>) {
-    let efd = shared.lock().worker.async_efd();
-    let afd = match efd {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!("ucx: cannot wait on the worker's event fd: {e}");
-            return;
-        }
-    };
+async fn drive(shared: Arc<Shared>, afd: AsyncFd<OwnedFd>) {
     let mut tick = tokio::time::interval((shared.settings.timeout / 8).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -571,13 +565,30 @@ impl Engine {
             settings,
         });
         let s = shared.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("rdask-ucx".into()).spawn(move || {
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(drive(s)),
-                Err(e) => tracing::error!("ucx: cannot start the progress thread's runtime: {e}"),
-            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => return drop(ready_tx.send(Err(e))),
+            };
+            rt.block_on(async move {
+                let efd = s.lock().worker.async_efd();
+                match efd {
+                    Ok(afd) => {
+                        let _ = ready_tx.send(Ok(()));
+                        drive(s, afd).await
+                    }
+                    Err(e) => drop(ready_tx.send(Err(e))),
+                }
+            })
         })?;
-        Ok(Engine { shared })
+        // Without its progress thread the engine would never move: fail now, not hang later.
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Engine { shared }),
+            Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("cannot start UCX's progress thread: {e}"))),
+            Err(_) => Err(io::Error::other("UCX's progress thread ended at its start")),
+        }
     }
 
     /// The engine of this process, started on first use from the environment.
