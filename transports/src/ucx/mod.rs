@@ -816,8 +816,13 @@ impl FrameSink for UcxSink {
                     st.post(self.ep, am_header(PAYLOAD, seq + 1, len), frame.payload, OpKind::Send)?;
                 }
                 st.progress();
+                // A send UCX did not complete at once needs progress later (and the event fd
+                // re-armed): the progress thread's job. One that completed needs nothing more,
+                // which spares a small message's round trip a thread wake-up.
+                if st.conns.get(&self.ep).is_some_and(|c| c.outstanding > 0) {
+                    self.shared.kick.notify_one();
+                }
             }
-            self.shared.kick.notify_one();
             // Bound what is in flight: a sender far ahead of its peer waits here.
             self.wait(MAX_IN_FLIGHT).await
         })
@@ -869,20 +874,28 @@ impl FrameStream for UcxStream {
     fn recv(&mut self) -> BoxFuture<'_, io::Result<Option<Frame>>> {
         Box::pin(async move {
             loop {
-                let started = {
+                let (started, receiving) = {
                     let mut st = self.shared.lock();
                     let r = st.next_frame(self.ep)?;
                     if let Some(f) = r {
                         return Ok(f);
                     }
-                    // A rendezvous receive may have been posted: let the progress thread run it.
+                    // A rendezvous receive may have been posted: progress it here first.
                     st.progress();
-                    st.next_frame(self.ep)?
+                    let r = st.next_frame(self.ep)?;
+                    let receiving = st
+                        .conns
+                        .get(&self.ep)
+                        .is_some_and(|c| c.parts.values().any(|p| matches!(p.data, PartData::Receiving)));
+                    (r, receiving)
                 };
                 if let Some(f) = started {
                     return Ok(f);
                 }
-                self.shared.kick.notify_one();
+                if receiving {
+                    // The progress thread carries the receive on (and re-arms the event fd).
+                    self.shared.kick.notify_one();
+                }
                 self.notify.notified().await;
             }
         })
