@@ -6,6 +6,7 @@
 //! Exit codes: 0 success; 1 the command failed (tasks failed, the cluster is
 //! unreachable, …); 2 the command line is wrong.
 
+pub mod adapt;
 pub mod backend;
 pub mod batch;
 pub mod cli;
@@ -296,6 +297,7 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
     let config = rdask::scheduler::Config {
         heartbeat_interval: Duration::from_millis(a.heartbeat_ms),
         heartbeat_timeout: Duration::from_millis(a.heartbeat_ms * 10),
+        ..Default::default()
     };
     let server = rdask::server::spawn(listener, secret.clone(), config);
     let server_address = server.address.clone();
