@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 pub struct AdaptSpec {
     /// Fewest jobs.
     pub min_jobs: u32,
-    /// Most jobs (pending, running and leaving together).
+    /// Most jobs doing work (pending or running); jobs near their walltime, being replaced,
+    /// are not counted.
     pub max_jobs: u32,
     /// Aim to finish the queued work in this many seconds.
     pub target_duration: f64,
@@ -180,6 +181,15 @@ impl Policy {
         self.paused
     }
 
+    /// Why submission is paused, to append to a reason.
+    pub fn pause_note(&self) -> String {
+        format!(
+            "; adaptive submission PAUSED after {} failed submissions (last: {}); fix the cause and run `rdask-jobqueue adapt` again",
+            self.failures,
+            self.last_failure.as_deref().unwrap_or("unknown")
+        )
+    }
+
     /// Records a submission that failed (or a job that ended before its worker joined).
     pub fn failed(&mut self, now: Instant, why: &str) {
         self.failures += 1;
@@ -248,14 +258,10 @@ impl Policy {
         if capacity < target {
             self.surplus_for = 0;
             let missing = target - capacity;
-            let room = spec.max_jobs.saturating_sub(active).min(spec.max_pending.saturating_sub(pending));
+            let room = spec.max_jobs.saturating_sub(capacity).min(spec.max_pending.saturating_sub(pending));
             let n = missing.min(room);
             if self.paused {
-                d.reason += &format!(
-                    "; adaptive submission PAUSED after {} failed submissions (last: {}); fix the cause and run `rdask-jobqueue adapt` again",
-                    self.failures,
-                    self.last_failure.as_deref().unwrap_or("unknown")
-                );
+                d.reason += &self.pause_note();
             } else if let Some(at) = self.retry_at.filter(|at| *at > now) {
                 d.reason += &format!(
                     "; next submission in {:.0} s after {} failure(s) (last: {})",
@@ -465,10 +471,9 @@ mod tests {
         let mut w = worker(1, true);
         w.ends_in = Some(Duration::from_secs(30));
         let obs = Observation { load: load(100, 1, Some(1000)), jobs: vec![running("1", vec![w.clone()])] };
-        // 101 s of work: 4 wanted; the leaving job is not capacity, and all four fit under --max
-        // with it only if it is counted: 3 are submitted.
+        // 101 s of work: 4 wanted; the leaving job is neither capacity nor counted against --max.
         let d = p.decide(t0, &obs);
-        assert_eq!((d.target, d.submit), (4, 3), "{}", d.reason);
+        assert_eq!((d.target, d.submit), (4, 4), "{}", d.reason);
         assert!(d.reason.contains("near their walltime"), "{}", d.reason);
         // With little work left: one replacement.
         let obs = Observation { load: load(1, 1, Some(1000)), jobs: vec![running("1", vec![w])] };

@@ -1,0 +1,254 @@
+//! Adaptive scaling as the scheduler's manager loop carries it out: observe, let the policy
+//! ([`crate::adapt`]) decide, submit, cancel or retire, and write what it did for `status`.
+//!
+//! `adapt` (or `up --adapt-max`) writes the settings to the cluster's `adapt.json`; the loop
+//! reads it every interval, so `adapt` changes a running cluster and `scale` (which removes the
+//! file) turns adaptivity off. Retiring a job is graceful: its workers are retired through the
+//! scheduler (idle ones only, all of the job's or none), hand their results over and exit;
+//! once none of them is left the job is cancelled, in case its script is still running.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use rdask::protocol::ClusterStatus;
+use rdask::Client;
+use serde::{Deserialize, Serialize};
+
+use crate::adapt::{AdaptSpec, Decision, JobShape, JobView, Observation, Policy, WorkerView};
+use crate::backend::{self, BatchBackend, BatchJob};
+use crate::jobs::JobState;
+use crate::state::StateDir;
+
+/// The adaptive settings of a cluster, written by `adapt`.
+pub const ADAPT_FILE: &str = "adapt.json";
+/// The last decision, for `status`.
+pub const ADAPT_STATUS_FILE: &str = "adapt-status.json";
+
+/// Turns adaptive scaling on with `spec`, or off with `None`, for the cluster in `state`:
+/// the Rust form of `rdask-jobqueue adapt`. Its scheduler picks the change up at its next interval.
+pub fn set_adaptive(state: &StateDir, spec: Option<&AdaptSpec>) -> Result<()> {
+    let path = state.file(ADAPT_FILE);
+    match spec {
+        Some(s) => {
+            s.check().map_err(anyhow::Error::msg)?;
+            let tmp = state.file(".adapt.json.tmp");
+            std::fs::write(&tmp, serde_json::to_string_pretty(s)?)?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        None => {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(state.file(ADAPT_STATUS_FILE));
+        }
+    }
+    Ok(())
+}
+
+/// The cluster's adaptive settings, if it adapts.
+pub fn read_spec(state: &StateDir) -> Option<AdaptSpec> {
+    serde_json::from_str(&std::fs::read_to_string(state.file(ADAPT_FILE)).ok()?).ok()
+}
+
+/// What `status` shows of adaptive scaling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdaptStatus {
+    /// The settings.
+    pub spec: AdaptSpec,
+    /// The number of jobs wanted.
+    pub target: u32,
+    /// Why.
+    pub reason: String,
+    /// Active jobs (pending and running).
+    pub jobs: u32,
+    /// Of which pending.
+    pub pending: u32,
+    /// Submission paused after repeated failures.
+    pub paused: bool,
+    /// When this was decided (seconds since the Unix epoch).
+    pub updated: u64,
+}
+
+/// Reads the last adaptive decision, if the cluster adapts.
+pub fn read_status(state: &StateDir) -> Option<AdaptStatus> {
+    read_spec(state)?;
+    serde_json::from_str(&std::fs::read_to_string(state.file(ADAPT_STATUS_FILE)).ok()?).ok()
+}
+
+/// The adaptive loop's state.
+pub struct Adaptive {
+    policy: Policy,
+    pool: String,
+    /// Jobs whose workers were told to retire, and when.
+    retiring: HashMap<String, Instant>,
+    /// Jobs known to have had a worker, at the last step.
+    started: usize,
+    last_reason: String,
+}
+
+impl Adaptive {
+    /// Adaptive scaling of `pool`, whose jobs have `shape`.
+    pub fn new(spec: AdaptSpec, shape: JobShape, pool: &str) -> Adaptive {
+        tracing::info!(min = spec.min_jobs, max = spec.max_jobs, "adaptive scaling on");
+        Adaptive {
+            policy: Policy::new(spec, shape),
+            pool: pool.to_string(),
+            retiring: HashMap::new(),
+            started: 0,
+            last_reason: String::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn spec(&self) -> &AdaptSpec {
+        &self.policy.spec
+    }
+
+    /// One interval: `failed_starts` are jobs that ended before their worker joined (found by
+    /// the poll that just ran), `had_worker` the jobs that have ever had one.
+    pub async fn step(
+        &mut self,
+        state: &StateDir,
+        backend: &Arc<Mutex<BatchBackend>>,
+        client: &Client,
+        status: &ClusterStatus,
+        had_worker: &HashSet<String>,
+        failed_starts: &[String],
+    ) {
+        let now = Instant::now();
+        for id in failed_starts {
+            self.policy.failed(now, &format!("batch job {id} ended before its worker joined"));
+        }
+        if had_worker.len() > self.started {
+            self.policy.succeeded();
+        }
+        self.started = had_worker.len();
+
+        let jobs: Vec<BatchJob> = backend.lock().expect("backend lock").jobs().to_vec();
+        let obs = observe(&jobs, &self.pool, status);
+        let decision = self.policy.decide(now, &obs);
+        if decision.reason != self.last_reason {
+            tracing::info!(target = decision.target, "adaptive: {}", decision.reason);
+            self.last_reason.clone_from(&decision.reason);
+        }
+        self.carry_out(now, backend, client, status, &decision).await;
+        let mut reason = decision.reason.clone();
+        if self.policy.paused() && !reason.contains("PAUSED") {
+            // Paused by this very step's failure.
+            reason += &self.policy.pause_note();
+        }
+        let pending = obs.jobs.iter().filter(|j| j.pending).count() as u32;
+        let updated = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let s = AdaptStatus {
+            spec: self.policy.spec.clone(),
+            target: decision.target,
+            reason,
+            jobs: obs.jobs.len() as u32,
+            pending,
+            paused: self.policy.paused(),
+            updated,
+        };
+        let tmp = state.file(".adapt-status.json.tmp");
+        if std::fs::write(&tmp, serde_json::to_string_pretty(&s).expect("serialisable")).is_ok() {
+            let _ = std::fs::rename(tmp, state.file(ADAPT_STATUS_FILE));
+        }
+    }
+
+    async fn carry_out(
+        &mut self,
+        now: Instant,
+        backend: &Arc<Mutex<BatchBackend>>,
+        client: &Client,
+        status: &ClusterStatus,
+        d: &Decision,
+    ) {
+        // Submissions and cancellations call the batch system: off the async threads.
+        let (b, pool, n, cancel) = (backend.clone(), self.pool.clone(), d.submit, d.cancel.clone());
+        let errors = tokio::task::spawn_blocking(move || {
+            let mut b = b.lock().expect("backend lock");
+            let mut errors = Vec::new();
+            for _ in 0..n {
+                if let Err(e) = b.submit(&pool, 1) {
+                    errors.push(format!("{e:#}"));
+                    break;
+                }
+            }
+            if !cancel.is_empty() {
+                tracing::info!(jobs = ?cancel, "adaptive: cancelling surplus pending jobs");
+                if let Err(e) = b.cancel(&cancel) {
+                    tracing::warn!("cancelling surplus jobs failed: {e:#}");
+                }
+            }
+            errors
+        })
+        .await
+        .unwrap_or_else(|e| vec![format!("submission panicked: {e}")]);
+        for e in errors {
+            tracing::warn!("adaptive submission failed: {e}");
+            self.policy.failed(now, &e);
+        }
+        for job in &d.retire {
+            let workers: Vec<_> = workers_of(status, job).map(|w| w.id).collect();
+            match client.retire(workers).await {
+                Ok(Ok(())) => {
+                    tracing::info!(job, "adaptive: retiring the workers of an idle job");
+                    self.retiring.insert(job.clone(), now);
+                }
+                Ok(Err(why)) => tracing::debug!(job, "not retired: {why}"),
+                Err(e) => tracing::warn!(job, "retiring failed: {e}"),
+            }
+        }
+        // A retired job whose workers have all left is over: make sure its script is too.
+        let gone: Vec<String> =
+            self.retiring.keys().filter(|job| workers_of(status, job).next().is_none()).cloned().collect();
+        if !gone.is_empty() {
+            let b = backend.clone();
+            let ids = gone.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut b = b.lock().expect("backend lock");
+                let active: Vec<String> = b
+                    .jobs()
+                    .iter()
+                    .filter(|j| ids.contains(&j.id) && j.state.is_active())
+                    .map(|j| j.id.clone())
+                    .collect();
+                if !active.is_empty() {
+                    if let Err(e) = b.cancel(&active) {
+                        tracing::warn!("ending retired jobs failed: {e:#}");
+                    }
+                }
+            })
+            .await;
+            for j in gone {
+                self.retiring.remove(&j);
+            }
+        }
+        // Jobs retired long ago whose workers never left are looked at again next time.
+        self.retiring.retain(|_, since| now.duration_since(*since) < Duration::from_secs(600));
+    }
+}
+
+fn workers_of<'a>(status: &'a ClusterStatus, job: &'a str) -> impl Iterator<Item = &'a rdask::protocol::WorkerStatus> {
+    status.workers.iter().filter(move |w| w.info.batch_job.as_deref().is_some_and(|b| backend::same_job(job, b)))
+}
+
+/// The policy's view of the cluster: its active jobs of `pool`, oldest first, with their workers.
+fn observe(jobs: &[BatchJob], pool: &str, status: &ClusterStatus) -> Observation {
+    let jobs = jobs
+        .iter()
+        .filter(|j| j.pool == pool && j.state.is_active())
+        .map(|j| JobView {
+            id: j.id.clone(),
+            pending: j.state == JobState::Pending,
+            workers: workers_of(status, &j.id)
+                .map(|w| WorkerView {
+                    id: w.id,
+                    busy: w.assigned > 0,
+                    retiring: w.retiring,
+                    ends_in: w.ends_in_ms.map(Duration::from_millis),
+                })
+                .collect(),
+        })
+        .collect();
+    Observation { load: status.load.clone(), jobs }
+}
