@@ -340,6 +340,14 @@ mod tests {
     }
 
     #[test]
+    fn workers_leave_a_grace_period_and_a_stagger_before_the_walltime() {
+        assert_eq!(worker_lifetime(120), (108, 6), "2 minutes: 10 s grace at least");
+        assert_eq!(worker_lifetime(1800), (1620, 90), "30 minutes: a tenth, and up to a twentieth more");
+        assert_eq!(worker_lifetime(48 * 3600), (48 * 3600 - 300, 300), "long jobs: 5 minutes each at most");
+        assert_eq!(worker_lifetime(5), (1, 0), "a walltime shorter than the grace still gives a lifetime");
+    }
+
+    #[test]
     fn shell_quote_examples() {
         assert_eq!(shell_quote("/usr/bin/rdask-jobqueue"), "/usr/bin/rdask-jobqueue");
         assert_eq!(shell_quote(""), "''");
