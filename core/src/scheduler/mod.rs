@@ -782,7 +782,7 @@ impl Scheduler {
 
     /// Worker `to` copied results of retiring worker `from`: they are held by `to` from now on.
     fn on_replicated(&mut self, to: WorkerId, from: WorkerId, ids: &[TaskId]) {
-        if !self.workers.get(&from).is_some_and(|w| w.handover == Some(to)) {
+        if self.workers.get(&from).is_none_or(|w| w.handover != Some(to)) {
             // A late answer (the retiring worker is gone): `to` holds copies nobody tracks.
             if let Some(worker) = self.workers.get(&to) {
                 self.commands.push(Command::ToWorker(worker.conn, ToWorker::Release(ids.to_vec())));
