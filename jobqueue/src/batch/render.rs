@@ -166,9 +166,12 @@ impl TemplateContext {
         if let Some(interface) = &p.interface {
             argv.extend(["--interface".into(), interface.clone()]);
         }
-        // Workers leave before the walltime ends, so that no task dies with the job.
-        let (lifetime, stagger) = worker_lifetime(walltime_seconds);
-        argv.extend(["--lifetime".into(), lifetime.to_string(), "--lifetime-stagger".into(), stagger.to_string()]);
+        // Workers leave before the walltime ends, so that no task dies with the job (a job
+        // running the scheduler itself, `up --scheduler-in-job`, has no worker subcommand).
+        if argv.iter().any(|a| a == "worker") {
+            let (lifetime, stagger) = worker_lifetime(walltime_seconds);
+            argv.extend(["--lifetime".into(), lifetime.to_string(), "--lifetime-stagger".into(), stagger.to_string()]);
+        }
         let non_empty = |lines: &[String]| lines.iter().filter(|l| !l.is_empty()).cloned().collect();
         Ok(TemplateContext {
             system,
