@@ -59,10 +59,12 @@ pub enum Cmd {
     /// Change the number of workers (local backend) or nodes (batch backends); surplus workers
     /// are retired only once idle. Turns adaptive scaling off.
     Scale(ScaleArgs),
-    /// Let the number of batch jobs follow the work: grow with queued tasks, shrink when idle.
+    /// Let the number of batch jobs (or local workers) follow the work: grow with queued tasks,
+    /// shrink when idle.
     ///
     /// Bounds are in jobs (--min/--max; one job is --nodes-per-job nodes of --processes
-    /// workers each) or in workers (--min-workers/--max-workers, rounded up to whole jobs).
+    /// workers each) or in workers (--min-workers/--max-workers, rounded to whole jobs); on
+    /// the local backend a job is one worker.
     /// Every --interval the cluster estimates the unfinished work from the measured duration
     /// of each kind of task, and wants enough jobs to finish it within --target-duration.
     /// Jobs pending in the queue count as capacity on the way; scale-up is immediate,
@@ -168,8 +170,8 @@ pub struct SchedulerArgs {
     /// Seconds between polls of the batch system.
     #[arg(long, default_value_t = 2.0)]
     pub poll_interval: f64,
-    /// Adapt between --adapt-min and this many jobs from the start (batch backends; see
-    /// `rdask-jobqueue adapt --help`) instead of submitting --nodes.
+    /// Adapt between --adapt-min and this many jobs (local backend: workers) from the start,
+    /// instead of --nodes (--workers); see `rdask-jobqueue adapt --help`.
     #[arg(long)]
     pub adapt_max: Option<u32>,
     /// Fewest jobs when adapting.

@@ -152,7 +152,7 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     }
     let client = connect(state).await?;
     let want = match batch {
-        None => a.scheduler.workers,
+        None => a.scheduler.adapt_max.map_or(a.scheduler.workers, |_| a.scheduler.adapt_min as usize),
         Some(_) if !a.wait => 0,
         Some(_) => pools_of(&a.scheduler, state)?
             .iter()
@@ -323,7 +323,8 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
                 }
             };
             let mut b = LocalBackend::new(program, args, a.slots, a.death_timeout);
-            b.start(state, &addresses, a.workers)?;
+            // An adaptive cluster starts with its minimum; the policy does the rest.
+            b.start(state, &addresses, a.adapt_max.map_or(a.workers, |_| a.adapt_min as usize))?;
             local = Some(std::sync::Arc::new(std::sync::Mutex::new(b)));
         }
         Some(system) => {
@@ -366,7 +367,7 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    if let (Some(max), Some(_)) = (a.adapt_max, batch) {
+    if let Some(max) = a.adapt_max {
         let spec = adapt::AdaptSpec { target_duration: a.target_duration, ..adapt::AdaptSpec::new(a.adapt_min, max) };
         manager::set_adaptive(state, Some(&spec))?;
     }
@@ -376,6 +377,8 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
         let (batch_backend, local, state, addresses) =
             (batch_backend.clone(), local.clone(), state.clone(), addresses.clone());
         let pools = if batch.is_some() { pools_of(&a, &state)? } else { Vec::new() };
+        // What adaptive scaling adds and removes: a job of the main pool, or one local worker.
+        let shape = pools.first().map_or(adapt::JobShape { workers: 1, slots: u32::from(a.slots) }, PoolPlan::shape);
         tokio::spawn(async move {
             // Jobs that have had a worker: one that ends without ever having had one failed to start.
             let mut had_worker: std::collections::HashSet<String> = Default::default();
@@ -385,14 +388,12 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
                 let pause = adaptive.as_ref().map_or(every, |a| Duration::from_secs_f64(a.spec().interval.max(0.1)));
                 tokio::time::sleep(pause).await;
                 // Read now, so that a change made during the pause applies at once.
-                let spec = if batch_backend.is_some() { manager::read_spec(&state) } else { None };
+                let spec = manager::read_spec(&state);
                 match (&spec, &adaptive) {
                     (None, _) => adaptive = None,
                     (Some(s), Some(ad)) if ad.spec() == s => {}
                     // New settings (or `adapt` run again, which also resumes a paused one).
-                    (Some(s), _) => {
-                        adaptive = Some(manager::Adaptive::new(s.clone(), pools[0].shape(), backend::DEFAULT_POOL))
-                    }
+                    (Some(s), _) => adaptive = Some(manager::Adaptive::new(s.clone(), shape, backend::DEFAULT_POOL)),
                 }
                 let status = match &client {
                     Some(c) => c.status().await.ok(),
@@ -439,7 +440,9 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
                         ad.step(&state, &b, c, s, &had_worker, &failed).await;
                     }
                 }
-                if let (Some(l), Some(n)) = (&local, target) {
+                if let (Some(l), Some(ad), Some(c), Some(s)) = (&local, adaptive.as_mut(), &client, &status) {
+                    ad.step(&state, l, c, s, &had_worker, &[]).await;
+                } else if let (Some(l), Some(n)) = (&local, target) {
                     let idle = |pid: u32| !busy.iter().any(|(p, _)| *p == pid);
                     if let Err(e) = l.lock().expect("local lock").scale_to(&state, &addresses, n as usize, idle) {
                         tracing::warn!("scaling local workers failed: {e:#}");
@@ -680,9 +683,10 @@ fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[backend::Bat
     if let Some(a) = manager::read_status(state) {
         let _ = writeln!(
             out,
-            "adaptive: {}..{} batch jobs, target {} ({} active, {} pending){}\n  why: {}",
+            "adaptive: {}..{} {}, target {} ({} active, {} pending){}\n  why: {}",
             a.spec.min_jobs,
             a.spec.max_jobs,
+            a.unit,
             a.target,
             a.jobs,
             a.pending,
@@ -1061,9 +1065,6 @@ fn pools_of(a: &SchedulerArgs, state: &StateDir) -> Result<Vec<PoolPlan>> {
 async fn adapt_cmd(state: &StateDir, a: cli::AdaptArgs) -> Result<i32> {
     let _client = connect(state).await?;
     let up = up_args(state)?;
-    if up.backend == "local" {
-        bail!("adaptive scaling needs a batch backend (--backend slurm|pbs|sge); scale local workers with `rdask-jobqueue scale N`");
-    }
     if up.job_array {
         bail!("a cluster started with --job-array cannot adapt; start it without --job-array");
     }
@@ -1072,8 +1073,10 @@ async fn adapt_cmd(state: &StateDir, a: cli::AdaptArgs) -> Result<i32> {
         println!("cluster `{}` no longer adapts; it keeps the jobs it has (change them with `scale`)", state.name);
         return Ok(0);
     }
-    let pools = pools_of(&up, state)?;
-    let shape = pools[0].shape();
+    let shape = match up.backend.as_str() {
+        "local" => adapt::JobShape { workers: 1, slots: u32::from(up.slots) },
+        _ => pools_of(&up, state)?[0].shape(),
+    };
     let (min, max) = adapt_bounds(&a, shape)?;
     let spec = adapt::AdaptSpec {
         target_duration: a.target_duration,
@@ -1087,9 +1090,13 @@ async fn adapt_cmd(state: &StateDir, a: cli::AdaptArgs) -> Result<i32> {
     spec.check().map_err(|e| anyhow!("{e}"))?;
     let _ = std::fs::remove_file(state.file(TARGET_FILE));
     manager::set_adaptive(state, Some(&spec))?;
+    let what = match up.backend.as_str() {
+        "local" => format!("local workers of {} slot(s)", shape.slots),
+        _ => format!("job(s) of {} worker(s) × {} slot(s)", shape.workers, shape.slots),
+    };
     println!(
-        "cluster `{}` adapts between {min} and {max} job(s) of {} worker(s) × {} slot(s), aiming to finish queued work within {} s; see `rdask-jobqueue status`",
-        state.name, shape.workers, shape.slots, spec.target_duration
+        "cluster `{}` adapts between {min} and {max} {what}, aiming to finish queued work within {} s; see `rdask-jobqueue status`",
+        state.name, spec.target_duration
     );
     Ok(0)
 }

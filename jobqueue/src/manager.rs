@@ -6,20 +6,81 @@
 //! file) turns adaptivity off. Retiring a job is graceful: its workers are retired through the
 //! scheduler (idle ones only, all of the job's or none), hand their results over and exit;
 //! once none of them is left the job is cancelled, in case its script is still running.
+//! On the local backend the same loop adds and removes single worker processes ([`Units`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use rdask::protocol::ClusterStatus;
+use rdask::protocol::{ClusterStatus, WorkerStatus};
 use rdask::Client;
 use serde::{Deserialize, Serialize};
 
 use crate::adapt::{AdaptSpec, Decision, JobShape, JobView, Observation, Policy, WorkerView};
-use crate::backend::{self, BatchBackend, BatchJob};
+use crate::backend::{self, BatchBackend};
 use crate::jobs::JobState;
+use crate::local::LocalBackend;
 use crate::state::StateDir;
+
+/// What adaptive scaling adds and removes: batch jobs, or local worker processes.
+pub trait Units: Send + 'static {
+    /// What one unit is called, in the plural, for `status`.
+    const NAME: &'static str;
+    /// The active units of `pool`, oldest first: their ids, and whether each is still queued.
+    fn active(&mut self, pool: &str) -> Vec<(String, bool)>;
+    /// Starts one more unit of `pool`.
+    fn add(&mut self, pool: &str) -> Result<()>;
+    /// Ends these units (queued ones, or ones whose workers have left).
+    fn end(&mut self, ids: &[String]) -> Result<()>;
+    /// Whether `worker` runs in unit `id`.
+    fn holds(id: &str, worker: &WorkerStatus) -> bool;
+}
+
+impl Units for BatchBackend {
+    const NAME: &'static str = "batch jobs";
+    fn active(&mut self, pool: &str) -> Vec<(String, bool)> {
+        self.jobs()
+            .iter()
+            .filter(|j| j.pool == pool && j.state.is_active())
+            .map(|j| (j.id.clone(), j.state == JobState::Pending))
+            .collect()
+    }
+
+    fn add(&mut self, pool: &str) -> Result<()> {
+        self.submit(pool, 1).map(|_| ())
+    }
+
+    fn end(&mut self, ids: &[String]) -> Result<()> {
+        self.cancel(ids)
+    }
+
+    fn holds(id: &str, worker: &WorkerStatus) -> bool {
+        worker.info.batch_job.as_deref().is_some_and(|b| backend::same_job(id, b))
+    }
+}
+
+/// Local workers are units of one worker, named by their pid.
+impl Units for LocalBackend {
+    const NAME: &'static str = "local workers";
+    fn active(&mut self, _pool: &str) -> Vec<(String, bool)> {
+        self.live().into_iter().map(|pid| (pid.to_string(), false)).collect()
+    }
+
+    fn add(&mut self, _pool: &str) -> Result<()> {
+        self.add_one()
+    }
+
+    fn end(&mut self, ids: &[String]) -> Result<()> {
+        let pids: Vec<u32> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+        self.terminate(&pids);
+        Ok(())
+    }
+
+    fn holds(id: &str, worker: &WorkerStatus) -> bool {
+        worker.info.batch_job.is_none() && worker.info.pid.to_string() == id
+    }
+}
 
 /// The adaptive settings of a cluster, written by `adapt`.
 pub const ADAPT_FILE: &str = "adapt.json";
@@ -55,6 +116,8 @@ pub fn read_spec(state: &StateDir) -> Option<AdaptSpec> {
 pub struct AdaptStatus {
     /// The settings.
     pub spec: AdaptSpec,
+    /// What is scaled: `batch jobs` or `local workers`.
+    pub unit: String,
     /// The number of jobs wanted.
     pub target: u32,
     /// Why.
@@ -106,10 +169,10 @@ impl Adaptive {
 
     /// One interval: `failed_starts` are jobs that ended before their worker joined (found by
     /// the poll that just ran), `had_worker` the jobs that have ever had one.
-    pub async fn step(
+    pub async fn step<U: Units>(
         &mut self,
         state: &StateDir,
-        backend: &Arc<Mutex<BatchBackend>>,
+        backend: &Arc<Mutex<U>>,
         client: &Client,
         status: &ClusterStatus,
         had_worker: &HashSet<String>,
@@ -124,8 +187,8 @@ impl Adaptive {
         }
         self.started = had_worker.len();
 
-        let jobs: Vec<BatchJob> = backend.lock().expect("backend lock").jobs().to_vec();
-        let obs = observe(&jobs, &self.pool, status);
+        let jobs = backend.lock().expect("backend lock").active(&self.pool);
+        let obs = observe::<U>(&jobs, status);
         let decision = self.policy.decide(now, &obs);
         if decision.reason != self.last_reason {
             tracing::info!(target = decision.target, "adaptive: {}", decision.reason);
@@ -141,6 +204,7 @@ impl Adaptive {
         let updated = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let s = AdaptStatus {
             spec: self.policy.spec.clone(),
+            unit: U::NAME.to_string(),
             target: decision.target,
             reason,
             jobs: obs.jobs.len() as u32,
@@ -154,10 +218,10 @@ impl Adaptive {
         }
     }
 
-    async fn carry_out(
+    async fn carry_out<U: Units>(
         &mut self,
         now: Instant,
-        backend: &Arc<Mutex<BatchBackend>>,
+        backend: &Arc<Mutex<U>>,
         client: &Client,
         status: &ClusterStatus,
         d: &Decision,
@@ -168,14 +232,14 @@ impl Adaptive {
             let mut b = b.lock().expect("backend lock");
             let mut errors = Vec::new();
             for _ in 0..n {
-                if let Err(e) = b.submit(&pool, 1) {
+                if let Err(e) = b.add(&pool) {
                     errors.push(format!("{e:#}"));
                     break;
                 }
             }
             if !cancel.is_empty() {
                 tracing::info!(jobs = ?cancel, "adaptive: cancelling surplus pending jobs");
-                if let Err(e) = b.cancel(&cancel) {
+                if let Err(e) = b.end(&cancel) {
                     tracing::warn!("cancelling surplus jobs failed: {e:#}");
                 }
             }
@@ -188,7 +252,7 @@ impl Adaptive {
             self.policy.failed(now, &e);
         }
         for job in &d.retire {
-            let workers: Vec<_> = workers_of(status, job).map(|w| w.id).collect();
+            let workers: Vec<_> = workers_of::<U>(status, job).map(|w| w.id).collect();
             match client.retire(workers).await {
                 Ok(Ok(())) => {
                     tracing::info!(job, "adaptive: retiring the workers of an idle job");
@@ -200,20 +264,16 @@ impl Adaptive {
         }
         // A retired job whose workers have all left is over: make sure its script is too.
         let gone: Vec<String> =
-            self.retiring.keys().filter(|job| workers_of(status, job).next().is_none()).cloned().collect();
+            self.retiring.keys().filter(|job| workers_of::<U>(status, job).next().is_none()).cloned().collect();
         if !gone.is_empty() {
-            let b = backend.clone();
+            let (b, pool) = (backend.clone(), self.pool.clone());
             let ids = gone.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 let mut b = b.lock().expect("backend lock");
-                let active: Vec<String> = b
-                    .jobs()
-                    .iter()
-                    .filter(|j| ids.contains(&j.id) && j.state.is_active())
-                    .map(|j| j.id.clone())
-                    .collect();
+                let active: Vec<String> =
+                    b.active(&pool).into_iter().map(|(id, _)| id).filter(|id| ids.contains(id)).collect();
                 if !active.is_empty() {
-                    if let Err(e) = b.cancel(&active) {
+                    if let Err(e) = b.end(&active) {
                         tracing::warn!("ending retired jobs failed: {e:#}");
                     }
                 }
@@ -228,19 +288,18 @@ impl Adaptive {
     }
 }
 
-fn workers_of<'a>(status: &'a ClusterStatus, job: &'a str) -> impl Iterator<Item = &'a rdask::protocol::WorkerStatus> {
-    status.workers.iter().filter(move |w| w.info.batch_job.as_deref().is_some_and(|b| backend::same_job(job, b)))
+fn workers_of<'a, U: Units>(status: &'a ClusterStatus, job: &'a str) -> impl Iterator<Item = &'a WorkerStatus> {
+    status.workers.iter().filter(move |w| U::holds(job, w))
 }
 
-/// The policy's view of the cluster: its active jobs of `pool`, oldest first, with their workers.
-fn observe(jobs: &[BatchJob], pool: &str, status: &ClusterStatus) -> Observation {
+/// The policy's view of the cluster: its active units, oldest first, with their workers.
+fn observe<U: Units>(jobs: &[(String, bool)], status: &ClusterStatus) -> Observation {
     let jobs = jobs
         .iter()
-        .filter(|j| j.pool == pool && j.state.is_active())
-        .map(|j| JobView {
-            id: j.id.clone(),
-            pending: j.state == JobState::Pending,
-            workers: workers_of(status, &j.id)
+        .map(|(id, pending)| JobView {
+            id: id.clone(),
+            pending: *pending,
+            workers: workers_of::<U>(status, id)
                 .map(|w| WorkerView {
                     id: w.id,
                     busy: w.assigned > 0,

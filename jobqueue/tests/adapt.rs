@@ -234,14 +234,32 @@ fn a_rejected_submission_backs_off_then_pauses_adapting_with_the_reason() {
 }
 
 #[test]
-fn adapt_explains_what_it_cannot_do() {
+fn local_workers_adapt_to_the_work_too() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let o = rdask(h, &["adapt", "--max", "2"]);
-    assert!(!o.status.success());
-    ok(h, &["up", "--workers", "1"]);
-    let o = rdask(h, &["adapt", "--max", "2"]);
+    assert!(!o.status.success(), "no cluster, no adapting: {}", text(&o));
+    let up = ok(h, &["up", "--adapt-max", "3", "--poll-interval", "0.2"]);
+    assert!(up.contains("0 workers"), "{up}");
+    let o = rdask(h, &["adapt", "--min", "3", "--max", "1"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("needs a batch backend") && text(&o).contains("scale"), "{}", text(&o));
+    assert!(text(&o).contains("above the maximum"), "{}", text(&o));
+    let said = ok(h, &["adapt", "--max", "3", "--interval", "0.2"]);
+    assert!(said.contains("between 0 and 3 local workers of 1 slot(s)"), "{said}");
+    let (stop, sampler) = sample(h);
+    ok(h, &["submit", "--array", "1-300", "--stderr", "none", "--", "sleep", "0.05"]);
+    let waited = ok(h, &["wait"]);
+    assert!(waited.contains("300 of 300 tasks finished, 0 failed"), "{waited}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !status(h)["workers"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "local workers did not go away:\n{:#}", status(h));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let most = sampler.join().unwrap().iter().map(|(_, s)| s["workers"].as_array().unwrap().len()).max().unwrap_or(0);
+    assert!((2..=3).contains(&most), "workers rose with the work, to at most 3: {most}");
+    let text = ok(h, &["status"]);
+    assert!(text.contains("adaptive: 0..3 local workers, target 0"), "{text}");
     ok(h, &["down"]);
+    no_process_left(h);
 }
