@@ -234,6 +234,35 @@ fn a_rejected_submission_backs_off_then_pauses_adapting_with_the_reason() {
 }
 
 #[test]
+fn jobs_that_fail_before_their_worker_joins_count_as_failures() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // Accepted by Slurm, but every job dies in its prologue: adapting must not resubmit forever.
+    up_adaptive(h, &["--walltime", "10", "--job-script-prologue", "echo no such module >&2; exit 7"]);
+    ok(h, &["adapt", "--max", "1", "--interval", "0.2", "--max-failures", "2"]);
+    ok(h, &["submit", "--array", "1-5", "--", "true"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = ok(h, &["status"]);
+        if text.contains("PAUSED") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "adapting never paused:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains("PAUSED after 2 failed submissions (last: batch job"), "{text}");
+    assert!(text.contains("ended before its worker joined"), "{text}");
+    assert!(text.contains("no such module"), "the job's stderr is shown: {text}");
+    let s = status(h);
+    assert_eq!(batch_ids(&s).len(), 2, "two jobs, then no more: {s:#}");
+    ok(h, &["down"]);
+    no_process_left(h);
+}
+
+#[test]
 fn local_workers_adapt_to_the_work_too() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
