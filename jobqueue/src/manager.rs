@@ -106,6 +106,27 @@ pub fn set_adaptive(state: &StateDir, spec: Option<&AdaptSpec>) -> Result<()> {
     Ok(())
 }
 
+/// [`set_adaptive`] for the cluster called `name` (under `home`, `$RDASK_HOME` or `~/.rdask`),
+/// which must be up:
+///
+/// ```no_run
+/// use rdask_jobqueue::adapt::AdaptSpec;
+/// // Between 0 and 10 jobs, finishing queued work within 30 s.
+/// let spec = AdaptSpec { target_duration: 30.0, ..AdaptSpec::new(0, 10) };
+/// rdask_jobqueue::manager::adapt_cluster(None, "default", Some(&spec)).unwrap();
+/// ```
+pub fn adapt_cluster(home: Option<&std::path::Path>, name: &str, spec: Option<&AdaptSpec>) -> Result<()> {
+    let home = home.map(std::path::Path::to_path_buf).or_else(|| std::env::var_os("RDASK_HOME").map(Into::into));
+    let state = StateDir::locate(home.as_deref(), name)?;
+    if rdask::cluster::SchedulerFile::read(&state.path).is_err() {
+        anyhow::bail!(
+            "cluster `{name}` is not up (no scheduler in {}); start it with `rdask-jobqueue up`",
+            state.path.display()
+        );
+    }
+    set_adaptive(&state, spec)
+}
+
 /// The cluster's adaptive settings, if it adapts.
 pub fn read_spec(state: &StateDir) -> Option<AdaptSpec> {
     serde_json::from_str(&std::fs::read_to_string(state.file(ADAPT_FILE)).ok()?).ok()

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{active_in, available, batch_ids, no_process_left, ok, rdask, status, text};
+use rdask_jobqueue::adapt::AdaptSpec;
 use serde_json::Value;
 
 /// The cluster's batch jobs that are pending or running.
@@ -275,6 +276,11 @@ fn local_workers_adapt_to_the_work_too() {
     assert!(text(&o).contains("above the maximum"), "{}", text(&o));
     let said = ok(h, &["adapt", "--max", "3", "--interval", "0.2"]);
     assert!(said.contains("between 0 and 3 local workers of 1 slot(s)"), "{said}");
+    // The same from Rust.
+    let spec = AdaptSpec { interval: 0.2, ..AdaptSpec::new(0, 3) };
+    let missing = rdask_jobqueue::manager::adapt_cluster(Some(h), "nope", Some(&spec)).unwrap_err();
+    assert!(missing.to_string().contains("cluster `nope` is not up"), "{missing}");
+    rdask_jobqueue::manager::adapt_cluster(Some(h), "default", Some(&spec)).unwrap();
     let (stop, sampler) = sample(h);
     ok(h, &["submit", "--array", "1-300", "--stderr", "none", "--", "sleep", "0.05"]);
     let waited = ok(h, &["wait"]);
