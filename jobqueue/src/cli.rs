@@ -174,8 +174,8 @@ pub struct SchedulerArgs {
     /// instead of --nodes (--workers); see `rdask-jobqueue adapt --help`.
     #[arg(long)]
     pub adapt_max: Option<u32>,
-    /// Fewest jobs when adapting.
-    #[arg(long, default_value_t = 0, requires = "adapt_max")]
+    /// Fewest jobs (local backend: workers) when adapting; needs --adapt-max.
+    #[arg(long, default_value_t = 0)]
     pub adapt_min: u32,
     /// Seconds in which the queued work should finish when adapting.
     #[arg(long, default_value_t = 5.0)]

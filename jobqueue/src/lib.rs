@@ -72,6 +72,12 @@ async fn connect(state: &StateDir) -> Result<Client> {
 /// `up`: starts the scheduler in the background and waits for its workers.
 async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     let batch = batch_system_of(&a.scheduler)?;
+    match (a.scheduler.adapt_min, a.scheduler.adapt_max) {
+        (min, None) if min > 0 => bail!("--adapt-min {min} needs --adapt-max (the most jobs to adapt up to)"),
+        (min, Some(max)) if min > max => bail!("--adapt-min {min} is above --adapt-max {max}; lower one of them"),
+        (_, Some(0)) => bail!("--adapt-max must be at least 1"),
+        _ => {}
+    }
     if a.dry_run {
         return dry_run(state, &a.scheduler, batch);
     }
@@ -680,6 +686,10 @@ fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[backend::Bat
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "cluster `{}`: {} worker(s), {} job(s)", state.name, s.workers.len(), s.jobs.len());
+    if let (None, Some(spec)) = (manager::read_status(state), manager::read_spec(state)) {
+        let _ =
+            writeln!(out, "adaptive: {}..{}, first decision within {} s", spec.min_jobs, spec.max_jobs, spec.interval);
+    }
     if let Some(a) = manager::read_status(state) {
         let _ = writeln!(
             out,
