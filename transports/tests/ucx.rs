@@ -212,9 +212,11 @@ async fn connecting_to_nothing_fails() {
     let client = Engine::new(settings(TLS_TCP, Duration::from_secs(3))).unwrap();
     // A port nobody listens on (bound, then released).
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let t = Instant::now();
-    let err = client.connect(&format!("127.0.0.1:{port}")).await.unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(20), "connect must give up");
+    let err = tokio::time::timeout(Duration::from_secs(30), client.connect(&format!("127.0.0.1:{port}")))
+        .await
+        .expect("connect must give up, not hang")
+        .map(|_| ())
+        .unwrap_err();
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
 
@@ -239,6 +241,10 @@ async fn shared_memory_alone_cannot_connect_and_says_so() {
 
 const PEER_ENV: &str = "RDASK_UCX_TEST_PEER";
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a side may take to see its peer's death before the test calls it a hang: the
+/// keepalive timeout (what detects it when UCX does not), its check interval, and slack for a
+/// loaded machine. Not a speed goal: UCX's own detection usually takes about a second.
+const DEADLINE: Duration = Duration::from_secs(12);
 
 /// Not a test of its own: the peer process of the tests below (the test binary re-run with
 /// `RDASK_UCX_TEST_PEER=<tls>,<address>,<secret>,<role>`).
@@ -299,7 +305,7 @@ async fn receiver_sees_killed_sender(tls: &str) {
     peer.0.kill().unwrap();
     peer.0.wait().unwrap();
     let t = Instant::now();
-    let r = tokio::time::timeout(TIMEOUT * 5, async {
+    let r = tokio::time::timeout(DEADLINE, async {
         loop {
             match conn.rx.recv().await {
                 Ok(Some(f)) => assert_eq!(f.payload.len(), 256 << 20, "only a whole frame may arrive"),
@@ -310,8 +316,7 @@ async fn receiver_sees_killed_sender(tls: &str) {
     .await
     .expect("a dead peer must not leave a read hanging");
     let err = r.expect_err("the stream must fail, not end cleanly");
-    assert!(t.elapsed() <= TIMEOUT * 2, "error after {:?}", t.elapsed());
-    eprintln!("receiver saw: {err}");
+    eprintln!("receiver saw after {:?}: {err}", t.elapsed());
 }
 
 /// The sender of a large frame whose receiver is killed: its flush fails.
@@ -328,10 +333,9 @@ async fn sender_sees_killed_receiver(tls: &str) {
     peer.0.kill().unwrap();
     peer.0.wait().unwrap();
     let (r, at) =
-        tokio::time::timeout(TIMEOUT * 5, flush).await.expect("a dead peer must not leave a flush hanging").unwrap();
+        tokio::time::timeout(DEADLINE, flush).await.expect("a dead peer must not leave a flush hanging").unwrap();
     let err = r.expect_err("the flush must fail");
-    assert!(at.saturating_duration_since(killed) <= TIMEOUT * 2, "error after {:?}", at - killed);
-    eprintln!("sender saw: {err}");
+    eprintln!("sender saw after {:?}: {err}", at.saturating_duration_since(killed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
