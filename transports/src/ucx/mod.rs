@@ -615,13 +615,19 @@ impl Engine {
             (ep, notify)
         };
         self.shared.kick.notify_one();
-        let handle = ConnHandle { shared: self.shared.clone(), ep };
+        // Dropped on an error or when this future is cancelled: then it abandons the connection.
+        let handle = ConnHandle { shared: self.shared.clone(), ep, taken: false };
         // Wait for the accepting side's hello: a refused or unreachable peer is an error now,
         // not at the first read.
         loop {
             {
                 let st = self.shared.lock();
-                let conn = &st.conns[&ep];
+                let Some(conn) = st.conns.get(&ep) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        format!("cannot connect to ucx://{host_port}"),
+                    ));
+                };
                 if conn.heard {
                     break;
                 }
@@ -719,7 +725,7 @@ impl Listener for UcxListener {
                     if let Some(ep) = st.listeners.get_mut(&self.id).and_then(|a| a.ready.pop_front()) {
                         let peer = st.conns.get(&ep).map(|c| c.peer.clone()).unwrap_or_default();
                         drop(st);
-                        let handle = ConnHandle { shared: self.shared.clone(), ep };
+                        let handle = ConnHandle { shared: self.shared.clone(), ep, taken: false };
                         let local = self.advertised.host_port.clone();
                         return Ok(handle.into_connection(peer, local));
                     }
@@ -749,21 +755,35 @@ impl Drop for UcxListener {
     }
 }
 
-/// One connection's handle, shared by its two halves.
+/// A connection not yet handed out as a [`Connection`]; dropped before that, it is abandoned.
 struct ConnHandle {
     shared: Arc<Shared>,
     ep: EpId,
+    taken: bool,
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        if !self.taken {
+            let mut st = self.shared.lock();
+            if let Some(c) = st.conns.get_mut(&self.ep) {
+                c.halves = 0;
+            }
+            st.close_if_idle(self.ep);
+        }
+    }
 }
 
 impl ConnHandle {
-    fn into_connection(self, peer: String, local: String) -> Connection {
+    fn into_connection(mut self, peer: String, local: String) -> Connection {
+        self.taken = true;
         let (rx_notify, tx_notify) = {
             let st = self.shared.lock();
             let c = &st.conns[&self.ep];
             (c.rx_notify.clone(), c.tx_notify.clone())
         };
         let sink = UcxSink { shared: self.shared.clone(), ep: self.ep, notify: tx_notify };
-        let stream = UcxStream { shared: self.shared, ep: self.ep, notify: rx_notify };
+        let stream = UcxStream { shared: self.shared.clone(), ep: self.ep, notify: rx_notify };
         Connection { tx: Box::new(sink), rx: Box::new(stream), peer: format!("ucx://{peer}"), local }
     }
 }
