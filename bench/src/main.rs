@@ -2,7 +2,8 @@
 //! and, where there is one, against the machine's own limit or Dask.
 //!
 //! `cargo run --release -p rdask-bench -- [--quick] [--only NAME[,NAME]]`
-//! Names: memory, trivial, command, roundtrip, register, transfer, dask.
+//! Names: memory, trivial, command, roundtrip, register, transfer, dask, ucx (the last needs
+//! `--features ucx`, and `ucx_perftest` from ucx-utils for its reference figure).
 //! Prints a table and writes `bench/results/<UTC>.json` and `bench/results/latest.json`.
 //! Nothing here asserts a timing: a missed target is reported, not failed.
 
@@ -17,9 +18,12 @@ use rdask::protocol::{CommandSpec, JobId, JobSpec, JobTasks, TaskBody, TaskId, T
 use rdask::{Client, ClusterInfo, Graph, Job, LocalCluster, Registry, TaskHandle};
 use serde_json::{json, Value};
 
+#[cfg(feature = "ucx")]
+mod ucx;
+
 type R<T> = Result<T, Box<dyn Error>>;
 
-const BENCHES: &[&str] = &["memory", "trivial", "command", "roundtrip", "register", "transfer", "dask"];
+const BENCHES: &[&str] = &["memory", "trivial", "command", "roundtrip", "register", "transfer", "dask", "ucx"];
 const MIB: usize = 1 << 20;
 
 fn registry() -> Registry {
@@ -52,6 +56,25 @@ fn main() {
         std::env::set_var("RDASK_LOG", "warn"); // workers inherit it: keep their info lines out of the table
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    #[cfg(feature = "ucx")]
+    if args.first().map(String::as_str) == Some("--ucx-transfer") {
+        // The ucx benchmark's rdask-level transfer, in a process of its own (UCX_TLS is per process).
+        let size: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64 * MIB);
+        let v = rt
+            .block_on(transfer_on(rdask_transport::Scheme::Ucx, size, 5))
+            .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+        println!("{v}");
+        std::process::exit(0);
+    }
+    #[cfg(feature = "ucx")]
+    if args.first().map(String::as_str) == Some("--ucx-peer") {
+        // The receiving process of the ucx benchmark.
+        if let Err(e) = rt.block_on(ucx::peer(&args[1..])) {
+            eprintln!("ucx peer: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     if args.first().map(String::as_str) == Some("--submit-graph") {
         // The separate client process of the memory benchmark (see `queued_rss`).
         let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
@@ -91,6 +114,10 @@ fn main() {
             "roundtrip" => rt.block_on(roundtrip(1_000)),
             "register" => rt.block_on(register(20)),
             "transfer" => rt.block_on(transfer(512 * MIB, 5)),
+            #[cfg(feature = "ucx")]
+            "ucx" => rt.block_on(ucx::bench(quick)),
+            #[cfg(not(feature = "ucx"))]
+            "ucx" => Ok(json!({ "skipped": "built without UCX (cargo run --release -p rdask-bench --features ucx)" })),
             _ => rt.block_on(dask(&dask_counts)),
         };
         let v = r.unwrap_or_else(|e| {
@@ -435,11 +462,16 @@ async fn consume(client: &Client, producer: JobId, index: u32, size: usize, a: r
 }
 
 async fn transfer(size: usize, reps: usize) -> R<Value> {
+    transfer_on(rdask_transport::Scheme::Tcp, size, reps).await
+}
+
+/// [`transfer`] on a cluster whose scheduler, workers and data servers use `scheme`.
+async fn transfer_on(scheme: rdask_transport::Scheme, size: usize, reps: usize) -> R<Value> {
     let tcp = loopback(size, 5, false)?;
     let tcp_fresh = loopback(size, 5, true)?;
     let flag = std::env::temp_dir().join(format!("rdask-bench-{}.release", std::process::id()));
     let _ = std::fs::remove_file(&flag);
-    let mut cluster = LocalCluster::start(1, 1).await?;
+    let mut cluster = LocalCluster::start_on(scheme, 1, 1).await?;
     let res: R<Value> = async {
         let client = cluster.client(1).await?;
         // Worker A (alone) produces the big and a small result; keeps both.
@@ -634,6 +666,50 @@ fn summarize(r: &Value) -> Vec<Value> {
         );
         let value = format!("{:.0} MiB/s", f(&x["fetch_mib_per_s"]));
         row("512 MiB worker->worker".into(), value, ">= 70% of TCP", Some(f(&x["ratio"]) >= 0.7), note);
+    }
+    let u = &r["ucx"];
+    for mib in ["64", "512"] {
+        let bw = |path: &str| f(&u[path]["mib_per_s_by_mib"][mib]["mib_per_s"]);
+        let q = &u["ratios"][format!("{mib}_mib")];
+        if q["ucx_sm_vs_perftest"].is_number() {
+            let (p, t) = (f(&q["ucx_sm_vs_perftest"]), f(&q["ucx_sm_vs_rdask_tcp"]));
+            let note = format!(
+                "{:.0}% of ucx_perftest {:.0}; {t:.2}x rdask TCP {:.0}; UCX tcp {:.0} ({:.0}% of perftest)",
+                p * 100.0,
+                f(&u["ucx_perftest_tag_bw_mib_per_s"]["ucx_sm"][mib]),
+                bw("tcp"),
+                bw("ucx_tcp"),
+                f(&q["ucx_tcp_vs_perftest"]) * 100.0
+            );
+            let value = format!("{:.0} MiB/s", bw("ucx_sm"));
+            let met = Some(p >= 0.8 && t >= 1.5);
+            row(format!("{mib} MiB over UCX shm"), value, ">= 80% perftest, 1.5x TCP", met, note);
+        }
+    }
+    for mib in ["64", "512"] {
+        let (sm, tcp) = (&u["rdask_fetch"]["ucx_sm"][mib], &u["rdask_fetch"]["ucx_tcp"][mib]);
+        if sm["fetch_mib_per_s"].is_number() {
+            let mut note = format!("UCX tcp {:.0} MiB/s", f(&tcp["fetch_mib_per_s"]));
+            if mib == "512" && x["fetch_mib_per_s"].is_number() {
+                note += &format!("; rdask over TCP {:.0} MiB/s (transfer)", f(&x["fetch_mib_per_s"]));
+            }
+            let value = format!("{:.0} MiB/s", f(&sm["fetch_mib_per_s"]));
+            row(format!("{mib} MiB rdask fetch, UCX shm"), value, "", None, note);
+        }
+    }
+    if u["ucx_sm"]["round_trip_us_median"].is_number() {
+        let note = format!(
+            "UCX tcp {:.0} us, rdask TCP {:.0} us",
+            f(&u["ucx_tcp"]["round_trip_us_median"]),
+            f(&u["tcp"]["round_trip_us_median"])
+        );
+        row(
+            "small round trip, UCX shm".into(),
+            format!("{:.0} us", f(&u["ucx_sm"]["round_trip_us_median"])),
+            "",
+            None,
+            note,
+        );
     }
     rows
 }

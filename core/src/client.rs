@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
     self, ClusterStatus, CommandSpec, Counts, JobId, JobOutcome, JobSpec, JobTasks, Reply, Request, TaskBody,
-    TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler,
+    TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, WorkerId,
 };
 use crate::worker::FetchPool;
 
@@ -305,6 +305,17 @@ impl Client {
         match self.request(Request::Release(job)).await? {
             Reply::Ok => Ok(()),
             Reply::NoSuchJob(j) => Err(ClientError::NoSuchJob(j)),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Retires workers gracefully, all or none: `Ok(Err(why))` (and nothing changes) unless every
+    /// one is idle and the results only they hold can go to another worker. Retired workers take
+    /// no new task, hand their results over and exit.
+    pub async fn retire(&self, workers: Vec<WorkerId>) -> Result<Result<(), String>, ClientError> {
+        match self.request(Request::Retire(workers)).await? {
+            Reply::Ok => Ok(Ok(())),
+            Reply::Refused(why) => Ok(Err(why)),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }

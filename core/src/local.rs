@@ -89,8 +89,18 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts a scheduler on 127.0.0.1 and `workers` worker processes with `slots` each.
     pub async fn start(workers: usize, slots: u16) -> std::io::Result<LocalCluster> {
+        LocalCluster::start_on(rdask_transport::Scheme::Tcp, workers, slots).await
+    }
+
+    /// Like [`LocalCluster::start`], over the transport `scheme` (the workers' data servers use
+    /// it too). `Scheme::Ucx` needs the `ucx` feature; UCX reads its `UCX_*` variables.
+    pub async fn start_on(
+        scheme: rdask_transport::Scheme,
+        workers: usize,
+        slots: u16,
+    ) -> std::io::Result<LocalCluster> {
         let secret = Secret::generate();
-        let addr = Address { scheme: rdask_transport::Scheme::Tcp, host_port: "127.0.0.1:0".into() };
+        let addr = Address { scheme, host_port: "127.0.0.1:0".into() };
         let server = server::bind(&addr, secret.clone(), Config::default()).await?;
         let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
         let mut cluster = LocalCluster { info, server: Some(server), workers: Vec::new() };

@@ -189,6 +189,9 @@ pub struct WorkerInfo {
     pub batch_job: Option<String>,
     /// Where peers and clients fetch results from this worker.
     pub data_address: String,
+    /// Milliseconds left, at registration, before the worker must be gone (its batch job's
+    /// walltime less a grace period); `None` when it has no end.
+    pub lifetime_ms: Option<u64>,
 }
 
 /// A task handed to a worker.
@@ -247,8 +250,17 @@ pub enum ToScheduler {
     Failed(TaskId, TaskError),
     /// A worker could not fetch an input (second id) of a task (first id): its holder lost it or is gone.
     InputMissing(TaskId, TaskId),
-    /// A worker asks to leave: no new tasks, it exits when its running ones end.
+    /// A worker asks to leave: no new tasks; once its running ones end and the results only
+    /// it holds are handed over, the scheduler sends [`ToWorker::Stop`].
     Retire,
+    /// Results a worker copied from a retiring one at the scheduler's request ([`ToWorker::Replicate`]);
+    /// only those it got are listed.
+    Replicated {
+        /// The retiring worker they came from.
+        from: WorkerId,
+        /// The results copied.
+        ids: Vec<TaskId>,
+    },
     /// A client request, answered with [`ToClient::Reply`] of the same `req`.
     Request {
         /// Chosen by the client to match the reply.
@@ -273,6 +285,9 @@ pub enum Request {
     Release(JobId),
     /// Stop the workers and the scheduler ([`Reply::Ok`]).
     Shutdown,
+    /// Retire these workers, all or none: each must be idle, and the results only they hold
+    /// must have another worker to go to. Answered with [`Reply::Ok`] or [`Reply::Refused`].
+    Retire(Vec<WorkerId>),
 }
 
 /// Where a job's kept results are.
@@ -329,6 +344,23 @@ pub struct WorkerStatus {
     pub holding: u32,
     /// Whether it is retiring.
     pub retiring: bool,
+    /// Milliseconds until it must be gone (its lifetime), if it has an end.
+    pub ends_in_ms: Option<u64>,
+    /// Milliseconds since it last had a task (0 while it has one).
+    pub idle_ms: u64,
+}
+
+/// The work of one kind (a function, or a command job's name) in [`ClusterStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindLoad {
+    /// The function's name, or `command:<job name>`.
+    pub kind: String,
+    /// Tasks waiting for inputs or for a worker.
+    pub queued: u64,
+    /// Tasks assigned to workers.
+    pub running: u64,
+    /// Measured mean duration in microseconds; `None` until one has finished.
+    pub mean_us: Option<u64>,
 }
 
 /// One job in [`ClusterStatus`].
@@ -353,6 +385,8 @@ pub struct ClusterStatus {
     pub clients: u32,
     /// Clients that have connected since the scheduler started.
     pub clients_ever: u64,
+    /// Unfinished work by kind (only kinds with queued or running tasks).
+    pub load: Vec<KindLoad>,
 }
 
 /// Replies to client requests.
@@ -398,6 +432,16 @@ pub enum ToWorker {
     Ack,
     /// Stop now: kill running tasks and exit.
     Stop,
+    /// Copy these results from a retiring worker (at `address`), keep them, and answer with
+    /// [`ToScheduler::Replicated`].
+    Replicate {
+        /// The retiring worker.
+        from: WorkerId,
+        /// Its data address.
+        address: String,
+        /// The results to copy.
+        ids: Vec<TaskId>,
+    },
 }
 
 /// Messages to a client.

@@ -23,6 +23,7 @@ fn registry() -> Registry {
         xs.iter().sum::<u64>()
     });
     r.register("boom", |msg: String| -> u64 { panic!("{msg}") });
+    r.register("pid", |_: u64| std::process::id());
     r
 }
 
@@ -36,6 +37,7 @@ fn main() {
         ("graph_of_10k_tasks_gives_the_right_sum", || Box::pin(graph_of_10k_tasks())),
         ("killed_worker_mid_graph_still_completes", || Box::pin(killed_worker_mid_graph())),
         ("sigterm_lets_a_busy_worker_finish_then_exit", || Box::pin(sigterm_graceful())),
+        ("retired_worker_hands_its_results_over_and_exits", || Box::pin(retired_worker_hands_over())),
         ("panic_reaches_the_client_with_its_text", || Box::pin(panic_reaches_client())),
         ("command_array_of_1000_exit_codes_and_outputs", || Box::pin(command_array_1000())),
         ("missing_executable_is_a_clear_task_error", || Box::pin(missing_executable())),
@@ -230,5 +232,30 @@ async fn sigterm_graceful() {
     assert_eq!(out, vec![800]);
     let status = cluster.wait_worker(busy, Duration::from_secs(10)).expect("the worker exits");
     assert!(status.success(), "a retiring worker exits with 0, got {status:?}");
+    cluster.shutdown().await;
+}
+
+/// A retired worker copies the results only it holds to another worker before it exits: the
+/// client still gets them, computed by the retired worker (so not recomputed).
+async fn retired_worker_hands_over() {
+    let mut cluster = LocalCluster::start(2, 1).await.unwrap();
+    let client = cluster.client(2).await.unwrap();
+    let mut g = Graph::new();
+    let tasks: Vec<_> = (0..6u64).map(|i| g.call("pid", &i)).collect();
+    let job = client.submit(g).await.unwrap();
+    client.wait(job.id).await.unwrap();
+    let s = client.status().await.unwrap();
+    let holder = s.workers.iter().find(|w| w.holding > 0).expect("a worker holds results").clone();
+    assert_eq!(client.retire(vec![holder.id]).await.unwrap(), Ok(()));
+    let status = cluster.wait_worker(holder.info.pid, Duration::from_secs(10)).expect("the retired worker exits");
+    assert!(status.success(), "{status:?}");
+    let s = client.status().await.unwrap();
+    assert_eq!(s.workers.len(), 1);
+    assert_eq!(s.workers[0].holding, 6, "every result is on the remaining worker");
+    let pids: Vec<u32> = client.gather(&job, &tasks).await.unwrap();
+    assert!(pids.contains(&holder.info.pid), "results computed by the retired worker survive it: {pids:?}");
+    // The last worker holds wanted results: it is not retired.
+    let refused = client.retire(vec![s.workers[0].id]).await.unwrap();
+    assert!(refused.is_err_and(|e| e.contains("still wanted")));
     cluster.shutdown().await;
 }

@@ -139,11 +139,32 @@ impl BatchBackend {
     }
 
     /// Polls the states of every job not known to have ended, in one call. A job that ended
-    /// without `had_worker(id)` failed to start: it gets a note with its stderr's tail.
-    pub fn poll_and_explain(&mut self, had_worker: impl Fn(&str) -> bool, log_directory: Option<&str>) -> Result<()> {
+    /// without `had_worker(id)` failed to start: it gets a note with its stderr's tail, and is
+    /// returned.
+    pub fn poll_and_explain(
+        &mut self,
+        had_worker: impl Fn(&str) -> bool,
+        log_directory: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let mut failed = Vec::new();
         for id in self.poll()? {
-            if !had_worker(&id) {
+            // A cancelled job was ended by us, not by a failure.
+            let cancelled = self.jobs.iter().any(|j| j.id == id && j.state == JobState::Cancelled);
+            if !had_worker(&id) && !cancelled {
                 self.ended_without_worker(&id, log_directory);
+                failed.push(id);
+            }
+        }
+        self.save();
+        Ok(failed)
+    }
+
+    /// Cancels jobs of the cluster (they end on their own time; `poll` sees them go).
+    pub fn cancel(&mut self, ids: &[String]) -> Result<()> {
+        self.batch.cancel(ids)?;
+        for j in &mut self.jobs {
+            if ids.contains(&j.id) && j.state.is_active() {
+                j.state = JobState::Cancelled;
             }
         }
         self.save();
@@ -212,14 +233,7 @@ impl BatchBackend {
             return Ok(());
         }
         tracing::info!(jobs = ?victims, "scaling down");
-        self.batch.cancel(&victims)?;
-        for j in &mut self.jobs {
-            if victims.contains(&j.id) {
-                j.state = JobState::Cancelled;
-            }
-        }
-        self.save();
-        Ok(())
+        self.cancel(&victims)
     }
 
     /// The jobs and their last known states.

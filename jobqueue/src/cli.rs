@@ -57,8 +57,30 @@ pub enum Cmd {
     /// Run a worker in the foreground (for command tasks; function tasks need your own program).
     Worker(WorkerArgs),
     /// Change the number of workers (local backend) or nodes (batch backends); surplus workers
-    /// are retired only once idle.
+    /// are retired only once idle. Turns adaptive scaling off.
     Scale(ScaleArgs),
+    /// Let the number of batch jobs (or local workers) follow the work: grow with queued tasks,
+    /// shrink when idle.
+    ///
+    /// Bounds are in jobs (--min/--max; one job is --nodes-per-job nodes of --processes
+    /// workers each) or in workers (--min-workers/--max-workers, rounded to whole jobs); on
+    /// the local backend a job is one worker.
+    /// Every --interval the cluster estimates the unfinished work from the measured duration
+    /// of each kind of task, and wants enough jobs to finish it within --target-duration.
+    /// Jobs pending in the queue count as capacity on the way; scale-up is immediate,
+    /// scale-down waits --scale-down-after intervals and removes only jobs whose workers are all
+    /// idle: they hand their results to other workers and exit. Workers know their job's
+    /// walltime: they take no task they cannot finish and leave before it ends, and while work
+    /// remains a replacement job is submitted --replace-ahead seconds before. Failed
+    /// submissions back off (2 s, 4 s, 8 s...) and pause adapting after --max-failures in a row;
+    /// `status` says why. Run `adapt` again to change the settings or resume; `scale N` or
+    /// `adapt --off` stops adapting.
+    ///
+    ///   rdask-jobqueue up --backend slurm --cores 4 --memory 8GB --walltime 01:00:00 --adapt-max 10
+    ///   rdask-jobqueue adapt --min 0 --max 20
+    ///   rdask-jobqueue adapt --max-workers 64 --target-duration 30
+    #[command(verbatim_doc_comment)]
+    Adapt(AdaptArgs),
     /// Inside a Slurm allocation, `srun rdask-jobqueue run -- CMD`: task 0 becomes the scheduler,
     /// task 1 runs CMD as the client, the other tasks are workers; all end when CMD ends.
     Run(crate::srun::RunArgs),
@@ -75,6 +97,27 @@ pub enum Cmd {
     /// and the built-in defaults. `--config FILE` (or RDASK_CONFIG) replaces both files.
     #[command(verbatim_doc_comment)]
     Config(ConfigCmd),
+}
+
+/// Transports the scheduler can listen on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP sockets.
+    #[default]
+    Tcp,
+    /// UCX (rdask built with the `ucx` feature).
+    Ucx,
+}
+
+impl Protocol {
+    /// The address scheme.
+    pub fn scheme(self) -> rdask_transport::Scheme {
+        match self {
+            Protocol::Tcp => rdask_transport::Scheme::Tcp,
+            Protocol::Ucx => rdask_transport::Scheme::Ucx,
+        }
+    }
 }
 
 /// Output formats.
@@ -152,6 +195,16 @@ pub struct SchedulerArgs {
     /// Seconds between polls of the batch system.
     #[arg(long, default_value_t = 2.0)]
     pub poll_interval: f64,
+    /// Adapt between --adapt-min and this many jobs (local backend: workers) from the start,
+    /// instead of --nodes (--workers); see `rdask-jobqueue adapt --help`.
+    #[arg(long)]
+    pub adapt_max: Option<u32>,
+    /// Fewest jobs (local backend: workers) when adapting; needs --adapt-max.
+    #[arg(long, default_value_t = 0)]
+    pub adapt_min: u32,
+    /// Seconds in which the queued work should finish when adapting.
+    #[arg(long, default_value_t = 5.0)]
+    pub target_duration: f64,
     #[command(flatten)]
     pub job: crate::batch::JobParams,
     /// Task slots (CPUs) per worker.
@@ -166,6 +219,12 @@ pub struct SchedulerArgs {
     /// Port to listen on (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Transport between scheduler, workers and clients: tcp, or ucx (InfiniBand, NVLink,
+    /// shared memory; needs rdask built with `--features ucx`; UCX_* variables such as
+    /// UCX_TLS and UCX_NET_DEVICES pass through to UCX).
+    #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Program the local workers run: your program, for function tasks [default: rdask-jobqueue].
     #[arg(long)]
     pub worker_program: Option<PathBuf>,
@@ -232,6 +291,14 @@ pub struct WorkerArgs {
     /// Network interface for the worker's data server (peers fetch results there).
     #[arg(long)]
     pub interface: Option<String>,
+    /// Seconds the worker may live (its job's walltime less a grace period): it takes no task
+    /// expected to end later, and retires, handing its results over, when the time is up.
+    #[arg(long)]
+    pub lifetime: Option<u64>,
+    /// Up to this many seconds are taken off --lifetime at random, so that workers started
+    /// together do not all leave at once.
+    #[arg(long, default_value_t = 0, requires = "lifetime")]
+    pub lifetime_stagger: u64,
 }
 
 /// Options of `submit`.
@@ -282,6 +349,44 @@ pub struct ScaleArgs {
     /// Seconds to wait with --wait.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+}
+
+/// Options of `adapt`.
+#[derive(Debug, Args)]
+pub struct AdaptArgs {
+    /// Fewest batch jobs.
+    #[arg(long, conflicts_with_all = ["min_workers", "off"])]
+    pub min: Option<u32>,
+    /// Most batch jobs doing work (jobs near their walltime, being replaced, are not counted).
+    #[arg(long, conflicts_with_all = ["max_workers", "off"])]
+    pub max: Option<u32>,
+    /// Fewest workers (rounded up to whole jobs).
+    #[arg(long, conflicts_with = "off")]
+    pub min_workers: Option<u32>,
+    /// Most workers (rounded down to whole jobs, at least one).
+    #[arg(long, conflicts_with = "off")]
+    pub max_workers: Option<u32>,
+    /// Seconds in which the queued work should finish: more work per slot than this adds jobs.
+    #[arg(long, default_value_t = 5.0)]
+    pub target_duration: f64,
+    /// Seconds between decisions.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+    /// Most jobs waiting in the batch queue at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_pending: u32,
+    /// Intervals of surplus in a row before a job is removed.
+    #[arg(long, default_value_t = 3)]
+    pub scale_down_after: u32,
+    /// Failed submissions in a row before adapting pauses.
+    #[arg(long, default_value_t = 5)]
+    pub max_failures: u32,
+    /// Seconds before a job's walltime ends that its replacement is submitted (while work remains).
+    #[arg(long, default_value_t = 60.0)]
+    pub replace_ahead: f64,
+    /// Stop adapting; the cluster keeps the jobs it has.
+    #[arg(long)]
+    pub off: bool,
 }
 
 /// Options of `wait`.

@@ -6,12 +6,14 @@
 //! Exit codes: 0 success; 1 the command failed (tasks failed, the cluster is
 //! unreachable, …); 2 the command line is wrong.
 
+pub mod adapt;
 pub mod backend;
 pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod jobs;
 pub mod local;
+pub mod manager;
 pub mod mpi;
 pub mod net;
 pub mod srun;
@@ -52,6 +54,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::JobScript(a) => job_script(&state, &a),
         Cmd::Worker(a) => rt.block_on(worker(&state, a)),
         Cmd::Scale(a) => rt.block_on(scale(&state, a)),
+        Cmd::Adapt(a) => rt.block_on(adapt_cmd(&state, a)),
         Cmd::Run(a) => {
             let home = state.path.parent().map(Path::to_path_buf).unwrap_or_default();
             rt.block_on(srun::run(&home, &cli.name, a))
@@ -75,6 +78,12 @@ async fn connect(state: &StateDir) -> Result<Client> {
 /// `up`: starts the scheduler in the background and waits for its workers.
 async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     let batch = batch_system_of(&a.scheduler)?;
+    match (a.scheduler.adapt_min, a.scheduler.adapt_max) {
+        (min, None) if min > 0 => bail!("--adapt-min {min} needs --adapt-max (the most jobs to adapt up to)"),
+        (min, Some(max)) if min > max => bail!("--adapt-min {min} is above --adapt-max {max}; lower one of them"),
+        (_, Some(0)) => bail!("--adapt-max must be at least 1"),
+        _ => {}
+    }
     if a.dry_run {
         return dry_run(state, &a.scheduler, batch);
     }
@@ -155,9 +164,17 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     }
     let client = connect(state).await?;
     let want = match batch {
-        None => a.scheduler.workers,
+        None => a.scheduler.adapt_max.map_or(a.scheduler.workers, |_| a.scheduler.adapt_min as usize),
         Some(_) if !a.wait => 0,
-        Some(_) => pools_of(&a.scheduler, state)?.iter().map(PoolPlan::workers).sum(),
+        Some(_) => pools_of(&a.scheduler, state)?
+            .iter()
+            .map(|p| match a.scheduler.adapt_max {
+                Some(_) if p.name == backend::DEFAULT_POOL => {
+                    a.scheduler.adapt_min as usize * p.shape().workers as usize
+                }
+                _ => p.workers(),
+            })
+            .sum(),
     };
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut s = client.status().await?;
@@ -293,15 +310,18 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
         Some(iface) => net::interface_ipv4(iface)?.to_string(),
         None => a.host.clone(),
     };
-    let addr: rdask::Address = format!("tcp://{}:{}", net::bracket(&bind_host), a.port).parse()?;
-    let listener = rdask_transport::listen(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (is the port in use? choose another with --port)"))?;
+    let addr =
+        rdask::Address { scheme: a.protocol.scheme(), host_port: format!("{}:{}", net::bracket(&bind_host), a.port) };
+    let listener = rdask_transport::listen(&addr).await.with_context(|| match a.protocol {
+        cli::Protocol::Tcp => format!("cannot listen on {addr} (is the port in use? choose another with --port)"),
+        cli::Protocol::Ucx => format!("cannot listen on {addr}"),
+    })?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
-    let addresses = net::candidate_addresses(&bind_host, &port);
+    let addresses = net::candidate_addresses_on(addr.scheme, &bind_host, &port);
     let config = rdask::scheduler::Config {
         heartbeat_interval: Duration::from_millis(a.heartbeat_ms),
         heartbeat_timeout: Duration::from_millis(a.heartbeat_ms * 10),
+        ..Default::default()
     };
     let server = rdask::server::spawn(listener, secret.clone(), config);
     let server_address = server.address.clone();
@@ -317,7 +337,8 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
                 }
             };
             let mut b = LocalBackend::new(program, args, a.slots, a.death_timeout);
-            b.start(state, &addresses, a.workers)?;
+            // An adaptive cluster starts with its minimum; the policy does the rest.
+            b.start(state, &addresses, a.adapt_max.map_or(a.workers, |_| a.adapt_min as usize))?;
             local = Some(std::sync::Arc::new(std::sync::Mutex::new(b)));
         }
         Some(system) => {
@@ -332,10 +353,13 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
                 &worker_argv(&a, state, &addresses)?,
                 a.template.as_deref(),
             )?;
-            let submitted: Result<()> = pools.iter().try_for_each(|p| {
-                b.submit(&p.name, if a.job_array { 1 } else { p.jobs() })?;
-                Ok(())
-            });
+            // An adaptive cluster's main pool starts with what the policy asks for.
+            let adaptive = a.adapt_max.is_some();
+            let submitted: Result<()> =
+                pools.iter().filter(|p| !(adaptive && p.name == backend::DEFAULT_POOL)).try_for_each(|p| {
+                    b.submit(&p.name, if a.job_array { 1 } else { p.jobs() })?;
+                    Ok(())
+                });
             if let Err(e) = submitted {
                 tracing::error!("{e:#}");
                 let _ = b.cancel_all(Duration::from_secs(60));
@@ -352,9 +376,14 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
     let log_directory = job_params(&a, state).log_directory;
     for entry in std::fs::read_dir(&state.path)?.flatten() {
         // Targets of an earlier run of this cluster do not apply to this one.
-        if entry.file_name().to_string_lossy().starts_with(TARGET_FILE) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(TARGET_FILE) || name == manager::ADAPT_FILE || name == manager::ADAPT_STATUS_FILE {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+    if let Some(max) = a.adapt_max {
+        let spec = adapt::AdaptSpec { target_duration: a.target_duration, ..adapt::AdaptSpec::new(a.adapt_min, max) };
+        manager::set_adaptive(state, Some(&spec))?;
     }
     let manager = {
         let every = Duration::from_secs_f64(a.poll_interval.max(0.1));
@@ -362,17 +391,29 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
         let (batch_backend, local, state, addresses) =
             (batch_backend.clone(), local.clone(), state.clone(), addresses.clone());
         let pools = if batch.is_some() { pools_of(&a, &state)? } else { Vec::new() };
+        // What adaptive scaling adds and removes: a job of the main pool, or one local worker.
+        let shape = pools.first().map_or(adapt::JobShape { workers: 1, slots: u32::from(a.slots) }, PoolPlan::shape);
         tokio::spawn(async move {
             // Jobs that have had a worker: one that ends without ever having had one failed to start.
             let mut had_worker: std::collections::HashSet<String> = Default::default();
             let client = Client::connect(&info).await.ok();
+            let mut adaptive: Option<manager::Adaptive> = None;
             loop {
-                tokio::time::sleep(every).await;
+                let pause = adaptive.as_ref().map_or(every, |a| Duration::from_secs_f64(a.spec().interval.max(0.1)));
+                tokio::time::sleep(pause).await;
+                // Read now, so that a change made during the pause applies at once.
+                let spec = manager::read_spec(&state);
+                match (&spec, &adaptive) {
+                    (None, _) => adaptive = None,
+                    (Some(s), Some(ad)) if ad.spec() == s => {}
+                    // New settings (or `adapt` run again, which also resumes a paused one).
+                    (Some(s), _) => adaptive = Some(manager::Adaptive::new(s.clone(), shape, backend::DEFAULT_POOL)),
+                }
                 let status = match &client {
                     Some(c) => c.status().await.ok(),
                     None => None,
                 };
-                let workers = status.map(|s| s.workers).unwrap_or_default();
+                let workers = status.as_ref().map(|s| s.workers.clone()).unwrap_or_default();
                 had_worker.extend(workers.iter().filter_map(|w| w.info.batch_job.clone()));
                 let busy: Vec<(u32, Option<String>)> =
                     workers.iter().filter(|w| w.assigned > 0).map(|w| (w.info.pid, w.info.batch_job.clone())).collect();
@@ -381,28 +422,41 @@ async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
                     let (seen, logs, busy) = (had_worker.clone(), log_directory.clone(), busy.clone());
                     let targets: Vec<(String, usize)> = pools
                         .iter()
+                        .filter(|p| !(adaptive.is_some() && p.name == backend::DEFAULT_POOL))
                         .filter_map(|p| read_target(&state, &p.name).map(|n| (p.name.clone(), p.jobs_for_nodes(n))))
                         .collect();
+                    let b2 = b.clone();
                     let r = tokio::task::spawn_blocking(move || {
                         let had = |id: &str| seen.iter().any(|w| backend::same_job(id, w));
-                        let mut b = b.lock().expect("backend lock");
-                        b.poll_and_explain(had, logs.as_deref())?;
+                        let mut b = b2.lock().expect("backend lock");
+                        let failed = b.poll_and_explain(had, logs.as_deref())?;
                         let idle = |id: &str| {
                             !busy.iter().any(|(_, j)| j.as_deref().is_some_and(|j| backend::same_job(id, j)))
                         };
                         for (pool, jobs) in &targets {
                             b.scale_to(pool, *jobs, idle)?;
                         }
-                        anyhow::Ok(())
+                        anyhow::Ok(failed)
                     })
                     .await;
-                    match r {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!("managing batch jobs failed: {e:#}"),
-                        Err(e) => tracing::warn!("managing batch jobs panicked: {e}"),
+                    let failed = match r {
+                        Ok(Ok(failed)) => failed,
+                        Ok(Err(e)) => {
+                            tracing::warn!("managing batch jobs failed: {e:#}");
+                            Vec::new()
+                        }
+                        Err(e) => {
+                            tracing::warn!("managing batch jobs panicked: {e}");
+                            Vec::new()
+                        }
+                    };
+                    if let (Some(ad), Some(c), Some(s)) = (adaptive.as_mut(), &client, &status) {
+                        ad.step(&state, &b, c, s, &had_worker, &failed).await;
                     }
                 }
-                if let (Some(l), Some(n)) = (&local, target) {
+                if let (Some(l), Some(ad), Some(c), Some(s)) = (&local, adaptive.as_mut(), &client, &status) {
+                    ad.step(&state, l, c, s, &had_worker, &[]).await;
+                } else if let (Some(l), Some(n)) = (&local, target) {
                     let idle = |pid: u32| !busy.iter().any(|(p, _)| *p == pid);
                     if let Err(e) = l.lock().expect("local lock").scale_to(&state, &addresses, n as usize, idle) {
                         tracing::warn!("scaling local workers failed: {e:#}");
@@ -490,8 +544,22 @@ async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
             .or_else(|| std::env::var("RDASK_DEATH_TIMEOUT").ok().and_then(|v| v.parse().ok()))
             .unwrap_or(60),
     );
+    if let Some(life) = a.lifetime {
+        config.ends_at = Some(Instant::now() + Duration::from_secs(life) - stagger(a.lifetime_stagger.min(life)));
+    }
     rdask::worker::run(config, std::sync::Arc::new(rdask::Registry::new())).await?;
     Ok(0)
+}
+
+/// A pseudo-random duration up to `max_secs`, different for each process.
+fn stagger(max_secs: u64) -> Duration {
+    if max_secs == 0 {
+        return Duration::ZERO;
+    }
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mixed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    Duration::from_millis((mixed >> 11) % (max_secs * 1000))
 }
 
 /// `submit`: submits a command (or an array of them).
@@ -611,7 +679,10 @@ async fn status(state: &StateDir, a: StatusArgs) -> Result<i32> {
     let jobs = backend::read_jobs(state);
     match a.output {
         OutputMode::Json => {
-            let v = serde_json::json!({ "workers": s.workers, "jobs": s.jobs, "batch_jobs": jobs });
+            let adaptive = manager::read_status(state);
+            let v = serde_json::json!({
+                "workers": s.workers, "jobs": s.jobs, "batch_jobs": jobs, "load": s.load, "adaptive": adaptive,
+            });
             println!("{}", serde_json::to_string_pretty(&v)?)
         }
         OutputMode::Text => print!("{}", render_status(state, &s, &jobs)),
@@ -623,6 +694,24 @@ fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[backend::Bat
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "cluster `{}`: {} worker(s), {} job(s)", state.name, s.workers.len(), s.jobs.len());
+    if let (None, Some(spec)) = (manager::read_status(state), manager::read_spec(state)) {
+        let _ =
+            writeln!(out, "adaptive: {}..{}, first decision within {} s", spec.min_jobs, spec.max_jobs, spec.interval);
+    }
+    if let Some(a) = manager::read_status(state) {
+        let _ = writeln!(
+            out,
+            "adaptive: {}..{} {}, target {} ({} active, {} pending){}\n  why: {}",
+            a.spec.min_jobs,
+            a.spec.max_jobs,
+            a.unit,
+            a.target,
+            a.jobs,
+            a.pending,
+            if a.paused { ", PAUSED" } else { "" },
+            a.reason
+        );
+    }
     if !s.workers.is_empty() {
         let _ = writeln!(
             out,
@@ -924,6 +1013,13 @@ impl PoolPlan {
         self.jobs_for_nodes(self.nodes)
     }
 
+    /// The workers of one job and the slots of each.
+    fn shape(&self) -> adapt::JobShape {
+        let processes = self.params.processes.unwrap_or(1).max(1);
+        let slots = (self.params.cores.unwrap_or(1) / processes).max(1);
+        adapt::JobShape { workers: self.per_job() * processes, slots }
+    }
+
     /// Workers its jobs hold when they all run.
     fn workers(&self) -> usize {
         self.jobs() * (self.per_job() * self.params.processes.unwrap_or(1)) as usize
@@ -983,13 +1079,77 @@ fn pools_of(a: &SchedulerArgs, state: &StateDir) -> Result<Vec<PoolPlan>> {
     Ok(pools)
 }
 
+/// `adapt`: turns adaptive scaling on (or off) for a running batch cluster.
+async fn adapt_cmd(state: &StateDir, a: cli::AdaptArgs) -> Result<i32> {
+    let _client = connect(state).await?;
+    let up = up_args(state)?;
+    if up.job_array {
+        bail!("a cluster started with --job-array cannot adapt; start it without --job-array");
+    }
+    if a.off {
+        manager::set_adaptive(state, None)?;
+        println!("cluster `{}` no longer adapts; it keeps the jobs it has (change them with `scale`)", state.name);
+        return Ok(0);
+    }
+    let shape = match up.backend.as_str() {
+        "local" => adapt::JobShape { workers: 1, slots: u32::from(up.slots) },
+        _ => pools_of(&up, state)?[0].shape(),
+    };
+    let (min, max) = adapt_bounds(&a, shape)?;
+    let spec = adapt::AdaptSpec {
+        target_duration: a.target_duration,
+        interval: a.interval,
+        max_pending: a.max_pending,
+        scale_down_after: a.scale_down_after,
+        max_failures: a.max_failures,
+        replace_ahead: a.replace_ahead,
+        ..adapt::AdaptSpec::new(min, max)
+    };
+    spec.check().map_err(|e| anyhow!("{e}"))?;
+    let _ = std::fs::remove_file(state.file(TARGET_FILE));
+    manager::set_adaptive(state, Some(&spec))?;
+    let what = match up.backend.as_str() {
+        "local" => format!("local workers of {} slot(s)", shape.slots),
+        _ => format!("job(s) of {} worker(s) × {} slot(s)", shape.workers, shape.slots),
+    };
+    println!(
+        "cluster `{}` adapts between {min} and {max} {what}, aiming to finish queued work within {} s; see `rdask-jobqueue status`",
+        state.name, spec.target_duration
+    );
+    Ok(0)
+}
+
+/// The bounds of `adapt` in jobs: given in jobs, or in workers (rounded to whole jobs).
+fn adapt_bounds(a: &cli::AdaptArgs, shape: adapt::JobShape) -> Result<(u32, u32)> {
+    let min = match (a.min, a.min_workers) {
+        (Some(j), _) => j,
+        (None, Some(w)) => w.div_ceil(shape.workers),
+        (None, None) => 0,
+    };
+    let max = match (a.max, a.max_workers) {
+        (Some(j), _) => j,
+        (None, Some(w)) => (w / shape.workers).max(1),
+        (None, None) => bail!(
+            "give the most jobs with --max N (or the most workers with --max-workers N); each job here holds {} worker(s)",
+            shape.workers
+        ),
+    };
+    if min > max {
+        bail!("the minimum ({min} jobs) is above the maximum ({max} jobs); lower --min or raise --max");
+    }
+    Ok((min, max))
+}
+
+/// The options the cluster was started with (`up.json`).
+fn up_args(state: &StateDir) -> Result<SchedulerArgs> {
+    serde_json::from_str(&std::fs::read_to_string(state.file("up.json")).unwrap_or_default())
+        .map_err(|_| anyhow!("cluster `{}` was not started by `rdask-jobqueue up`; it cannot be scaled", state.name))
+}
+
 /// `scale N`: N workers (local backend) or N nodes' worth of jobs (batch backends).
 async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
     let client = connect(state).await?;
-    let up: SchedulerArgs = serde_json::from_str(&std::fs::read_to_string(state.file("up.json")).unwrap_or_default())
-        .map_err(|_| {
-        anyhow!("cluster `{}` was not started by `rdask-jobqueue up`; it cannot be scaled", state.name)
-    })?;
+    let up = up_args(state)?;
     if up.job_array {
         bail!("a cluster started with --job-array cannot be scaled; start it without --job-array to scale it");
     }
@@ -998,6 +1158,10 @@ async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
     if up.backend != "local" && pool.is_none() {
         let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         bail!("no worker pool named `{}`; this cluster has: {}", a.pool, names.join(", "));
+    }
+    if manager::read_spec(state).is_some() {
+        manager::set_adaptive(state, None)?;
+        println!("adaptive scaling is off now");
     }
     let tmp = state.file(".target.tmp");
     std::fs::write(&tmp, a.n.to_string())?;

@@ -22,16 +22,19 @@ pub struct LocalBackend {
     children: Vec<Child>,
     /// Workers asked to retire.
     retiring: Vec<u32>,
+    /// Where new workers go: the state directory and the scheduler's addresses (set by `start`).
+    target: Option<(StateDir, Vec<String>)>,
 }
 
 impl LocalBackend {
     /// A backend that starts `program args…` with the worker environment.
     pub fn new(program: PathBuf, args: Vec<String>, slots: u16, death_timeout: u64) -> LocalBackend {
-        LocalBackend { program, args, slots, death_timeout, children: Vec::new(), retiring: Vec::new() }
+        LocalBackend { program, args, slots, death_timeout, children: Vec::new(), retiring: Vec::new(), target: None }
     }
 
     /// Starts `n` workers that join the cluster at `addresses`, journalling each pid first thing.
     pub fn start(&mut self, state: &StateDir, addresses: &[String], n: usize) -> Result<()> {
+        self.target = Some((state.clone(), addresses.to_vec()));
         for _ in 0..n {
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -80,6 +83,27 @@ impl LocalBackend {
             self.retiring.push(*pid);
         }
         Ok(())
+    }
+
+    /// The pids of the workers still running, oldest first.
+    pub fn live(&mut self) -> Vec<u32> {
+        self.children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Starts one more worker, like the ones `start` started.
+    pub fn add_one(&mut self) -> Result<()> {
+        let Some((state, addresses)) = self.target.clone() else {
+            anyhow::bail!("no worker was started yet: the scheduler's address is unknown");
+        };
+        self.start(&state, &addresses, 1)
+    }
+
+    /// Sends SIGTERM to those of `pids` that are workers still running.
+    pub fn terminate(&mut self, pids: &[u32]) {
+        for pid in self.live().into_iter().filter(|p| pids.contains(p)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
     }
 
     /// Stops every worker: they were told to stop by the scheduler; whoever is left after

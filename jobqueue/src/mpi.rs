@@ -23,15 +23,18 @@
 
 use std::time::Duration;
 
+pub use crate::cli::Protocol;
+
 /// Options of `rdask-jobqueue mpi`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct MpiArgs {
     /// Task slots of each worker rank [default: the CPUs the rank may run on].
     #[arg(long)]
     pub slots: Option<u16>,
-    /// Transport between scheduler, workers and client (ucx needs an rdask built with UCX).
-    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
-    pub transport: Transport,
+    /// Transport between scheduler, workers and client: tcp, or ucx (needs rdask built with the
+    /// `ucx` feature; UCX_* variables pass through to UCX).
+    #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
+    pub protocol: Protocol,
     /// Network interface the scheduler listens on [default: all of them; the other ranks try
     /// its addresses in order].
     #[arg(long)]
@@ -49,32 +52,13 @@ pub struct MpiArgs {
     pub command: Vec<String>,
 }
 
-/// The transports a cluster can use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Transport {
-    /// TCP.
-    #[default]
-    Tcp,
-    /// UCX (InfiniBand and other fabrics), where rdask is built with it.
-    Ucx,
-}
-
-impl From<Transport> for rdask_transport::Scheme {
-    fn from(t: Transport) -> Self {
-        match t {
-            Transport::Tcp => rdask_transport::Scheme::Tcp,
-            Transport::Ucx => rdask_transport::Scheme::Ucx,
-        }
-    }
-}
-
 /// Options of [`initialize_with`].
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Task slots of each worker rank (`None`: the CPUs the rank may run on).
     pub slots: Option<u16>,
     /// The transport.
-    pub transport: Transport,
+    pub protocol: Protocol,
     /// Network interface the scheduler listens on (`None`: all).
     pub interface: Option<String>,
     /// How long the workers may take to register, and every rank to reach the end.
@@ -83,7 +67,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { slots: None, transport: Transport::Tcp, interface: None, timeout: Duration::from_secs(60) }
+        Options { slots: None, protocol: Protocol::Tcp, interface: None, timeout: Duration::from_secs(60) }
     }
 }
 
@@ -423,7 +407,7 @@ mod imp {
             let watched = std::thread::scope(|s| {
                 let server = s.spawn(move || {
                     block_on(|| async {
-                        let started = srun::start_scheduler(o.transport.into(), o.interface.as_deref()).await?;
+                        let started = srun::start_scheduler(o.protocol.scheme(), o.interface.as_deref()).await?;
                         let r = Rendezvous {
                             addresses: started.addresses.clone(),
                             secret: started.secret().to_hex(),
@@ -540,7 +524,7 @@ mod imp {
         let world = init();
         let o = Options {
             slots: a.slots,
-            transport: a.transport,
+            protocol: a.protocol,
             interface: a.interface.clone(),
             timeout: Duration::from_secs(a.timeout.max(1)),
         };

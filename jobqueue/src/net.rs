@@ -31,15 +31,21 @@ pub fn host_ipv4s() -> Vec<Ipv4Addr> {
 
 /// The addresses workers and clients should try, best first, for a scheduler bound to `host`.
 pub fn candidate_addresses(host: &str, port: &str) -> Vec<String> {
+    candidate_addresses_on(rdask_transport::Scheme::Tcp, host, port)
+}
+
+/// [`candidate_addresses`] for a scheduler listening with transport `scheme`.
+pub fn candidate_addresses_on(scheme: rdask_transport::Scheme, host: &str, port: &str) -> Vec<String> {
     let unspecified = matches!(host.parse::<IpAddr>(), Ok(ip) if ip.is_unspecified());
+    let addr = |h: &str| rdask_transport::Address { scheme, host_port: format!("{h}:{port}") }.to_string();
     if unspecified {
-        let mut v: Vec<String> = host_ipv4s().iter().map(|ip| format!("tcp://{ip}:{port}")).collect();
+        let mut v: Vec<String> = host_ipv4s().iter().map(|ip| addr(&ip.to_string())).collect();
         if v.is_empty() {
-            v.push(format!("tcp://127.0.0.1:{port}"));
+            v.push(addr("127.0.0.1"));
         }
         v
     } else {
-        vec![format!("tcp://{}:{port}", bracket(host))]
+        vec![addr(&bracket(host))]
     }
 }
 
@@ -65,5 +71,6 @@ mod tests {
         assert_eq!(c.last().unwrap(), "tcp://127.0.0.1:99");
         assert_eq!(candidate_addresses("10.1.2.3", "5"), vec!["tcp://10.1.2.3:5"]);
         assert_eq!(candidate_addresses("::1", "5"), vec!["tcp://[::1]:5"]);
+        assert_eq!(candidate_addresses_on(rdask_transport::Scheme::Ucx, "10.1.2.3", "5"), vec!["ucx://10.1.2.3:5"]);
     }
 }

@@ -125,13 +125,7 @@ pub(crate) async fn start_scheduler(scheme: Scheme, interface: Option<&str>) -> 
     let listen = Address { scheme, host_port: format!("{}:0", net::bracket(&host)) };
     let listener = rdask_transport::listen(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
-    let addresses = net::candidate_addresses(&host, &port)
-        .into_iter()
-        .map(|a| match scheme {
-            Scheme::Tcp => a,
-            Scheme::Ucx => a.replacen("tcp://", "ucx://", 1),
-        })
-        .collect();
+    let addresses = net::candidate_addresses_on(scheme, &host, &port);
     let server = rdask::server::spawn(listener, secret.clone(), rdask::scheduler::Config::default());
     let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
     Ok(Started { server, info, addresses })

@@ -5,88 +5,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ok, rdask};
+use common::{
+    active_in, available, batch_ids, no_process_left, ok, rdask, running_jobs, status, wait_active, wait_for,
+};
 use serde_json::Value;
-
-/// Whether `program` exists; under CI its absence fails the test.
-fn available(program: &str, setup: &str) -> bool {
-    if Path::new(program).exists() {
-        return true;
-    }
-    assert!(std::env::var("CI").is_err(), "{program} is missing under CI: {setup} should have installed it");
-    eprintln!("skipped: {program} not found (run `{setup}` as root to get it)");
-    false
-}
-
-fn status(home: &Path) -> Value {
-    serde_json::from_str(&ok(home, &["status", "--output", "json"])).unwrap()
-}
-
-/// Waits until `f(status)` holds.
-fn wait_for(home: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let s = status(home);
-        if f(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; status:\n{s:#}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Waits until no process mentions `home` on its command line (the workers of the cluster).
-fn no_process_left(home: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = Command::new("pgrep").args(["-af", &home.display().to_string()]).output().unwrap();
-        let left = String::from_utf8_lossy(&out.stdout).into_owned();
-        if left.trim().is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "processes of the cluster left running:\n{left}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The cluster's batch jobs that `status` shows running.
-fn running_jobs(s: &Value) -> usize {
-    s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count()
-}
-
-/// Waits until the batch system shows exactly `n` of `ids` active.
-fn wait_active(system: &str, ids: &[String], n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while active_in(system, ids).len() != n {
-        assert!(Instant::now() < deadline, "not {n} active: {:?}", active_in(system, ids));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn batch_ids(s: &Value) -> Vec<String> {
-    s["batch_jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
-}
-
-/// The states the batch system itself shows for `ids` (through our parsers' commands).
-fn active_in(system: &str, ids: &[String]) -> Vec<String> {
-    let out = match system {
-        "slurm" => Command::new("squeue").args(["-h", "-o", "%i %T", "-j", &ids.join(",")]).output().unwrap(),
-        _ => Command::new("/usr/bin/qstat").args(["-u", "*"]).output().unwrap(),
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| {
-            let first = l.split_whitespace().next().unwrap_or("");
-            let base = first.split('_').next().unwrap_or(first);
-            ids.iter().any(|id| id == base)
-        })
-        .map(str::to_string)
-        .collect()
-}
 
 /// `up --nodes 4` → 4 jobs running with a worker each; a 1,000-task array; `down` → no job left.
 fn four_nodes_array_down(system: &str, extra: &[&str]) {

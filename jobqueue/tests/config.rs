@@ -236,3 +236,31 @@ fn up_hands_the_merged_configuration_to_the_background_scheduler() {
     assert_eq!(written["slots"], 3, "{written:#}");
     assert_eq!(written["heartbeat_ms"], 200, "{written:#}");
 }
+
+#[test]
+fn adaptive_scaling_can_be_configured_in_the_project_file() {
+    let s = Sandbox::new();
+    s.write(&s.project_file(), "adapt-max = 2\ntarget-duration = 30.0\n");
+    let shown = s.ok(&["config", "show"], &[]);
+    assert!(shown.contains("adapt-max") && shown.contains("rdask.toml"), "{shown}");
+    let out = s.ok(&["up"], &[]);
+    let first = s.ok(&["status"], &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let status = s.ok(&["status"], &[]);
+        if status.contains("target") || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    s.ok(&["down"], &[]);
+    assert!(out.contains("0 workers"), "an adaptive cluster starts at --adapt-min: {out}");
+    assert!(first.contains("adaptive: 0..2"), "{first}");
+    assert!(status.contains("adaptive: 0..2 local workers, target 0"), "{status}");
+    assert!(status.contains("within 30 s"), "target-duration from the file: {status}");
+    let out = s.ok(&["up"], &[("RDASK_ADAPT_MIN", "1")]);
+    s.ok(&["down"], &[]);
+    assert!(out.contains("1 workers"), "RDASK_ADAPT_MIN=1: {out}");
+    let o = s.run(&["up"], &[("RDASK_ADAPT_MIN", "3")]);
+    assert!(!o.status.success() && text(&o).contains("--adapt-min 3 is above --adapt-max 2"), "{}", text(&o));
+}

@@ -139,7 +139,10 @@ fn template_override_from_a_string_and_a_file() {
     let template = "#!/bin/sh\n#X {{ cores }} {{ memory.slurm }} {{ memory.bytes }} {{ walltime }} {{ system }}\n\
                     {{ worker_command | shell_quote }}\n";
     let expected =
-        format!("#!/bin/sh\n#X 4 2G 1500000000 00:30:00 pbs\n{} --slots 4 --death-timeout 60\n", worker().join(" "))
+        format!(
+        "#!/bin/sh\n#X 4 2G 1500000000 00:30:00 pbs\n{} --slots 4 --death-timeout 60 --lifetime 1620 --lifetime-stagger 90\n",
+        worker().join(" ")
+    )
             .replace("tcp://10.0.0.1:8786,tcp://[fd00::1]:8786", "'tcp://10.0.0.1:8786,tcp://[fd00::1]:8786'");
     assert_eq!(render(System::Pbs, &params, &worker(), Some(template)).unwrap(), expected);
     let dir = tempfile::tempdir().unwrap();
@@ -223,7 +226,7 @@ fn worker_path_with_space_and_quote_runs() {
             std::process::Command::new("bash").arg("-c").arg(&script).current_dir(dir.path()).status().unwrap();
         assert!(status.success());
         let expected = "it's $HOME \"x\"|worker|--scheduler|tcp://h:1;x|$(touch pwned) `id` \"quoted\" *|--slots|2|\
-                        --death-timeout|60|--extra|a b|";
+                        --death-timeout|60|--extra|a b|--lifetime|1620|--lifetime-stagger|90|";
         let runs: Vec<String> =
             std::fs::read_dir(&out).unwrap().map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap()).collect();
         assert_eq!(runs, [expected, expected], "{system}");

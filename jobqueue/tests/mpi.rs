@@ -104,6 +104,18 @@ fn the_job_ends_with_the_clients_exit_code_and_every_rank_ends() {
     no_process_left(h);
 }
 
+#[cfg(feature = "ucx")]
+#[test]
+fn the_cluster_can_speak_ucx() {
+    let home = tempfile::tempdir().unwrap();
+    let client = "echo \"at $RDASK_SCHEDULER\" && \"$0\" submit --array 1-20 --stdout none --wait -- true";
+    let o = rdask_mpi(4, home.path(), &["--protocol", "ucx", "--", "sh", "-c", client, BIN]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("at ucx://") && out.contains("20 of 20 tasks finished"), "{out}");
+    no_process_left(home.path());
+}
+
 #[test]
 fn two_ranks_are_refused_with_the_fix() {
     let home = tempfile::tempdir().unwrap();

@@ -15,6 +15,8 @@
 
 pub mod auth;
 pub mod tcp;
+#[cfg(feature = "ucx")]
+pub mod ucx;
 
 use std::fmt;
 use std::future::Future;
@@ -210,6 +212,9 @@ pub async fn pump(mut tx: Box<dyn FrameSink>, mut rx: tokio::sync::mpsc::Unbound
 pub async fn connect(addr: &Address) -> io::Result<Connection> {
     match addr.scheme {
         Scheme::Tcp => tcp::connect(&addr.host_port).await,
+        #[cfg(feature = "ucx")]
+        Scheme::Ucx => ucx::connect(&addr.host_port).await,
+        #[cfg(not(feature = "ucx"))]
         Scheme::Ucx => Err(ucx_unavailable()),
     }
 }
@@ -218,10 +223,14 @@ pub async fn connect(addr: &Address) -> io::Result<Connection> {
 pub async fn listen(addr: &Address) -> io::Result<Box<dyn Listener>> {
     match addr.scheme {
         Scheme::Tcp => Ok(Box::new(tcp::TcpFrameListener::bind(&addr.host_port).await?)),
+        #[cfg(feature = "ucx")]
+        Scheme::Ucx => Ok(Box::new(ucx::listen(&addr.host_port).await?)),
+        #[cfg(not(feature = "ucx"))]
         Scheme::Ucx => Err(ucx_unavailable()),
     }
 }
 
+#[cfg(not(feature = "ucx"))]
 fn ucx_unavailable() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,

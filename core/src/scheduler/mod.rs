@@ -15,15 +15,19 @@
 //! - a task is `Assigned` to exactly one live worker, whose `used` counts its CPUs;
 //! - a `Finished` task's result is on `worker` unless that is `None` (released or lost);
 //! - `unfinished` of a `Waiting` task counts its inputs that are not available;
-//! - a result that a task still needs is never released, and a lost one is recomputed.
+//! - a result that a task still needs is never released, and a lost one is recomputed;
+//! - a retiring worker gets no new task; it is told to stop only once idle and after the
+//!   results that only it holds and that are still wanted have been offered to another worker;
+//! - a worker with a lifetime gets only tasks expected (from the measured durations of their
+//!   kind) to end before it must leave, and retires when its lifetime is up.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
     Assignment, ClusterStatus, Counts, ErrorKind, Finished, Holding, JobId, JobOutcome, JobSpec, JobStatus, JobTasks,
-    Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, ToScheduler, ToWorker, Work, WorkerId, WorkerInfo,
-    WorkerStatus,
+    KindLoad, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, ToScheduler, ToWorker, Work, WorkerId,
+    WorkerInfo, WorkerStatus,
 };
 
 #[cfg(test)]
@@ -39,11 +43,17 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A worker silent for this long is considered dead.
     pub heartbeat_timeout: Duration,
+    /// The expected duration of a task of a kind that has never finished.
+    pub default_duration: Duration,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { heartbeat_interval: Duration::from_secs(1), heartbeat_timeout: Duration::from_secs(10) }
+        Config {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
+            default_duration: Duration::from_millis(500),
+        }
     }
 }
 
@@ -116,6 +126,9 @@ struct Job {
     referenced_by: Vec<JobId>,
     /// Jobs this one depends on.
     references: Vec<JobId>,
+    /// The kind (index into `Scheduler::kinds`) of each function the job names, and of its command.
+    func_kinds: Vec<u32>,
+    command_kind: u32,
 }
 
 impl Job {
@@ -149,6 +162,16 @@ struct Worker {
     retiring: bool,
     /// Jobs whose command this worker has been sent.
     commands: Vec<JobId>,
+    /// When it must be gone (from its lifetime).
+    ends_at: Option<Instant>,
+    /// Since when it has had no task (`None` while it has one).
+    idle_since: Option<Instant>,
+    /// While retiring: the worker taking over its results, until it says it has them.
+    handover: Option<WorkerId>,
+    /// While retiring: its results have been offered to another worker (once is enough).
+    handed_over: bool,
+    /// It has been told to stop.
+    stop_sent: bool,
 }
 
 impl Worker {
@@ -186,7 +209,24 @@ pub struct Scheduler {
     releases: HashMap<WorkerId, Vec<TaskId>>,
     shutting_down: bool,
     clients_ever: u64,
+    /// The time of the event being handled.
+    now: Option<Instant>,
+    /// Measured durations per kind of task (a function, or a command job's name).
+    kinds: Vec<KindStats>,
+    kind_index: HashMap<String, u32>,
+    /// Retiring workers not yet told to stop.
+    retiring: usize,
 }
+
+#[derive(Debug)]
+struct KindStats {
+    name: String,
+    /// Mean duration in microseconds, exponentially weighted; `None` until one finished.
+    mean_us: Option<f64>,
+}
+
+/// No kind (a job without a command).
+const NO_KIND: u32 = u32::MAX;
 
 /// Per-worker queue depth (in CPUs per slot) for short tasks and for the rest.
 const DEPTH_SHORT: u32 = 512;
@@ -210,6 +250,10 @@ impl Scheduler {
             releases: HashMap::new(),
             shutting_down: false,
             clients_ever: 0,
+            now: None,
+            kinds: Vec::new(),
+            kind_index: HashMap::new(),
+            retiring: 0,
         }
     }
 
@@ -221,7 +265,9 @@ impl Scheduler {
 
     /// When the driver must deliver the next [`Event::Tick`] at the latest.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.workers.values().map(|w| w.last_seen + self.config.heartbeat_timeout).min()
+        let heartbeats = self.workers.values().map(|w| w.last_seen + self.config.heartbeat_timeout);
+        let lifetimes = self.workers.values().filter(|w| !w.retiring).filter_map(|w| w.ends_at);
+        heartbeats.chain(lifetimes).min()
     }
 
     /// Number of connected workers.
@@ -236,6 +282,7 @@ impl Scheduler {
 
     /// Processes one event.
     pub fn handle(&mut self, now: Instant, event: Event) {
+        self.now = Some(now);
         match event {
             Event::Connected(c) => {
                 self.conns.insert(c, Peer::Unknown);
@@ -245,6 +292,9 @@ impl Scheduler {
             Event::Tick => self.on_tick(now),
         }
         self.schedule();
+        if self.retiring > 0 {
+            self.progress_retirements();
+        }
         let mut releases: Vec<_> = self.releases.drain().collect();
         releases.sort_by_key(|(w, _)| *w);
         for (w, ids) in releases {
@@ -277,11 +327,8 @@ impl Scheduler {
             (Some(Peer::Worker(w)), ToScheduler::Finished(list)) => self.on_finished(w, list),
             (Some(Peer::Worker(w)), ToScheduler::Failed(id, err)) => self.on_failed(w, id, err),
             (Some(Peer::Worker(w)), ToScheduler::InputMissing(task, input)) => self.on_input_missing(w, task, input),
-            (Some(Peer::Worker(w)), ToScheduler::Retire) => {
-                if let Some(worker) = self.workers.get_mut(&w) {
-                    worker.retiring = true;
-                }
-            }
+            (Some(Peer::Worker(w)), ToScheduler::Retire) => self.retire(w, "it asked to"),
+            (Some(Peer::Worker(w)), ToScheduler::Replicated { from, ids }) => self.on_replicated(w, from, &ids),
             (Some(Peer::Client), ToScheduler::Request { req, body }) => self.on_request(conn, req, body),
             (Some(p), other) => {
                 let what = discriminant_name(&other);
@@ -302,6 +349,7 @@ impl Scheduler {
             self.commands.push(Command::ToWorker(w.conn, ToWorker::Peers(vec![(id, info.data_address.clone())])));
         }
         self.conns.insert(conn, Peer::Worker(id));
+        let ends_at = info.lifetime_ms.map(|ms| now + Duration::from_millis(ms));
         let heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64;
         self.commands.push(Command::ToWorker(conn, ToWorker::Welcome { id, heartbeat_ms }));
         if !peers.is_empty() {
@@ -318,6 +366,11 @@ impl Scheduler {
                 last_seen: now,
                 retiring: false,
                 commands: Vec::new(),
+                ends_at,
+                idle_since: Some(now),
+                handover: None,
+                handed_over: false,
+                stop_sent: false,
             },
         );
     }
@@ -342,11 +395,20 @@ impl Scheduler {
                 task.worker = None;
             }
             self.mean_duration_us = 0.99 * self.mean_duration_us + 0.01 * f64::from(f.duration_us);
+            let kind = self.kind_of(f.id);
+            if let Some(k) = self.kinds.get_mut(kind as usize) {
+                let d = f64::from(f.duration_us);
+                k.mean_us = Some(k.mean_us.map_or(d, |m| 0.9 * m + 0.1 * d));
+            }
             self.set_state(f.id, State::Finished);
+            let now = self.now;
             if let Some(worker) = self.workers.get_mut(&w) {
                 worker.used -= worker.charge(cpus);
                 worker.assigned -= 1;
                 worker.holding += u32::from(holds);
+                if worker.assigned == 0 {
+                    worker.idle_since = now;
+                }
             }
             self.after_finish(f.id);
             if self.jobs[&f.id.job].done() {
@@ -427,9 +489,13 @@ impl Scheduler {
             if task.state == State::Assigned {
                 // The task's worker is told nothing: it reported the failure, or it is gone.
                 let (holder, cpus) = (task.worker, u32::from(task.cpus));
+                let now = self.now;
                 if let Some(w) = holder.and_then(|w| self.workers.get_mut(&w)) {
                     w.used -= w.charge(cpus);
                     w.assigned -= 1;
+                    if w.assigned == 0 {
+                        w.idle_since = now;
+                    }
                 }
             }
             let task = self.task_mut(t).expect("exists");
@@ -465,9 +531,13 @@ impl Scheduler {
         }
         tracing::info!(task = %id, input = %input, worker = %w, "input missing; recomputing it");
         let cpus = u32::from(task.cpus);
+        let now = self.now;
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.used -= worker.charge(cpus);
             worker.assigned -= 1;
+            if worker.assigned == 0 {
+                worker.idle_since = now;
+            }
         }
         self.task_mut(id).expect("exists").worker = None;
         self.set_state(id, State::Waiting);
@@ -507,11 +577,30 @@ impl Scheduler {
             self.commands.push(Command::Close(conn));
             self.worker_lost(w, &format!("no heartbeat for {} s", timeout.as_secs_f64()));
         }
+        let mut expired: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.retiring && w.ends_at.is_some_and(|e| e <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        expired.sort();
+        for w in expired {
+            self.retire(w, "its lifetime (its batch job's walltime) is up");
+        }
     }
 
     /// A worker is gone: re-run what it was running, recompute what only it held.
     fn worker_lost(&mut self, w: WorkerId, reason: &str) {
         let Some(worker) = self.workers.remove(&w) else { return };
+        if worker.retiring && !worker.stop_sent {
+            self.retiring -= 1;
+        }
+        // Retiring workers handing their results to this one must find another.
+        for other in self.workers.values_mut() {
+            if other.handover == Some(w) {
+                other.handover = None;
+            }
+        }
         let who = format!("{w} (pid {} on {}) {reason}", worker.info.pid, worker.info.host);
         if self.shutting_down {
             tracing::info!("worker {who}");
@@ -569,9 +658,7 @@ impl Scheduler {
                     w.holding -= 1;
                 }
             }
-            let t = self.task(id).expect("exists");
-            let wanted = t.keep && !self.jobs[&id.job].release_when_done || self.needed_by_dependents(t);
-            if wanted {
+            if self.wanted(id) {
                 needed.push(id);
             }
         }
@@ -618,6 +705,131 @@ impl Scheduler {
         }
     }
 
+    /// Whether a finished task's result is still wanted: kept for a client, or an input of a task to run.
+    fn wanted(&self, id: TaskId) -> bool {
+        let Some(t) = self.task(id) else { return false };
+        t.keep && !self.jobs[&id.job].release_when_done || self.needed_by_dependents(t)
+    }
+
+    /// Starts retiring worker `w`: it gets no new task and is stopped once idle and its results
+    /// are handed over (see `progress_retirements`).
+    fn retire(&mut self, w: WorkerId, why: &str) {
+        let Some(worker) = self.workers.get_mut(&w) else { return };
+        if worker.retiring {
+            return;
+        }
+        tracing::info!(worker = %w, "retiring: {why}");
+        worker.retiring = true;
+        self.retiring += 1;
+    }
+
+    /// Moves idle retiring workers on: hands their wanted results to another worker, then stops them.
+    fn progress_retirements(&mut self) {
+        let mut idle: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retiring && !w.stop_sent && w.assigned == 0 && w.handover.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        idle.sort();
+        for w in idle {
+            let ids = if self.workers[&w].handed_over { Vec::new() } else { self.wanted_on(w) };
+            let target = self
+                .workers
+                .iter()
+                .filter(|(id, o)| **id != w && !o.retiring)
+                .min_by_key(|(id, o)| (o.holding, **id))
+                .map(|(id, o)| (*id, o.conn));
+            match (ids.is_empty(), target) {
+                (false, Some((t, conn))) => {
+                    tracing::info!(worker = %w, to = %t, results = ids.len(), "handing results over before retiring");
+                    let address = self.workers[&w].info.data_address.clone();
+                    self.commands.push(Command::ToWorker(conn, ToWorker::Replicate { from: w, address, ids }));
+                    let worker = self.workers.get_mut(&w).expect("listed above");
+                    worker.handover = Some(t);
+                }
+                (empty, _) => {
+                    if !empty {
+                        tracing::warn!(
+                            worker = %w,
+                            results = ids.len(),
+                            "no other worker to take the results of a retiring worker: they will be recomputed if needed"
+                        );
+                    }
+                    let worker = self.workers.get_mut(&w).expect("listed above");
+                    worker.stop_sent = true;
+                    self.retiring -= 1;
+                    self.commands.push(Command::ToWorker(worker.conn, ToWorker::Stop));
+                }
+            }
+        }
+    }
+
+    /// The finished results held by `w` that are still wanted.
+    fn wanted_on(&self, w: WorkerId) -> Vec<TaskId> {
+        let mut ids = Vec::new();
+        for (jid, job) in &self.jobs {
+            for (i, t) in job.tasks.iter().enumerate() {
+                let id = TaskId { job: *jid, index: i as u32 };
+                if t.state == State::Finished && t.worker == Some(w) && self.wanted(id) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort();
+        ids
+    }
+
+    /// Worker `to` copied results of retiring worker `from`: they are held by `to` from now on.
+    fn on_replicated(&mut self, to: WorkerId, from: WorkerId, ids: &[TaskId]) {
+        if self.workers.get(&from).is_none_or(|w| w.handover != Some(to)) {
+            // A late answer (the retiring worker is gone): `to` holds copies nobody tracks.
+            if let Some(worker) = self.workers.get(&to) {
+                self.commands.push(Command::ToWorker(worker.conn, ToWorker::Release(ids.to_vec())));
+            }
+            return;
+        }
+        let mut moved = 0u32;
+        for &id in ids {
+            let Some(t) = self.task_mut(id) else { continue };
+            if t.state == State::Finished && t.worker == Some(from) {
+                t.worker = Some(to);
+                moved += 1;
+            }
+        }
+        let f = self.workers.get_mut(&from).expect("checked above");
+        f.holding -= moved;
+        f.handover = None;
+        f.handed_over = true;
+        self.workers.get_mut(&to).expect("a worker's message").holding += moved;
+        tracing::info!(worker = %from, to = %to, results = moved, "results handed over");
+    }
+
+    /// The kind of a task: its function's, or its job's command's.
+    fn kind_of(&self, id: TaskId) -> u32 {
+        let Some(job) = self.jobs.get(&id.job) else { return NO_KIND };
+        match &job.tasks[id.index as usize].body {
+            TaskBody::Function { func, .. } => job.func_kinds.get(*func as usize).copied().unwrap_or(NO_KIND),
+            TaskBody::Command => job.command_kind,
+        }
+    }
+
+    fn kind_named(&mut self, name: String) -> u32 {
+        if let Some(k) = self.kind_index.get(&name) {
+            return *k;
+        }
+        let k = self.kinds.len() as u32;
+        self.kind_index.insert(name.clone(), k);
+        self.kinds.push(KindStats { name, mean_us: None });
+        k
+    }
+
+    /// The expected duration of task `id`, in microseconds: its kind's mean, or the default.
+    fn expected_us(&self, id: TaskId) -> f64 {
+        let default = self.config.default_duration.as_micros() as f64;
+        self.kinds.get(self.kind_of(id) as usize).and_then(|k| k.mean_us).unwrap_or(default)
+    }
+
     /// Whether a dependent still has to run (finished and failed ones need nothing more).
     fn needed_by_dependents(&self, t: &Task) -> bool {
         t.dependents
@@ -658,6 +870,15 @@ impl Scheduler {
                     Reply::Ok
                 }
             }
+            Request::Retire(ws) => match self.check_retire(&ws) {
+                Ok(()) => {
+                    for w in ws {
+                        self.retire(w, "the cluster is scaling down");
+                    }
+                    Reply::Ok
+                }
+                Err(e) => Reply::Refused(e),
+            },
             Request::Shutdown => {
                 self.shutting_down = true;
                 for w in self.workers.values() {
@@ -669,6 +890,29 @@ impl Scheduler {
             }
         };
         self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body: reply }));
+    }
+
+    /// Whether workers `ws` can retire together now: all idle, and their wanted results have
+    /// another worker to go to.
+    fn check_retire(&self, ws: &[WorkerId]) -> Result<(), String> {
+        for w in ws {
+            match self.workers.get(w) {
+                None => return Err(format!("no worker {w}")),
+                Some(worker) if worker.retiring => return Err(format!("worker {w} is already retiring")),
+                Some(worker) if worker.assigned > 0 => {
+                    return Err(format!("worker {w} is busy ({} tasks)", worker.assigned))
+                }
+                Some(_) => {}
+            }
+        }
+        let others = self.workers.iter().any(|(id, o)| !o.retiring && !ws.contains(id));
+        if !others {
+            let held: usize = ws.iter().map(|w| self.wanted_on(*w).len()).sum();
+            if held > 0 {
+                return Err(format!("they hold {held} results still wanted, and no other worker could take them"));
+            }
+        }
+        Ok(())
     }
 
     fn submit(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, String> {
@@ -737,6 +981,9 @@ impl Scheduler {
         }
         self.next_job += 1;
         let total = tasks.len() as u32;
+        let func_kinds = spec.functions.iter().map(|f| self.kind_named(f.clone())).collect();
+        let command_kind =
+            if spec.command.is_some() { self.kind_named(format!("command:{}", spec.name)) } else { NO_KIND };
         let job = Job {
             spec_name: spec.name,
             functions: spec.functions,
@@ -752,6 +999,8 @@ impl Scheduler {
             waiters: Vec::new(),
             referenced_by: Vec::new(),
             references: references.clone(),
+            func_kinds,
+            command_kind,
         };
         self.jobs.insert(id, job);
         for r in references {
@@ -873,6 +1122,8 @@ impl Scheduler {
     }
 
     fn status(&self) -> ClusterStatus {
+        let now = self.now.expect("set by handle");
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
         let mut workers: Vec<WorkerStatus> = self
             .workers
             .iter()
@@ -882,6 +1133,8 @@ impl Scheduler {
                 assigned: w.assigned,
                 holding: w.holding,
                 retiring: w.retiring,
+                ends_in_ms: w.ends_at.map(|e| ms(e.saturating_duration_since(now))),
+                idle_ms: w.idle_since.map_or(0, |i| ms(now.saturating_duration_since(i))),
             })
             .collect();
         workers.sort_by_key(|w| w.id);
@@ -892,7 +1145,46 @@ impl Scheduler {
             .collect();
         jobs.sort_by_key(|j| j.id);
         let clients = self.conns.values().filter(|p| **p == Peer::Client).count() as u32;
-        ClusterStatus { workers, jobs, clients, clients_ever: self.clients_ever }
+        ClusterStatus { workers, jobs, clients, clients_ever: self.clients_ever, load: self.load() }
+    }
+
+    /// Queued and running tasks per kind. A job with one kind counts from its counts; only jobs
+    /// mixing functions are looked at task by task.
+    fn load(&self) -> Vec<KindLoad> {
+        let mut by_kind: HashMap<u32, (u64, u64)> = HashMap::new();
+        for (jid, j) in &self.jobs {
+            let kinds = j.func_kinds.len() + usize::from(j.command_kind != NO_KIND);
+            if j.counts.waiting + j.counts.running == 0 {
+                continue;
+            }
+            if kinds <= 1 {
+                let k = j.func_kinds.first().copied().unwrap_or(j.command_kind);
+                let e = by_kind.entry(k).or_default();
+                e.0 += u64::from(j.counts.waiting);
+                e.1 += u64::from(j.counts.running);
+                continue;
+            }
+            for (i, t) in j.tasks.iter().enumerate() {
+                let queued = matches!(t.state, State::Waiting | State::Ready);
+                if queued || t.state == State::Assigned {
+                    let e = by_kind.entry(self.kind_of(TaskId { job: *jid, index: i as u32 })).or_default();
+                    if queued {
+                        e.0 += 1;
+                    } else {
+                        e.1 += 1;
+                    }
+                }
+            }
+        }
+        let mut load: Vec<KindLoad> = by_kind
+            .into_iter()
+            .filter_map(|(k, (queued, running))| {
+                let stats = self.kinds.get(k as usize)?;
+                Some(KindLoad { kind: stats.name.clone(), queued, running, mean_us: stats.mean_us.map(|m| m as u64) })
+            })
+            .collect();
+        load.sort_by(|a, b| a.kind.cmp(&b.kind));
+        load
     }
 
     /// Hands ready tasks to workers with room, preferring the worker that holds the most input bytes.
@@ -902,14 +1194,16 @@ impl Scheduler {
         }
         let depth = if self.mean_duration_us < SHORT_TASK_US { DEPTH_SHORT } else { DEPTH_LONG };
         // (worker, room left in CPUs, slots)
+        let now = self.now.expect("set by handle");
         let mut room: Vec<(WorkerId, u32, u32)> = self
             .workers
             .iter()
-            .filter(|(_, w)| !w.retiring)
+            .filter(|(_, w)| !w.retiring && w.ends_at.is_none_or(|e| e > now))
             .map(|(id, w)| (*id, (w.slots() * depth).saturating_sub(w.used), w.slots()))
             .filter(|(_, r, _)| *r > 0)
             .collect();
         room.sort();
+        let mortal = self.workers.values().any(|w| w.ends_at.is_some());
         let mut batches: HashMap<WorkerId, Vec<Assignment>> = HashMap::new();
         let mut next = 0usize;
         let mut skipped = VecDeque::new();
@@ -924,12 +1218,21 @@ impl Scheduler {
                 continue;
             }
             let cpus = u32::from(t.cpus);
-            // Locality first: the worker holding the most bytes of the inputs.
+            // A worker that must leave before the task is expected to end does not get it.
+            // Tasks queued on it are assumed to be like this one.
+            let lives = |w: &WorkerId| {
+                !mortal || {
+                    let worker = &self.workers[w];
+                    let ahead = f64::from(1 + worker.assigned / worker.slots());
+                    let expected = Duration::from_micros((self.expected_us(id) * ahead) as u64);
+                    worker.ends_at.is_none_or(|e| now + expected <= e)
+                }
+            };
             let mut best: Option<usize> = None;
             if !t.deps.is_empty() {
                 let mut best_bytes = 0u64;
                 for (k, (w, r, slots)) in room.iter().enumerate() {
-                    if *r < cpus.min(*slots) {
+                    if *r < cpus.min(*slots) || !lives(w) {
                         continue;
                     }
                     let bytes: u64 = t
@@ -945,7 +1248,7 @@ impl Scheduler {
                     }
                 }
             }
-            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2);
+            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2) && lives(&room[k].0);
             let slot = best.or_else(|| (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| fits(k)));
             let Some(k) = slot else {
                 // No worker has room for this many CPUs now; keep it for later.
@@ -1008,6 +1311,7 @@ impl Scheduler {
         let worker = self.workers.get_mut(&w).expect("exists");
         worker.used += worker.charge(u32::from(cpus));
         worker.assigned += 1;
+        worker.idle_since = None;
         self.task_mut(id).expect("exists").worker = Some(w);
         self.set_state(id, State::Assigned);
         Assignment { id, work, inputs, cpus }
@@ -1063,6 +1367,7 @@ fn discriminant_name(msg: &ToScheduler) -> &'static str {
         ToScheduler::Failed(..) => "Failed",
         ToScheduler::InputMissing(..) => "InputMissing",
         ToScheduler::Retire => "Retire",
+        ToScheduler::Replicated { .. } => "Replicated",
         ToScheduler::Request { .. } => "Request",
     }
 }

@@ -92,9 +92,15 @@ impl Sim {
     }
 
     fn connect_worker(&mut self, slots: u16) -> (ConnId, WorkerId) {
+        self.connect_mortal_worker(slots, None)
+    }
+
+    /// A worker that must be gone `lifetime` from now (`None`: never).
+    fn connect_mortal_worker(&mut self, slots: u16, lifetime: Option<Duration>) -> (ConnId, WorkerId) {
         let conn = self.connect();
         let data_address = format!("tcp://node:{conn}");
-        let info = WorkerInfo { slots, host: "node".into(), pid: 1, batch_job: None, data_address };
+        let lifetime_ms = lifetime.map(|d| d.as_millis() as u64);
+        let info = WorkerInfo { slots, host: "node".into(), pid: 1, batch_job: None, data_address, lifetime_ms };
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);
         let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
@@ -151,6 +157,18 @@ impl Sim {
 
     fn releases(&mut self, conn: ConnId) -> Vec<TaskId> {
         self.sent_to(conn, |m| if let ToWorker::Release(l) = m { Some(l.clone()) } else { None }).concat()
+    }
+
+    fn stops(&mut self, conn: ConnId) -> usize {
+        self.sent_to(conn, |m| matches!(m, ToWorker::Stop).then_some(())).len()
+    }
+
+    /// The `Replicate` orders sent to worker `conn`: (from, address, ids).
+    fn replicates(&mut self, conn: ConnId) -> Vec<(WorkerId, String, Vec<TaskId>)> {
+        self.sent_to(conn, |m| match m {
+            ToWorker::Replicate { from, address, ids } => Some((*from, address.clone(), ids.clone())),
+            _ => None,
+        })
     }
 
     fn closes(&mut self) -> Vec<ConnId> {
@@ -585,6 +603,7 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
                 pid: 1,
                 batch_job: None,
                 data_address: "tcp://127.0.0.1:1".into(),
+                lifetime_ms: None,
             })
         }),
         ("worker", |_, _| ToScheduler::Request { req: 1, body: Request::Shutdown }),
@@ -884,4 +903,168 @@ fn a_job_referenced_by_another_stays_until_that_one_is_released() {
     // Releasing j2 releases j1 too, as asked earlier.
     assert_eq!(sim.request(client, Request::Release(j2)), Reply::Ok);
     assert!(sim.status(client).jobs.is_empty());
+}
+
+#[test]
+fn retire_request_takes_idle_workers_only_all_or_none() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(1);
+    let (c2, w2) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, array(vec![(1, 1)], 1));
+    let (busy, idle) = if sim.computes(c1).is_empty() { ((c2, w2), (c1, w1)) } else { ((c1, w1), (c2, w2)) };
+    let refused = sim.request(client, Request::Retire(vec![idle.1, busy.1]));
+    assert!(matches!(&refused, Reply::Refused(e) if e.contains("busy")), "{refused:?}");
+    assert!(sim.status(client).workers.iter().all(|w| !w.retiring), "a refused request retires nobody");
+    assert_eq!(sim.request(client, Request::Retire(vec![idle.1])), Reply::Ok);
+    assert_eq!(sim.stops(idle.0), 1, "an idle worker holding nothing is stopped at once");
+    assert_eq!(sim.stops(busy.0), 0);
+    // The busy worker finishes its task and keeps working.
+    sim.finish(busy.0, &[tid(job, 0)]);
+    let more = sim.submit(client, array(vec![(1, 2)], 1));
+    assert_eq!(ids(&sim.computes(busy.0)), vec![tid(more, 0), tid(more, 1)]);
+    assert!(sim.computes(idle.0).is_empty(), "a retiring worker gets no task");
+}
+
+#[test]
+fn a_retiring_worker_hands_the_results_only_it_holds_to_another_before_it_stops() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(4);
+    let client = sim.connect_client();
+    // Two kept results, and one input of a task that cannot run yet.
+    let job = sim.submit(client, graph(vec![task(&[], true), task(&[], true), task(&[], false)]));
+    let on1 = ids(&sim.computes(c1));
+    sim.finish(c1, &on1);
+    let (c2, w2) = sim.connect_worker(4);
+    sim.take(|_| Some(()));
+    // Nobody else could take w1's results when only w1 is there: refused; with w2 there: accepted.
+    assert_eq!(sim.request(client, Request::Retire(vec![w1])), Reply::Ok);
+    let orders = sim.replicates(c2);
+    assert_eq!(orders, vec![(w1, format!("tcp://node:{c1}"), vec![tid(job, 0), tid(job, 1)])]);
+    assert_eq!(sim.stops(c1), 0, "not stopped before the hand-over ends");
+    sim.send(c2, ToScheduler::Replicated { from: w1, ids: vec![tid(job, 0), tid(job, 1)] });
+    assert_eq!(sim.stops(c1), 1);
+    let status = sim.status(client);
+    let holding: Vec<(WorkerId, u32)> = status.workers.iter().map(|w| (w.id, w.holding)).collect();
+    assert_eq!(holding, vec![(w1, 0), (w2, 2)]);
+    sim.disconnect(c1);
+    // Nothing is recomputed: the results are on w2, and the client is told so.
+    assert!(sim.all_computes().is_empty());
+    let outcome = job_done(sim.request(client, Request::Wait(job)));
+    assert_eq!(
+        outcome.holdings.iter().map(|h| (h.worker, h.tasks.clone())).collect::<Vec<_>>(),
+        vec![(w2, vec![0, 1])]
+    );
+}
+
+#[test]
+fn the_last_worker_holding_wanted_results_is_not_retired_by_request() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, graph(vec![task(&[], true)]));
+    sim.finish(c1, &[tid(job, 0)]);
+    let refused = sim.request(client, Request::Retire(vec![w1]));
+    assert!(matches!(&refused, Reply::Refused(e) if e.contains("1 results still wanted")), "{refused:?}");
+    assert_eq!(sim.stops(c1), 0);
+    // Once released, it can go.
+    assert_eq!(sim.request(client, Request::Release(job)), Reply::Ok);
+    assert_eq!(sim.request(client, Request::Retire(vec![w1])), Reply::Ok);
+    assert_eq!(sim.stops(c1), 1);
+}
+
+#[test]
+fn a_worker_that_asks_to_retire_is_stopped_only_when_its_tasks_are_done() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(2);
+    let client = sim.connect_client();
+    let job = sim.submit(client, array(vec![(1, 2)], 1));
+    assert_eq!(sim.computes(c1).len(), 2);
+    sim.send(c1, ToScheduler::Retire);
+    sim.finish(c1, &[tid(job, 0)]);
+    assert_eq!(sim.stops(c1), 0, "one task still runs");
+    sim.finish(c1, &[tid(job, 1)]);
+    assert_eq!(sim.stops(c1), 1);
+    assert_eq!(sim.progress(client, job), counts(2, 0, 0, 2, 0));
+}
+
+#[test]
+fn a_hand_over_whose_target_dies_goes_to_another_worker() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, graph(vec![task(&[], true)]));
+    sim.finish(c1, &[tid(job, 0)]);
+    let (c2, _) = sim.connect_worker(1);
+    assert_eq!(sim.request(client, Request::Retire(vec![w1])), Reply::Ok);
+    assert_eq!(sim.replicates(c2).len(), 1);
+    let (c3, w3) = sim.connect_worker(1);
+    sim.disconnect(c2);
+    assert_eq!(sim.replicates(c3), vec![(w1, format!("tcp://node:{c1}"), vec![tid(job, 0)])]);
+    sim.send(c3, ToScheduler::Replicated { from: w1, ids: vec![tid(job, 0)] });
+    assert_eq!(sim.stops(c1), 1);
+    let outcome = job_done(sim.request(client, Request::Wait(job)));
+    assert_eq!(outcome.holdings[0].worker, w3);
+}
+
+#[test]
+fn a_mortal_worker_gets_only_tasks_it_can_finish_and_retires_when_its_time_is_up() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_mortal_worker(1, Some(Duration::from_secs(10)));
+    let (c2, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    // Teach the scheduler that `command:g` tasks take 4 s.
+    let first = sim.submit(client, array(vec![(1, 2)], 1));
+    for (c, a) in sim.all_computes() {
+        sim.finish_with(c, &[a.id], 0, 4_000_000);
+    }
+    let status = sim.status(client);
+    assert!(status.load.is_empty(), "no unfinished work: {:?}", status.load);
+    assert_eq!(sim.progress(client, first).finished, 2);
+    sim.advance(Duration::from_secs(3));
+    // 7 s left on c1: one 4 s task fits, a second queued behind it would end after c1 must leave.
+    let job = sim.submit(client, array(vec![(1, 4)], 1));
+    let sent = sim.all_computes();
+    let on1: Vec<TaskId> = sent.iter().filter(|(c, _)| *c == c1).map(|(_, a)| a.id).collect();
+    assert_eq!(on1.len(), 1, "c1 gets only what fits in its lifetime: {sent:?}");
+    sim.advance(Duration::from_secs(4));
+    for (c, a) in sent {
+        sim.finish_with(c, &[a.id], 0, 4_000_000);
+    }
+    // 3 s left on c1: no 4 s task fits any more; the rest goes to c2.
+    loop {
+        let sent = sim.all_computes();
+        if sent.is_empty() {
+            break;
+        }
+        assert!(sent.iter().all(|(c, _)| *c == c2), "{sent:?}");
+        for (c, a) in sent {
+            sim.finish_with(c, &[a.id], 0, 4_000_000);
+        }
+    }
+    assert_eq!(sim.progress(client, job).finished, 4, "every task ran");
+    assert_eq!(sim.stops(c1), 0, "still within its lifetime");
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.stops(c1), 1, "retired at the end of its lifetime");
+    assert_eq!(sim.stops(c2), 0);
+}
+
+#[test]
+fn status_reports_unfinished_work_by_kind_with_measured_durations() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(4);
+    let client = sim.connect_client();
+    let mut spec = graph(vec![task(&[], false), task(&[], false), task(&[], false)]);
+    spec.functions = vec!["f".into(), "h".into()];
+    if let JobTasks::Graph(ts) = &mut spec.tasks {
+        ts[2].body = TaskBody::Function { func: 1, args: Bytes::new() };
+    }
+    let job = sim.submit(client, spec);
+    let sent = ids(&sim.computes(c1));
+    assert_eq!(sent.len(), 3, "short tasks queue deep on a worker");
+    sim.finish_with(c1, &[tid(job, 0)], 0, 3_000);
+    let load = sim.status(client).load;
+    let view: Vec<(String, u64, u64, Option<u64>)> =
+        load.into_iter().map(|k| (k.kind, k.queued, k.running, k.mean_us)).collect();
+    assert_eq!(view, vec![("f".into(), 0, 1, Some(3_000)), ("h".into(), 0, 1, None)]);
 }

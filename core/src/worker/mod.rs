@@ -39,13 +39,22 @@ pub struct WorkerConfig {
     pub death_timeout: Duration,
     /// Host to bind the data server to (`0.0.0.0` by default).
     pub listen_host: String,
+    /// When the worker must be gone (its batch job's walltime less a grace period): the
+    /// scheduler gives it only tasks expected to end by then, and retires it then.
+    pub ends_at: Option<Instant>,
 }
 
 impl WorkerConfig {
     /// Defaults for a cluster: one slot per CPU, a 60 s death timeout.
     pub fn new(cluster: ClusterInfo) -> WorkerConfig {
         let slots = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(u16::MAX as usize) as u16;
-        WorkerConfig { cluster, slots, death_timeout: Duration::from_secs(60), listen_host: "0.0.0.0".into() }
+        WorkerConfig {
+            cluster,
+            slots,
+            death_timeout: Duration::from_secs(60),
+            listen_host: "0.0.0.0".into(),
+            ends_at: None,
+        }
     }
 }
 
@@ -82,13 +91,15 @@ enum Done {
     Tasks(Vec<TaskDone>),
     /// The inputs of a task arrived (or could not be had).
     Fetched { assignment: Assignment, result: Result<Vec<(TaskId, Bytes)>, TaskId> },
+    /// Results copied from a retiring worker (none if the copy failed).
+    Replicated { from: WorkerId, ids: Vec<TaskId> },
 }
 
 /// Runs a worker until the scheduler stops it (`Ok`) or is gone for the death timeout.
 pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), WorkerError> {
     let store: Store = Arc::default();
     let data_listener = rdask_transport::listen(&Address {
-        scheme: rdask_transport::Scheme::Tcp,
+        scheme: data_scheme(&config),
         host_port: format!("{}:0", config.listen_host),
     })
     .await
@@ -151,6 +162,11 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
     }
 }
 
+/// The data server speaks the scheduler's transport (tcp or ucx).
+fn data_scheme(config: &WorkerConfig) -> rdask_transport::Scheme {
+    config.cluster.addresses.first().map_or(rdask_transport::Scheme::Tcp, |a| a.scheme)
+}
+
 async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, WorkerId, Duration), String> {
     let mut last = String::new();
     for addr in &config.cluster.addresses {
@@ -164,7 +180,11 @@ async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, 
                 host: hostname(),
                 pid: std::process::id(),
                 batch_job: batch_job_id(),
-                data_address: format!("tcp://{ip}:{data_port}"),
+                data_address: Address { scheme: data_scheme(config), host_port: format!("{ip}:{data_port}") }
+                    .to_string(),
+                lifetime_ms: config
+                    .ends_at
+                    .map(|e| e.saturating_duration_since(Instant::now()).as_millis().min(u128::from(u64::MAX)) as u64),
             };
             conn.send_now(protocol::frame(&ToScheduler::RegisterWorker(info))).await.map_err(|e| e.to_string())?;
             let f = conn.recv_some().await.map_err(|e| e.to_string())?;
@@ -293,7 +313,7 @@ impl Worker {
                         tracing::info!("second SIGTERM: stopping now");
                         break Ended::Stopped;
                     }
-                    tracing::info!("SIGTERM: retiring; finishing the tasks already assigned");
+                    tracing::info!("SIGTERM: retiring; finishing the tasks already assigned and handing results over");
                     self.retiring = true;
                     let _ = out.send(protocol::frame(&ToScheduler::Retire));
                 }
@@ -301,9 +321,6 @@ impl Worker {
             if !self.finished.is_empty() {
                 let list = std::mem::take(&mut self.finished);
                 let _ = out.send(protocol::frame(&ToScheduler::Finished(list)));
-            }
-            if self.retiring && self.in_flight == 0 {
-                break Ended::Stopped;
             }
         };
         // A retiring worker that loses its scheduler has nothing left to hand over.
@@ -340,6 +357,28 @@ impl Worker {
             ToWorker::ReleaseJob(job) => {
                 self.store.lock().expect("store lock").retain(|id, _| id.job != job);
                 self.commands.remove(&job);
+            }
+            ToWorker::Replicate { from, address, ids } => {
+                let (pool, secret, done, store) =
+                    (self.pool.clone(), self.secret.clone(), self.done_tx.clone(), self.store.clone());
+                tokio::spawn(async move {
+                    let ids = match pool.fetch(&secret, &address, &ids).await {
+                        Ok(got) => {
+                            let mut store = store.lock().expect("store lock");
+                            let mut ids = Vec::with_capacity(got.len());
+                            for (id, bytes) in got {
+                                store.insert(id, bytes);
+                                ids.push(id);
+                            }
+                            ids
+                        }
+                        Err(e) => {
+                            tracing::warn!("copying results from retiring worker {from} failed: {e}");
+                            Vec::new()
+                        }
+                    };
+                    let _ = done.send(Done::Replicated { from, ids });
+                });
             }
         }
     }
@@ -401,6 +440,9 @@ impl Worker {
                         }
                     }
                 }
+            }
+            Done::Replicated { from, ids } => {
+                let _ = out.send(protocol::frame(&ToScheduler::Replicated { from, ids }));
             }
             Done::Fetched { assignment, result } => match result {
                 Ok(fetched) => {

@@ -136,7 +136,7 @@ impl TemplateContext {
         }
         let memory = p.memory.as_deref().map(parse_memory).transpose()?;
         let memory = memory.map(|bytes| Memory { bytes, slurm: slurm_memory(bytes), pbs: pbs_memory(bytes) });
-        let walltime_seconds = parse_walltime(p.walltime.as_deref().unwrap_or("00:30:00"))?;
+        let walltime_seconds = parse_walltime(p.walltime.as_deref().unwrap_or(DEFAULT_WALLTIME))?;
         let shebang = p.shebang.clone().unwrap_or_else(|| "#!/usr/bin/env bash".into());
         let job_name = p.job_name.clone().unwrap_or_else(|| "rdask-worker".into());
         let one_line = [
@@ -166,6 +166,12 @@ impl TemplateContext {
         if let Some(interface) = &p.interface {
             argv.extend(["--interface".into(), interface.clone()]);
         }
+        // Workers leave before the walltime ends, so that no task dies with the job (a job
+        // running the scheduler itself, `up --scheduler-in-job`, has no worker subcommand).
+        if argv.iter().any(|a| a == "worker") {
+            let (lifetime, stagger) = worker_lifetime(walltime_seconds);
+            argv.extend(["--lifetime".into(), lifetime.to_string(), "--lifetime-stagger".into(), stagger.to_string()]);
+        }
         let non_empty = |lines: &[String]| lines.iter().filter(|l| !l.is_empty()).cloned().collect();
         Ok(TemplateContext {
             system,
@@ -193,6 +199,18 @@ impl TemplateContext {
             worker_command: argv,
         })
     }
+}
+
+/// The walltime of a job that sets none (dask-jobqueue's default).
+pub const DEFAULT_WALLTIME: &str = "00:30:00";
+
+/// A worker's lifetime and stagger (seconds) in a job of `walltime` seconds: it leaves a grace
+/// period (a tenth of the walltime, 10 s to 5 min) before the end, and up to a twentieth of the
+/// walltime (at most 5 min) earlier still, at random, so that a pool does not leave at once.
+pub fn worker_lifetime(walltime: u64) -> (u64, u64) {
+    let grace = (walltime / 10).clamp(10, 300);
+    let stagger = (walltime / 20).min(300);
+    (walltime.saturating_sub(grace).max(1), stagger)
 }
 
 fn parse_env(entry: &str) -> Result<EnvVar, RenderError> {
@@ -322,6 +340,14 @@ mod tests {
         }
         let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c);
         (!word.is_empty() && word.chars().all(safe)).then(|| word.to_string())
+    }
+
+    #[test]
+    fn workers_leave_a_grace_period_and_a_stagger_before_the_walltime() {
+        assert_eq!(worker_lifetime(120), (108, 6), "2 minutes: 10 s grace at least");
+        assert_eq!(worker_lifetime(1800), (1620, 90), "30 minutes: a tenth, and up to a twentieth more");
+        assert_eq!(worker_lifetime(48 * 3600), (48 * 3600 - 300, 300), "long jobs: 5 minutes each at most");
+        assert_eq!(worker_lifetime(5), (1, 0), "a walltime shorter than the grace still gives a lifetime");
     }
 
     #[test]

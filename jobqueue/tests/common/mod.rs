@@ -3,6 +3,9 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// Runs `rdask-jobqueue ARGS` with its state under `home`, untouched by the caller's own
 /// cluster name or configuration files.
@@ -31,4 +34,80 @@ pub fn ok(home: &Path, args: &[&str]) -> String {
     let o = rdask(home, args);
     assert!(o.status.success(), "{args:?} failed: {}", text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Whether `program` exists; under CI its absence fails the test.
+pub fn available(program: &str, setup: &str) -> bool {
+    if Path::new(program).exists() {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "{program} is missing under CI: {setup} should have installed it");
+    eprintln!("skipped: {program} not found (run `{setup}` as root to get it)");
+    false
+}
+
+pub fn status(home: &Path) -> Value {
+    serde_json::from_str(&ok(home, &["status", "--output", "json"])).unwrap()
+}
+
+/// Waits until `f(status)` holds.
+pub fn wait_for(home: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = status(home);
+        if f(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; status:\n{s:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until no process mentions `home` on its command line (the workers of the cluster).
+pub fn no_process_left(home: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("pgrep").args(["-af", &home.display().to_string()]).output().unwrap();
+        let left = String::from_utf8_lossy(&out.stdout).into_owned();
+        if left.trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes of the cluster left running:\n{left}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The cluster's batch jobs that `status` shows running.
+pub fn running_jobs(s: &Value) -> usize {
+    s["batch_jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "running").count()
+}
+
+/// Waits until the batch system shows exactly `n` of `ids` active.
+pub fn wait_active(system: &str, ids: &[String], n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while active_in(system, ids).len() != n {
+        assert!(Instant::now() < deadline, "not {n} active: {:?}", active_in(system, ids));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn batch_ids(s: &Value) -> Vec<String> {
+    s["batch_jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// The states the batch system itself shows for `ids` (through our parsers' commands).
+pub fn active_in(system: &str, ids: &[String]) -> Vec<String> {
+    let out = match system {
+        "slurm" => Command::new("squeue").args(["-h", "-o", "%i %T", "-j", &ids.join(",")]).output().unwrap(),
+        _ => Command::new("/usr/bin/qstat").args(["-u", "*"]).output().unwrap(),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| {
+            let first = l.split_whitespace().next().unwrap_or("");
+            let base = first.split('_').next().unwrap_or(first);
+            ids.iter().any(|id| id == base)
+        })
+        .map(str::to_string)
+        .collect()
 }
