@@ -725,8 +725,14 @@ mod tests {
         let long = "h".repeat(100);
         let (pid, host) = parse_record(&record(7, &long));
         assert_eq!((pid, host.len()), (7, RECORD - 4));
-        let w =
-            rdask::protocol::WorkerInfo { slots: 1, host: long, pid: 7, batch_job: None, data_address: String::new() };
+        let w = rdask::protocol::WorkerInfo {
+            slots: 1,
+            host: long,
+            pid: 7,
+            batch_job: None,
+            data_address: String::new(),
+            lifetime_ms: None,
+        };
         assert!(is_rank(&w, &(7, host.clone())));
         assert!(!is_rank(&w, &(8, host)));
     }
