@@ -57,6 +57,19 @@ fn wait_back_to_zero(home: &Path, secs: u64) -> Value {
     }
 }
 
+/// Waits (up to a minute) until `status` says adapting paused; returns what it says.
+fn wait_paused(home: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = ok(home, &["status"]);
+        if text.contains("PAUSED") {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "adapting never paused:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn up_adaptive(home: &Path, extra: &[&str]) {
     let mut args = vec![
         "up",
@@ -208,15 +221,7 @@ fn a_rejected_submission_backs_off_then_pauses_adapting_with_the_reason() {
     up_adaptive(h, &["--walltime", "10", "--queue", "no-such-partition"]);
     ok(h, &["adapt", "--max", "2", "--interval", "0.2", "--max-failures", "3"]);
     ok(h, &["submit", "--array", "1-10", "--", "true"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        let text = ok(h, &["status"]);
-        if text.contains("PAUSED") {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "adapting never paused:\n{text}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let text = wait_paused(h);
     assert!(text.contains("PAUSED after 3 failed submissions"), "{text}");
     assert!(text.contains("invalid partition"), "the batch system's own words are quoted: {text}");
     assert!(text.contains("run `rdask-jobqueue adapt` again"), "the fix is named: {text}");
@@ -245,15 +250,7 @@ fn jobs_that_fail_before_their_worker_joins_count_as_failures() {
     up_adaptive(h, &["--walltime", "10", "--job-script-prologue", "echo no such module >&2; exit 7"]);
     ok(h, &["adapt", "--max", "1", "--interval", "0.2", "--max-failures", "2"]);
     ok(h, &["submit", "--array", "1-5", "--", "true"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        let text = ok(h, &["status"]);
-        if text.contains("PAUSED") {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "adapting never paused:\n{text}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let text = wait_paused(h);
     assert!(text.contains("PAUSED after 2 failed submissions (last: batch job"), "{text}");
     assert!(text.contains("ended before its worker joined"), "{text}");
     assert!(text.contains("no such module"), "the job's stderr is shown: {text}");
