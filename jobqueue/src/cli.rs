@@ -65,6 +65,7 @@ pub enum Cmd {
     /// Bounds are in jobs (--min/--max; one job is --nodes-per-job nodes of --processes
     /// workers each) or in workers (--min-workers/--max-workers, rounded to whole jobs); on
     /// the local backend a job is one worker.
+    ///
     /// Every --interval the cluster estimates the unfinished work from the measured duration
     /// of each kind of task, and wants enough jobs to finish it within --target-duration.
     /// Jobs pending in the queue count as capacity on the way; scale-up is immediate,
