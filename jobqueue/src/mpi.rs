@@ -190,9 +190,30 @@ mod parts {
         ["PMI_", "PMIX_", "HYDI_", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"].iter().any(|p| name.starts_with(p))
     }
 
-    /// Where rank 1 keeps the state directory its client command finds the cluster in.
+    /// Where rank 1 keeps the state directory its client command finds the cluster in: named by
+    /// its host and pid, so that a later run on the same host can tell an aborted run's.
     pub(super) fn client_state_name(name: &str) -> String {
-        format!("{name}-mpi-{}", std::process::id())
+        format!("{name}-mpi-{}-{}", rdask::worker::hostname(), std::process::id())
+    }
+
+    /// Removes what aborted runs of cluster `name` on this host left in `home` (an aborted job's
+    /// rank 1 is killed before it can remove its state directory): the directories named by
+    /// [`client_state_name`] whose process is gone. Returns how many.
+    pub(super) fn sweep_dead_client_states(home: &std::path::Path, name: &str) -> usize {
+        let prefix = format!("{name}-mpi-{}-", rdask::worker::hostname());
+        let Ok(entries) = std::fs::read_dir(home) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if pid != std::process::id()
+                && !crate::state::process_alive(pid, "")
+                && std::fs::remove_dir_all(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
     }
 }
 
@@ -553,6 +574,9 @@ mod imp {
             // A state directory on this node only, for `rdask-jobqueue submit` and friends.
             let state = StateDir::locate(home.as_deref(), &client_state_name(name))?;
             state.create()?;
+            if let Some(parent) = state.path.parent() {
+                sweep_dead_client_states(parent, name);
+            }
             info.secret.save(&state.file(SECRET_FILE))?;
             let Rendezvous { addresses, pid, host, .. } = rendezvous;
             SchedulerFile { addresses, pid, host }.write(&state.path)?;
@@ -781,5 +805,25 @@ mod tests {
     fn roles_by_rank() {
         assert_eq!((role(0), role(1), role(2), role(9)), ("scheduler", "client", "worker", "worker"));
         assert!(client_state_name("default").starts_with("default-mpi-"));
+    }
+
+    #[test]
+    fn only_the_state_of_dead_runs_on_this_host_is_swept() {
+        let home = tempfile::tempdir().unwrap();
+        let host = rdask::worker::hostname();
+        let dirs = [
+            format!("default-mpi-{host}-999999999"),              // dead (no such pid)
+            format!("default-mpi-{host}-{}", std::process::id()), // this very run
+            format!("default-mpi-{host}-1"),                      // alive (init)
+            "default-mpi-othernode-999999999".to_string(),        // another host: not ours to judge
+            format!("other-mpi-{host}-999999999"),                // another cluster
+        ];
+        for d in &dirs {
+            std::fs::create_dir(home.path().join(d)).unwrap();
+            std::fs::write(home.path().join(d).join("secret"), "x").unwrap();
+        }
+        assert_eq!(sweep_dead_client_states(home.path(), "default"), 1);
+        let left: Vec<bool> = dirs.iter().map(|d| home.path().join(d).exists()).collect();
+        assert_eq!(left, [false, true, true, true, true]);
     }
 }
