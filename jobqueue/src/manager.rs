@@ -221,14 +221,16 @@ impl Adaptive {
             // Paused by this very step's failure.
             reason += &self.policy.pause_note();
         }
-        let pending = obs.jobs.iter().filter(|j| j.pending).count() as u32;
+        // The jobs as they are now, after this step's submissions and cancellations.
+        let after = backend.lock().expect("backend lock").active(&self.pool);
+        let pending = after.iter().filter(|(_, pending)| *pending).count() as u32;
         let updated = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let s = AdaptStatus {
             spec: self.policy.spec.clone(),
             unit: U::NAME.to_string(),
             target: decision.target,
             reason,
-            jobs: obs.jobs.len() as u32,
+            jobs: after.len() as u32,
             pending,
             paused: self.policy.paused(),
             updated,

@@ -82,7 +82,8 @@ pub(crate) async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
         let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         bail!("no worker pool named `{}`; this cluster has: {}", a.pool, names.join(", "));
     }
-    if manager::read_spec(state).is_some() {
+    // Adaptive scaling drives the main pool only: scaling another pool leaves it on.
+    if a.pool == backend::DEFAULT_POOL && manager::read_spec(state).is_some() {
         manager::set_adaptive(state, None)?;
         println!("adaptive scaling is off now");
     }
