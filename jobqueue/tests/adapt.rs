@@ -94,7 +94,7 @@ fn adapt_follows_a_burst_of_work_and_gives_every_job_back() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     up_adaptive(h, &["--walltime", "10"]);
     let said = ok(h, &["adapt", "--min", "0", "--max", "4", "--interval", "0.5"]);
@@ -130,7 +130,7 @@ fn scale_down_never_kills_a_busy_worker() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     up_adaptive(h, &["--walltime", "10"]);
     ok(h, &["adapt", "--max", "2", "--interval", "0.5"]);
@@ -166,7 +166,7 @@ fn jobs_near_their_walltime_are_replaced_and_no_task_fails() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     // Two-minute jobs: workers leave after 102–108 s; replacements come 40 s before that.
     up_adaptive(h, &["--walltime", "00:02:00"]);
@@ -215,7 +215,7 @@ fn a_rejected_submission_backs_off_then_pauses_adapting_with_the_reason() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     // A partition that does not exist: sbatch refuses every job.
     up_adaptive(h, &["--walltime", "10", "--queue", "no-such-partition"]);
@@ -244,7 +244,7 @@ fn jobs_that_fail_before_their_worker_joins_count_as_failures() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     // Accepted by Slurm, but every job dies in its prologue: adapting must not resubmit forever.
     up_adaptive(h, &["--walltime", "10", "--job-script-prologue", "echo no such module >&2; exit 7"]);
@@ -262,7 +262,7 @@ fn jobs_that_fail_before_their_worker_joins_count_as_failures() {
 
 #[test]
 fn local_workers_adapt_to_the_work_too() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     let o = rdask(h, &["adapt", "--max", "2"]);
     assert!(!o.status.success(), "no cluster, no adapting: {}", text(&o));

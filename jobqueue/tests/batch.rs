@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// `up --nodes 4` → 4 jobs running with a worker each; a 1,000-task array; `down` → no job left.
 fn four_nodes_array_down(system: &str, extra: &[&str]) {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     let mut args = vec!["up", "--backend", system, "--nodes", "4", "--cores", "1", "--walltime", "10", "--wait"];
     args.extend_from_slice(extra);
@@ -78,7 +78,7 @@ fn slurm_job_array_and_multi_node_job_give_one_worker_per_node() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     ok(h, &["up", "--backend", "slurm", "--nodes", "3", "--job-array", "--cores", "1", "--memory", "100MB", "--wait"]);
     let s = status(h);
@@ -90,7 +90,7 @@ fn slurm_job_array_and_multi_node_job_give_one_worker_per_node() {
     ok(h, &["down"]);
     assert!(active_in("slurm", &ids).is_empty());
 
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     let up = ["up", "--backend", "slurm", "--nodes", "2", "--nodes-per-job", "2", "--cores", "1", "--memory", "100MB"];
     ok(h, &[&up[..], &["--wait"]].concat());
@@ -108,7 +108,7 @@ fn pbs_wrappers_start_workers() {
     if !available("/opt/slurm-torque/bin/qsub", "ci/setup-pbs.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     ok(
         h,
@@ -144,7 +144,7 @@ fn killed_scheduler_then_down_cancels_every_job() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     ok(h, &["up", "--backend", "slurm", "--nodes", "2", "--cores", "1", "--memory", "100MB", "--wait"]);
     let s = wait_for(h, "2 running jobs", |s| running_jobs(s) == 2);
@@ -167,7 +167,7 @@ fn a_rejected_submission_is_a_clear_error_and_leaves_nothing() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     // More memory than any node has: sbatch refuses the job.
     let o = rdask(h, &["up", "--backend", "slurm", "--nodes", "1", "--cores", "1", "--memory", "64GB"]);
@@ -190,7 +190,7 @@ fn a_job_that_fails_before_its_worker_joins_is_reported_with_its_stderr() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     let prologue = "echo module python/3.99 not found >&2; exit 7";
     let o = rdask(
@@ -208,7 +208,7 @@ fn srun_runner_makes_a_cluster_of_a_job_step_and_ends_with_the_client() {
     if !available("/usr/bin/srun", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     let bin = env!("CARGO_BIN_EXE_rdask-jobqueue");
     let srun = |client: &str, tasks: &str| {
@@ -251,7 +251,7 @@ fn slurm_scale_submits_and_cancels_jobs() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     ok(
         h,
@@ -288,7 +288,7 @@ fn scheduler_in_a_slurm_job_serves_clients_and_down_ends_every_job() {
     }
     let up = ["up", "--backend", "slurm", "--scheduler-in-job", "--nodes", "2", "--cores", "1", "--memory", "100MB"];
     for crash in [false, true] {
-        let home = tempfile::tempdir().unwrap();
+        let home = common::Home::new();
         let h = home.path();
         let out = ok(h, &up);
         let sched_job = out.split("slurm job ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap().to_string();
@@ -315,7 +315,7 @@ fn slurm_pools_have_their_own_resources_and_scale_alone() {
     if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     let pool = "big nodes=2 cores=2 memory=200MB job-extra-directives=--comment=bigpool";
     let up = ["up", "--backend", "slurm", "--nodes", "1", "--cores", "1", "--memory", "100MB", "--pool", pool];

@@ -30,7 +30,7 @@ fn wait_gone(pids: &[u32], within: Duration) {
 
 #[test]
 fn up_submit_wait_status_down_leaves_nothing_running() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     let out = ok(h, &["up", "--workers", "2"]);
     assert!(out.contains("is up") && out.contains("2 workers"), "{out}");
@@ -59,7 +59,7 @@ fn up_submit_wait_status_down_leaves_nothing_running() {
 
 #[test]
 fn failed_tasks_make_wait_exit_1_with_their_codes() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     ok(h, &["up", "--workers", "1"]);
     ok(h, &["submit", "--array", "1-6", "--", "sh", "-c", "echo oops >&2; exit $RDASK_TASK_ID"]);
@@ -76,7 +76,7 @@ fn failed_tasks_make_wait_exit_1_with_their_codes() {
 
 #[test]
 fn scheduler_killed_then_down_ends_its_workers() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     ok(h, &["up", "--workers", "2", "--death-timeout", "600"]);
     let pids = cluster_pids(h);
@@ -92,7 +92,7 @@ fn scheduler_killed_then_down_ends_its_workers() {
 
 #[test]
 fn up_twice_is_refused_and_names_the_fix() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     ok(h, &["up", "--workers", "1"]);
     let o = rdask(h, &["up"]);
@@ -103,7 +103,7 @@ fn up_twice_is_refused_and_names_the_fix() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     let o = rdask(h, &["submit", "--frobnicate", "--", "true"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -126,7 +126,7 @@ fn bad_input_is_a_clear_error() {
 
 #[test]
 fn worker_exits_after_its_death_timeout_when_the_scheduler_is_unreachable() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let secret = home.path().join("secret");
     rdask::Secret::generate().save(&secret).unwrap();
     // Reserve a port, then free it: nobody listens there.
@@ -152,7 +152,7 @@ fn worker_exits_after_its_death_timeout_when_the_scheduler_is_unreachable() {
 
 #[test]
 fn sigterm_ends_a_worker_that_has_no_scheduler_at_once() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let secret = home.path().join("secret");
     rdask::Secret::generate().save(&secret).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -177,7 +177,7 @@ fn sigterm_ends_a_worker_that_has_no_scheduler_at_once() {
 
 #[test]
 fn scale_adds_workers_and_retires_only_idle_ones() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::Home::new();
     let h = home.path();
     ok(h, &["up", "--workers", "2", "--poll-interval", "0.2"]);
     ok(h, &["submit", "--", "sleep", "3"]);

@@ -19,6 +19,27 @@ pub fn rdask(home: &Path, args: &[&str]) -> Output {
         .expect("rdask-jobqueue runs")
 }
 
+/// A temporary `RDASK_HOME` whose default cluster is taken down when it goes out of scope,
+/// so that a test that fails half-way leaves no scheduler, worker or batch job behind.
+pub struct Home(tempfile::TempDir);
+
+impl Home {
+    pub fn new() -> Home {
+        Home(tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // Does nothing (quickly) when the test already took its cluster down.
+        let _ = rdask(self.0.path(), &["down"]);
+    }
+}
+
 /// Exit status, stdout and stderr, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(
