@@ -3,6 +3,8 @@
 //! The workers are this test binary started again with `RDASK_ROLE=worker`, so the
 //! harness is our own (`harness = false`): `main` must turn into a worker first.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -11,16 +13,10 @@ use rdask::protocol::{CommandSpec, ErrorKind};
 use rdask::{Client, ClusterInfo, Graph, LocalCluster, Registry};
 
 fn registry() -> Registry {
-    let mut r = Registry::new();
-    r.register("inc", |x: u64| x + 1);
-    r.register_with_inputs("sum", |_: (), xs: Vec<u64>| xs.iter().sum::<u64>());
+    let mut r = common::base_registry();
     r.register("sleep_ms", |ms: u64| {
         std::thread::sleep(Duration::from_millis(ms));
         ms
-    });
-    r.register_with_inputs("slow_sum", |ms: u64, xs: Vec<u64>| {
-        std::thread::sleep(Duration::from_millis(ms));
-        xs.iter().sum::<u64>()
     });
     r.register("boom", |msg: String| -> u64 { panic!("{msg}") });
     r.register("pid", |_: u64| std::process::id());
@@ -85,26 +81,9 @@ async fn graph_of_10k_tasks() {
     cluster.shutdown().await;
 }
 
-/// SIGKILL one of two workers while a graph runs: the graph still completes correctly.
+/// SIGKILL one of two workers while a graph runs over TCP: the graph still completes correctly.
 async fn killed_worker_mid_graph() {
-    let mut cluster = LocalCluster::start(2, 1).await.unwrap();
-    let client = cluster.client(2).await.unwrap();
-    let mut g = Graph::new();
-    let mut leaves = Vec::new();
-    for i in 0..40u64 {
-        let leaf = g.call("inc", &i);
-        leaves.push(g.call_with("slow_sum", &20u64, &[leaf]));
-    }
-    let total = g.call_with("sum", &(), &leaves);
-    let job = client.submit(g).await.unwrap();
-    // Let both workers hold results and run tasks, then kill one.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let victim = cluster.worker_pids()[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    cluster.add_worker(1).unwrap();
-    let out: Vec<u64> = client.gather(&job, &[total]).await.unwrap();
-    assert_eq!(out, vec![(1..=40u64).sum::<u64>()]);
-    cluster.shutdown().await;
+    common::killed_worker_mid_graph(rdask_transport::Scheme::Tcp).await;
 }
 
 async fn panic_reaches_client() {

@@ -6,6 +6,8 @@
 //! its own (this binary again, with `UCX_TLS` set); the workers are this binary too
 //! (`RDASK_ROLE=worker`) and inherit it.
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,13 +16,7 @@ use rdask_transport::Bytes;
 use rdask_transport::Scheme;
 
 fn registry() -> Registry {
-    let mut r = Registry::new();
-    r.register("inc", |x: u64| x + 1);
-    r.register_with_inputs("sum", |_: (), xs: Vec<u64>| xs.iter().sum::<u64>());
-    r.register_with_inputs("slow_sum", |ms: u64, xs: Vec<u64>| {
-        std::thread::sleep(Duration::from_millis(ms));
-        xs.iter().sum::<u64>()
-    });
+    let mut r = common::base_registry();
     // A raw result of `n` bytes (a pattern derived from `seed`), moved without encoding.
     r.register_raw("blob", |args, _| {
         let (n, seed): (u64, u64) = postcard::from_bytes(args).map_err(|e| e.to_string())?;
@@ -66,7 +62,7 @@ fn main() {
     if std::env::var(CHILD).is_ok() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(dag_over_ucx());
-        rt.block_on(killed_worker_mid_graph());
+        rt.block_on(common::killed_worker_mid_graph(Scheme::Ucx));
         return;
     }
     let filter: Option<String> = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
@@ -119,32 +115,6 @@ async fn dag_over_ucx() {
     assert_eq!(total, vec![sizes.iter().sum::<u64>()]);
     let raw = client.gather_raw(&job, &[big]).await.unwrap();
     assert!(raw[0] == blob(64 << 20, 6), "the gathered 64 MiB result differs");
-    drop(client);
-    tokio::time::timeout(Duration::from_secs(60), cluster.shutdown()).await.expect("the cluster shuts down");
-}
-
-/// SIGKILL one of two workers while a graph runs over UCX: its connections fail (no hang) and
-/// the graph still completes correctly.
-async fn killed_worker_mid_graph() {
-    let mut cluster = LocalCluster::start_on(Scheme::Ucx, 2, 1).await.unwrap();
-    let client = cluster.client(2).await.unwrap();
-    let mut g = Graph::new();
-    let mut leaves = Vec::new();
-    for i in 0..40u64 {
-        let leaf = g.call("inc", &i);
-        leaves.push(g.call_with("slow_sum", &20u64, &[leaf]));
-    }
-    let total = g.call_with("sum", &(), &leaves);
-    let job = client.submit(g).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let victim = cluster.worker_pids()[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    cluster.add_worker(1).unwrap();
-    let out: Vec<u64> = tokio::time::timeout(Duration::from_secs(120), client.gather(&job, &[total]))
-        .await
-        .expect("the graph finishes despite the killed worker")
-        .unwrap();
-    assert_eq!(out, vec![(1..=40u64).sum::<u64>()]);
     drop(client);
     tokio::time::timeout(Duration::from_secs(60), cluster.shutdown()).await.expect("the cluster shuts down");
 }
