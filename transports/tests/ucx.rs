@@ -26,16 +26,22 @@ fn settings(tls: &str, timeout: Duration) -> Settings {
     Settings { overrides: vec![("TLS".into(), tls.into())], error_mode: ErrorMode::None, timeout }
 }
 
-/// Two engines (two UCX workers), connected and authenticated.
-async fn pair(tls: &str) -> (Connection, Connection) {
+/// Two engines (two UCX workers), connected: the connecting side, then the accepting one.
+async fn unauthenticated_pair(tls: &str) -> (Connection, Connection) {
     let server = Engine::new(settings(tls, Duration::from_secs(30))).unwrap();
     let client = Engine::new(settings(tls, Duration::from_secs(30))).unwrap();
     let mut l = server.listen("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr();
     assert!(addr.to_string().starts_with("ucx://127.0.0.1:"), "{addr}");
+    let a = client.connect(&addr.host_port).await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(30), l.accept()).await.unwrap().unwrap();
+    (a, b)
+}
+
+/// Two engines (two UCX workers), connected and authenticated.
+async fn pair(tls: &str) -> (Connection, Connection) {
+    let (mut a, mut b) = unauthenticated_pair(tls).await;
     let secret = Secret::generate();
-    let mut a = client.connect(&addr.host_port).await.unwrap();
-    let mut b = tokio::time::timeout(Duration::from_secs(30), l.accept()).await.unwrap().unwrap();
     let (ra, rb) = tokio::join!(auth::connect(&mut a, &secret), auth::accept(&mut b, &secret));
     ra.unwrap();
     rb.unwrap();
@@ -153,12 +159,7 @@ async fn frames_sent_before_a_close_are_all_read_then_a_clean_end() {
 
 #[tokio::test]
 async fn oversized_frame_is_refused_before_authentication() {
-    let server = Engine::new(settings(TLS_TCP, Duration::from_secs(30))).unwrap();
-    let client = Engine::new(settings(TLS_TCP, Duration::from_secs(30))).unwrap();
-    let mut l = server.listen("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr();
-    let mut a = client.connect(&addr.host_port).await.unwrap();
-    let mut b = tokio::time::timeout(Duration::from_secs(30), l.accept()).await.unwrap().unwrap();
+    let (mut a, mut b) = unauthenticated_pair(TLS_TCP).await;
     // The accepting side still has the handshake's limits: a 1 MiB payload is refused.
     let sender = tokio::spawn(async move {
         // Completes once the receiver drops the refused data (here: when it closes).
@@ -174,12 +175,7 @@ async fn oversized_frame_is_refused_before_authentication() {
 
 #[tokio::test]
 async fn wrong_secret_is_refused() {
-    let server = Engine::new(settings(TLS_TCP, Duration::from_secs(30))).unwrap();
-    let client = Engine::new(settings(TLS_TCP, Duration::from_secs(30))).unwrap();
-    let mut l = server.listen("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr();
-    let mut a = client.connect(&addr.host_port).await.unwrap();
-    let mut b = tokio::time::timeout(Duration::from_secs(30), l.accept()).await.unwrap().unwrap();
+    let (mut a, mut b) = unauthenticated_pair(TLS_TCP).await;
     let (theirs, ours) = (Secret::generate(), Secret::generate());
     let (ra, rb) = tokio::join!(auth::connect(&mut a, &theirs), async {
         let r = auth::accept(&mut b, &ours).await;
