@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
-    self, ClusterStatus, CommandSpec, Counts, JobId, JobOutcome, JobSpec, JobTasks, Reply, Request, TaskBody,
-    TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, WorkerId,
+    self, ClientInfo, ClusterStatus, CommandSpec, Counts, JobId, JobOutcome, JobSpec, JobTasks, Refusal, Reply,
+    Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, WorkerId,
 };
 use crate::worker::FetchPool;
 
@@ -46,7 +46,7 @@ pub enum ClientError {
     Disconnected,
     /// The scheduler refused a submission.
     #[error("the scheduler refused the job: {0}")]
-    Refused(String),
+    Refused(Refusal),
     /// The job does not exist (any more).
     #[error("no job {0} on this cluster")]
     NoSuchJob(JobId),
@@ -65,6 +65,15 @@ pub enum ClientError {
         task: TaskId,
         /// What went wrong.
         detail: String,
+    },
+    /// No worker holds the result: it was not kept.
+    #[error(
+        "result of task {task}: no worker holds it (was it kept? results of tasks that others depend on need \
+         `Graph::keep`)"
+    )]
+    NotKept {
+        /// The task.
+        task: TaskId,
     },
     /// The scheduler answered something unexpected.
     #[error("unexpected reply from the scheduler: {0}")]
@@ -189,12 +198,20 @@ pub struct Job {
 impl Client {
     /// Connects to the cluster, trying each scheduler address in turn.
     pub async fn connect(info: &ClusterInfo) -> Result<Client, ClientError> {
+        Client::connect_as(info, &ClientInfo::default()).await
+    }
+
+    /// Connects saying `role` about itself: with [`ClientInfo::ends_cluster`], the cluster
+    /// (`srun … run`, `mpirun … mpi`) ends when this client disconnects.
+    pub async fn connect_as(info: &ClusterInfo, role: &ClientInfo) -> Result<Client, ClientError> {
         let mut last = String::from("no address");
         for addr in &info.addresses {
             let attempt = async {
                 let mut conn = rdask_transport::connect(addr).await.map_err(|e| format!("{addr}: {e}"))?;
                 auth::connect(&mut conn, &info.secret).await.map_err(|e| e.to_string())?;
-                conn.send_now(protocol::frame(&ToScheduler::RegisterClient)).await.map_err(|e| e.to_string())?;
+                conn.send_now(protocol::frame(&ToScheduler::RegisterClient(role.clone())))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let f = conn.recv_some().await.map_err(|e| e.to_string())?;
                 match protocol::decode::<ToClient>(&f.header) {
                     Ok(ToClient::Welcome) => Ok(conn),
@@ -312,7 +329,7 @@ impl Client {
     /// Retires workers gracefully, all or none: `Ok(Err(why))` (and nothing changes) unless every
     /// one is idle and the results only they hold can go to another worker. Retired workers take
     /// no new task, hand their results over and exit.
-    pub async fn retire(&self, workers: Vec<WorkerId>) -> Result<Result<(), String>, ClientError> {
+    pub async fn retire(&self, workers: Vec<WorkerId>) -> Result<Result<(), Refusal>, ClientError> {
         match self.request(Request::Retire(workers)).await? {
             Reply::Ok => Ok(Ok(())),
             Reply::Refused(why) => Ok(Err(why)),
@@ -337,7 +354,7 @@ impl Client {
         let mut attempt = 0u64;
         loop {
             match self.gather_once(job, tasks).await {
-                Err(ClientError::Result { task, detail }) if attempt < 5 && !detail.starts_with("no worker") => {
+                Err(ClientError::Result { task, detail }) if attempt < 5 => {
                     attempt += 1;
                     tracing::debug!(%task, "fetch failed ({detail}); waiting for the result to be recomputed");
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
@@ -370,14 +387,7 @@ impl Client {
         }
         out.into_iter()
             .zip(tasks)
-            .map(|(b, h)| {
-                b.ok_or_else(|| ClientError::Result {
-                    task: TaskId { job: job.id, index: h.0 },
-                    detail:
-                        "no worker holds it (was it kept? results of tasks that others depend on need `Graph::keep`)"
-                            .into(),
-                })
-            })
+            .map(|(b, h)| b.ok_or(ClientError::NotKept { task: TaskId { job: job.id, index: h.0 } }))
             .collect()
     }
 

@@ -185,8 +185,10 @@ pub struct WorkerInfo {
     pub host: String,
     /// Process id on that host.
     pub pid: u32,
-    /// The batch job the worker runs in (`SLURM_JOB_ID`, `PBS_JOBID`, `JOB_ID`).
-    pub batch_job: Option<String>,
+    /// The launch tag given by whoever started the worker (`RDASK_LAUNCH_TAG`: for
+    /// `rdask-jobqueue`, the pool and the submission it belongs to), echoed unchanged. Opaque to
+    /// the scheduler, which only hands it to its embedding (see [`crate::scheduler::Notice`]).
+    pub launch: Option<String>,
     /// Where peers and clients fetch results from this worker.
     pub data_address: String,
     /// Milliseconds left, at registration, before the worker must be gone (its batch job's
@@ -236,12 +238,12 @@ pub struct Finished {
 }
 
 /// Messages to the scheduler, from workers and clients.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToScheduler {
     /// A worker joins.
     RegisterWorker(WorkerInfo),
     /// A client joins.
-    RegisterClient,
+    RegisterClient(ClientInfo),
     /// A worker is alive.
     Heartbeat,
     /// Tasks a worker finished; results stay on the worker.
@@ -270,8 +272,17 @@ pub enum ToScheduler {
     },
 }
 
+/// What a client says about itself when it registers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The cluster ends when this client disconnects (`srun … run` and `mpirun … mpi` clusters,
+    /// whose lifetime is their client's): its embedding is told, and ends the cluster, when the
+    /// connection closes without a [`Request::Shutdown`].
+    pub ends_cluster: bool,
+}
+
 /// Requests of a client.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Submit a job; answered with [`Reply::Submitted`].
     Submit(Box<JobSpec>),
@@ -288,6 +299,203 @@ pub enum Request {
     /// Retire these workers, all or none: each must be idle, and the results only they hold
     /// must have another worker to go to. Answered with [`Reply::Ok`] or [`Reply::Refused`].
     Retire(Vec<WorkerId>),
+    /// A provisioning request (scale, adapt), answered by the cluster's provisioner with
+    /// [`Reply::Control`] or [`Reply::Refused`]; refused where the scheduler has none.
+    Control(ControlRequest),
+}
+
+/// Requests for the cluster's provisioner: the part of the scheduler process that starts and
+/// ends workers (local processes or batch jobs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Set the size of a pool (`None`: the main pool). Stops its adaptive scaling. Removing
+    /// capacity retires idle workers through the scheduler; a busy worker is never stopped.
+    Scale {
+        /// The pool.
+        pool: Option<String>,
+        /// The size.
+        target: ScaleTarget,
+    },
+    /// Make a pool follow the work between bounds (`Some`), or stop doing so (`None`).
+    Adapt {
+        /// The pool.
+        pool: Option<String>,
+        /// The settings.
+        spec: Option<AdaptSpec>,
+    },
+}
+
+/// How a [`ControlRequest::Scale`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScaleTarget {
+    /// Batch jobs (local backend: workers).
+    Jobs(u32),
+    /// Nodes (rounded up to whole jobs).
+    Nodes(u32),
+    /// Workers (rounded up to whole jobs).
+    Workers(u32),
+}
+
+/// Adaptive scaling's settings (`adapt`, `up --adapt-max`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdaptSpec {
+    /// Fewest jobs.
+    pub min_jobs: u32,
+    /// Most jobs doing work (pending or running); jobs near their walltime, being replaced,
+    /// are not counted.
+    pub max_jobs: u32,
+    /// Aim to finish the queued work in this many seconds.
+    pub target_duration: f64,
+    /// Seconds between decisions.
+    pub interval: f64,
+    /// Most jobs pending in the queue at once.
+    pub max_pending: u32,
+    /// Consecutive intervals of surplus before a job is removed.
+    pub scale_down_after: u32,
+    /// Failed submissions in a row before adaptive submission pauses.
+    pub max_failures: u32,
+    /// Seconds before its workers must leave (walltime) that a job stops counting as capacity.
+    pub replace_ahead: f64,
+    /// Expected seconds of a task whose kind has never finished.
+    pub default_task_duration: f64,
+}
+
+impl AdaptSpec {
+    /// The defaults, between `min_jobs` and `max_jobs`.
+    pub fn new(min_jobs: u32, max_jobs: u32) -> AdaptSpec {
+        AdaptSpec {
+            min_jobs,
+            max_jobs,
+            target_duration: 5.0,
+            interval: 1.0,
+            max_pending: 4,
+            scale_down_after: 3,
+            max_failures: 5,
+            replace_ahead: 60.0,
+            default_task_duration: 0.5,
+        }
+    }
+
+    /// Checks the numbers; the message says which one is wrong and how.
+    pub fn check(&self) -> Result<(), String> {
+        if self.min_jobs > self.max_jobs {
+            return Err(format!("--min ({}) is larger than --max ({})", self.min_jobs, self.max_jobs));
+        }
+        if self.max_jobs == 0 {
+            return Err("--max must be at least 1".into());
+        }
+        for (name, v) in [
+            ("--target-duration", self.target_duration),
+            ("--interval", self.interval),
+            ("--replace-ahead", self.replace_ahead),
+        ] {
+            if !v.is_finite() || v <= 0.0 {
+                return Err(format!("{name} must be a positive number of seconds, not {v}"));
+            }
+        }
+        if self.max_pending == 0 || self.max_failures == 0 || self.scale_down_after == 0 {
+            return Err("--max-pending, --max-failures and --scale-down-after must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where an allocation (a batch job, or a local worker process) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocationState {
+    /// Waiting in the queue.
+    Pending,
+    /// Running.
+    Running,
+    /// Ended on its own.
+    Finished,
+    /// Ended in error (failed, timed out, out of memory, node failure…).
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// The batch system no longer knows it (it ended some time ago).
+    Gone,
+}
+
+impl AllocationState {
+    /// Whether it can still hold or start a worker.
+    pub fn is_active(self) -> bool {
+        matches!(self, AllocationState::Pending | AllocationState::Running)
+    }
+}
+
+impl fmt::Display for AllocationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllocationState::Pending => "pending",
+            AllocationState::Running => "running",
+            AllocationState::Finished => "finished",
+            AllocationState::Failed => "failed",
+            AllocationState::Cancelled => "cancelled",
+            AllocationState::Gone => "gone",
+        })
+    }
+}
+
+/// What the provisioner reports, live, in [`ClusterStatus::provisioning`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProvisioningStatus {
+    /// `local`, or the batch system's name.
+    pub backend: String,
+    /// Its pools, the main one (`default`) first.
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One pool in [`ProvisioningStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Its name.
+    pub name: String,
+    /// What one unit is: `job` (batch) or `worker` (local).
+    pub unit: String,
+    /// Workers per job, and slots per worker.
+    pub workers_per_job: u32,
+    /// Slots of each worker.
+    pub slots: u32,
+    /// The size asked for by `scale` (in jobs), when not adapting.
+    pub target: Option<u32>,
+    /// Adaptive scaling, when on.
+    pub adapt: Option<AdaptState>,
+    /// Its allocations that are active or ended recently.
+    pub jobs: Vec<AllocationStatus>,
+    /// The last error of the batch system for this pool (a refused submission, a failed poll).
+    pub error: Option<String>,
+}
+
+/// Adaptive scaling of a pool, in [`PoolStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdaptState {
+    /// The settings.
+    pub spec: AdaptSpec,
+    /// Jobs wanted now.
+    pub target: u32,
+    /// Why (the policy's own words).
+    pub reason: String,
+    /// Submission paused after repeated failures.
+    pub paused: bool,
+}
+
+/// An allocation in [`PoolStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationStatus {
+    /// The batch system's job id (local backend: the worker's pid).
+    pub id: String,
+    /// Its launch tag, as its workers echo it.
+    pub launch: String,
+    /// Its last known state.
+    pub state: AllocationState,
+    /// Its workers connected now.
+    pub workers: Vec<WorkerId>,
+    /// Milliseconds since it was submitted.
+    pub age_ms: u64,
+    /// Why it ended early, when it ended before any worker of it joined (its stderr's tail).
+    pub note: Option<String>,
 }
 
 /// Where a job's kept results are.
@@ -375,7 +583,7 @@ pub struct JobStatus {
 }
 
 /// The cluster as the scheduler sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// Connected workers.
     pub workers: Vec<WorkerStatus>,
@@ -387,15 +595,17 @@ pub struct ClusterStatus {
     pub clients_ever: u64,
     /// Unfinished work by kind (only kinds with queued or running tasks).
     pub load: Vec<KindLoad>,
+    /// Pools and their allocations, from the provisioner (`None` where there is none).
+    pub provisioning: Option<ProvisioningStatus>,
 }
 
 /// Replies to client requests.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// The job was accepted.
     Submitted(JobId),
-    /// The submission was refused (an unknown dependency, an empty array…).
-    Refused(String),
+    /// The request was refused (an unknown dependency, an empty array, a busy worker…).
+    Refused(Refusal),
     /// The job ended.
     JobDone(JobOutcome),
     /// A job's counts.
@@ -406,6 +616,45 @@ pub enum Reply {
     Ok,
     /// No such job.
     NoSuchJob(JobId),
+    /// A provisioning request was carried out: what was done, in words.
+    Control(String),
+}
+
+/// Why a request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What kind of refusal.
+    pub kind: RefusalKind,
+    /// The scheduler's (or provisioner's) own words: what is wrong and what to do.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal of `kind` saying `message`.
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Refusal {
+        Refusal { kind, message: message.into() }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The kinds of [`Refusal`], so that callers branch on a kind, never on words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    /// The request itself is wrong (an unknown dependency, an empty array, bad bounds…).
+    Invalid,
+    /// It names something that does not exist (a worker, a pool).
+    NotFound,
+    /// Not now: a worker is busy or already retiring, results have nowhere to go.
+    Busy,
+    /// The cluster is shutting down.
+    ShuttingDown,
+    /// This cluster cannot do it (no provisioner; an option the backend cannot honour).
+    Unsupported,
 }
 
 /// Messages to a worker.
@@ -445,7 +694,7 @@ pub enum ToWorker {
 }
 
 /// Messages to a client.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToClient {
     /// Registration accepted.
     Welcome,

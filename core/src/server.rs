@@ -14,7 +14,7 @@ use rdask_transport::{Address, Frame, Listener};
 use tokio::sync::{mpsc, watch};
 
 use crate::protocol::{self, ToScheduler};
-use crate::scheduler::{Command, Config, ConnId, Event, Scheduler};
+use crate::scheduler::{Command, Config, ConnId, Control, Event, Notice, Scheduler};
 
 enum Internal {
     Connected(ConnId, mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle),
@@ -48,12 +48,34 @@ impl ServerHandle {
     }
 }
 
+/// The embedding's end of a controlled scheduler ([`spawn_controlled`]): the scheduler's
+/// [`Notice`]s come out of `notices`, [`Control`]s go into `control`.
+#[derive(Debug)]
+pub struct Controller {
+    /// What the scheduler tells its embedding, in order.
+    pub notices: mpsc::UnboundedReceiver<Notice>,
+    /// What the embedding asks of the scheduler.
+    pub control: mpsc::UnboundedSender<Control>,
+}
+
 /// Starts a scheduler on `listener`.
 pub fn spawn(listener: Box<dyn Listener>, secret: Secret, config: Config) -> ServerHandle {
     let address = listener.local_addr();
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run(listener, secret, config, stop_rx));
+    let task = tokio::spawn(run(listener, secret, Config { controlled: false, ..config }, stop_rx, None));
     ServerHandle { address, stop, task }
+}
+
+/// Starts a scheduler on `listener` that an embedding drives: it hears of workers and clients
+/// coming and going, answers the clients' provisioning requests, and can retire workers.
+pub fn spawn_controlled(listener: Box<dyn Listener>, secret: Secret, config: Config) -> (ServerHandle, Controller) {
+    let address = listener.local_addr();
+    let (stop, stop_rx) = watch::channel(false);
+    let (notices_tx, notices) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let config = Config { controlled: true, ..config };
+    let task = tokio::spawn(run(listener, secret, config, stop_rx, Some((notices_tx, control_rx))));
+    (ServerHandle { address, stop, task }, Controller { notices, control })
 }
 
 /// Binds `addr` and starts a scheduler there.
@@ -62,8 +84,20 @@ pub async fn bind(addr: &Address, secret: Secret, config: Config) -> std::io::Re
     Ok(spawn(listener, secret, config))
 }
 
-async fn run(mut listener: Box<dyn Listener>, secret: Secret, config: Config, mut stop: watch::Receiver<bool>) {
+type Embedding = (mpsc::UnboundedSender<Notice>, mpsc::UnboundedReceiver<Control>);
+
+async fn run(
+    mut listener: Box<dyn Listener>,
+    secret: Secret,
+    config: Config,
+    mut stop: watch::Receiver<bool>,
+    embedding: Option<Embedding>,
+) {
     let (events, mut rx) = mpsc::unbounded_channel::<Internal>();
+    let (notices, mut control) = match embedding {
+        Some((n, c)) => (Some(n), Some(c)),
+        None => (None, None),
+    };
     let mut sched = Scheduler::new(config);
     let mut writers: HashMap<ConnId, (mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle)> = HashMap::new();
     let mut next_conn: ConnId = 1;
@@ -102,6 +136,11 @@ async fn run(mut listener: Box<dyn Listener>, secret: Secret, config: Config, mu
             _ = tokio::time::sleep_until(deadline.into()) => {
                 sched.handle(Instant::now(), Event::Tick);
             }
+            c = recv_control(&mut control) => match c {
+                Some(c) => sched.handle(Instant::now(), Event::Control(c)),
+                // The embedding is gone: nothing drives provisioning any more.
+                None => control = None,
+            },
             _ = stop.changed() => break,
         }
         for cmd in sched.take_commands() {
@@ -114,6 +153,11 @@ async fn run(mut listener: Box<dyn Listener>, secret: Secret, config: Config, mu
                     }
                 }
                 Command::Exit => exiting = true,
+                Command::Notify(n) => {
+                    if let Some(tx) = &notices {
+                        let _ = tx.send(n);
+                    }
+                }
             }
         }
     }
@@ -121,6 +165,13 @@ async fn run(mut listener: Box<dyn Listener>, secret: Secret, config: Config, mu
     drop(writers);
     tokio::time::sleep(Duration::from_millis(100)).await;
     tracing::info!("scheduler stopped");
+}
+
+async fn recv_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn handle(

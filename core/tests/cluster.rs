@@ -235,6 +235,6 @@ async fn retired_worker_hands_over() {
     assert!(pids.contains(&holder.info.pid), "results computed by the retired worker survive it: {pids:?}");
     // The last worker holds wanted results: it is not retired.
     let refused = client.retire(vec![s.workers[0].id]).await.unwrap();
-    assert!(refused.is_err_and(|e| e.contains("still wanted")));
+    assert!(refused.is_err_and(|e| e.kind == rdask::protocol::RefusalKind::Busy && e.message.contains("still wanted")));
     cluster.shutdown().await;
 }

@@ -20,71 +20,8 @@
 use std::time::{Duration, Instant};
 
 use rdask::protocol::{KindLoad, WorkerId};
-use serde::{Deserialize, Serialize};
 
-/// What `adapt` asks for; written to the cluster's `adapt.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AdaptSpec {
-    /// Fewest jobs.
-    pub min_jobs: u32,
-    /// Most jobs doing work (pending or running); jobs near their walltime, being replaced,
-    /// are not counted.
-    pub max_jobs: u32,
-    /// Aim to finish the queued work in this many seconds.
-    pub target_duration: f64,
-    /// Seconds between decisions.
-    pub interval: f64,
-    /// Most jobs pending in the queue at once.
-    pub max_pending: u32,
-    /// Consecutive intervals of surplus before a job is removed.
-    pub scale_down_after: u32,
-    /// Failed submissions in a row before adaptive submission pauses.
-    pub max_failures: u32,
-    /// Seconds before its workers must leave (walltime) that a job stops counting as capacity.
-    pub replace_ahead: f64,
-    /// Expected seconds of a task whose kind has never finished.
-    pub default_task_duration: f64,
-}
-
-impl AdaptSpec {
-    /// The defaults, between `min_jobs` and `max_jobs`.
-    pub fn new(min_jobs: u32, max_jobs: u32) -> AdaptSpec {
-        AdaptSpec {
-            min_jobs,
-            max_jobs,
-            target_duration: 5.0,
-            interval: 1.0,
-            max_pending: 4,
-            scale_down_after: 3,
-            max_failures: 5,
-            replace_ahead: 60.0,
-            default_task_duration: 0.5,
-        }
-    }
-
-    /// Checks the numbers; the message says which one is wrong and how.
-    pub fn check(&self) -> Result<(), String> {
-        if self.min_jobs > self.max_jobs {
-            return Err(format!("--min ({}) is larger than --max ({})", self.min_jobs, self.max_jobs));
-        }
-        if self.max_jobs == 0 {
-            return Err("--max must be at least 1".into());
-        }
-        for (name, v) in [
-            ("--target-duration", self.target_duration),
-            ("--interval", self.interval),
-            ("--replace-ahead", self.replace_ahead),
-        ] {
-            if !v.is_finite() || v <= 0.0 {
-                return Err(format!("{name} must be a positive number of seconds, not {v}"));
-            }
-        }
-        if self.max_pending == 0 || self.max_failures == 0 || self.scale_down_after == 0 {
-            return Err("--max-pending, --max-failures and --scale-down-after must be at least 1".into());
-        }
-        Ok(())
-    }
-}
+pub use rdask::protocol::AdaptSpec;
 
 /// A worker as the policy sees it.
 #[derive(Clone, Debug, PartialEq)]

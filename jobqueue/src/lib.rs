@@ -316,6 +316,10 @@ async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
         },
     };
     let mut config = rdask::worker::WorkerConfig::new(info);
+    // FIXME(control plane): until the provisioner sets launch tags, a batch worker's tag is its job id.
+    if config.launch.is_none() {
+        config.launch = batch_job_id();
+    }
     if let Some(dir) = &a.local_directory {
         let dir = expand_vars(dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create local directory {dir}"))?;
@@ -545,4 +549,17 @@ async fn scheduler_in_job(state: &StateDir, a: &UpArgs, system: System, exe: &Pa
         state.path.display()
     );
     Ok(0)
+}
+
+/// The batch job this process runs in, if any: `ID`, or `ID_INDEX` for a task of a job array
+/// (Slurm and SGE; PBS writes the index into its job id itself).
+fn batch_job_id() -> Option<String> {
+    let var = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty() && s != "undefined");
+    if let (Some(job), Some(task)) = (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+        return Some(format!("{job}_{task}"));
+    }
+    if let (Some(job), Some(task)) = (var("JOB_ID"), var("SGE_TASK_ID")) {
+        return Some(format!("{job}_{task}"));
+    }
+    ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID"].iter().find_map(|v| var(v))
 }

@@ -56,7 +56,7 @@ impl Units for BatchBackend {
     }
 
     fn holds(id: &str, worker: &WorkerStatus) -> bool {
-        worker.info.batch_job.as_deref().is_some_and(|b| backend::same_job(id, b))
+        worker.info.launch.as_deref().is_some_and(|b| backend::same_job(id, b))
     }
 }
 
@@ -78,7 +78,7 @@ impl Units for LocalBackend {
     }
 
     fn holds(id: &str, worker: &WorkerStatus) -> bool {
-        worker.info.batch_job.is_none() && worker.info.pid.to_string() == id
+        worker.info.launch.is_none() && worker.info.pid.to_string() == id
     }
 }
 

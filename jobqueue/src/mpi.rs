@@ -753,7 +753,7 @@ mod tests {
             slots: 1,
             host: long,
             pid: 7,
-            batch_job: None,
+            launch: None,
             data_address: String::new(),
             lifetime_ms: None,
         };

@@ -99,7 +99,7 @@ pub(crate) async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
             s.workers
                 .iter()
                 .filter(|w| {
-                    let job = w.info.batch_job.as_deref().unwrap_or("");
+                    let job = w.info.launch.as_deref().unwrap_or("");
                     jobs.iter().any(|j| j.pool != a.pool && backend::same_job(&j.id, job))
                 })
                 .count()

@@ -133,9 +133,9 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
                     None => None,
                 };
                 let workers = status.as_ref().map(|s| s.workers.clone()).unwrap_or_default();
-                had_worker.extend(workers.iter().filter_map(|w| w.info.batch_job.clone()));
+                had_worker.extend(workers.iter().filter_map(|w| w.info.launch.clone()));
                 let busy: Vec<(u32, Option<String>)> =
-                    workers.iter().filter(|w| w.assigned > 0).map(|w| (w.info.pid, w.info.batch_job.clone())).collect();
+                    workers.iter().filter(|w| w.assigned > 0).map(|w| (w.info.pid, w.info.launch.clone())).collect();
                 let target = read_target(&state, backend::DEFAULT_POOL);
                 if let Some(b) = batch_backend.clone() {
                     let (seen, logs, busy) = (had_worker.clone(), log_directory.clone(), busy.clone());

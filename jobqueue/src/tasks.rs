@@ -168,7 +168,7 @@ pub(crate) fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[b
                 w.info.slots,
                 w.assigned,
                 w.holding,
-                w.info.batch_job.as_deref().unwrap_or("-"),
+                w.info.launch.as_deref().unwrap_or("-"),
                 if w.retiring { " (retiring)" } else { "" }
             );
         }
@@ -179,7 +179,7 @@ pub(crate) fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[b
             let workers: Vec<String> = s
                 .workers
                 .iter()
-                .filter(|w| w.info.batch_job.as_deref().is_some_and(|b| backend::same_job(&j.id, b)))
+                .filter(|w| w.info.launch.as_deref().is_some_and(|b| backend::same_job(&j.id, b)))
                 .map(|w| w.id.to_string())
                 .collect();
             let _ = writeln!(out, "{:<12} {:<10} {:<10} {}", j.id, j.pool, j.state.to_string(), workers.join(" "));

@@ -196,7 +196,7 @@ fn jobs_near_their_walltime_are_replaced_and_no_task_fails() {
     let jobs_with_workers: BTreeSet<String> = seen
         .iter()
         .flat_map(|(_, s)| {
-            s["workers"].as_array().unwrap().iter().map(|w| w["info"]["batch_job"].as_str().unwrap().to_string())
+            s["workers"].as_array().unwrap().iter().map(|w| w["info"]["launch"].as_str().unwrap().to_string())
         })
         .collect();
     assert!(jobs_with_workers.len() >= 3, "replacement jobs joined: {jobs_with_workers:?}");

@@ -26,7 +26,7 @@ use sha2::Sha256;
 use crate::{Connection, Frame, Limits};
 
 /// Version of the rdask wire protocol; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 const MAGIC: &[u8; 6] = b"RDASK\0";
 const NONCE: usize = 32;
 const MAC: usize = 32;

@@ -25,9 +25,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
-    Assignment, ClusterStatus, Counts, ErrorKind, Finished, Holding, JobId, JobOutcome, JobSpec, JobStatus, JobTasks,
-    KindLoad, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, ToScheduler, ToWorker, Work, WorkerId,
-    WorkerInfo, WorkerStatus,
+    Assignment, ClientInfo, ClusterStatus, ControlRequest, Counts, ErrorKind, Finished, Holding, JobId, JobOutcome,
+    JobSpec, JobStatus, JobTasks, KindLoad, ProvisioningStatus, Refusal, RefusalKind, Reply, Request, TaskBody,
+    TaskError, TaskId, TaskRef, ToClient, ToScheduler, ToWorker, Work, WorkerId, WorkerInfo, WorkerStatus,
 };
 
 #[cfg(test)]
@@ -45,6 +45,9 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// The expected duration of a task of a kind that has never finished.
     pub default_duration: Duration,
+    /// Whether an embedding (a provisioner) takes the [`Notice`]s and answers
+    /// [`Request::Control`]; without one, those requests are refused.
+    pub controlled: bool,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
             default_duration: Duration::from_millis(500),
+            controlled: false,
         }
     }
 }
@@ -68,6 +72,91 @@ pub enum Event {
     Disconnected(ConnId, String),
     /// Time passed.
     Tick,
+    /// The embedding (the provisioner of the scheduler process) asks something.
+    Control(Control),
+}
+
+/// What the scheduler's embedding asks of it: the provisioner of `rdask-jobqueue`'s scheduler
+/// process, or the rank-0 driver of `srun … run` and `mpirun … mpi`.
+#[derive(Debug)]
+pub enum Control {
+    /// Answer a client's [`Request::Control`] (from [`Notice::Request`]).
+    Reply {
+        /// The client.
+        conn: ConnId,
+        /// Its request.
+        req: u64,
+        /// The answer.
+        reply: Reply,
+    },
+    /// Retire these workers, all or none, as [`Request::Retire`] does; answered with
+    /// [`Notice::Retired`] of the same `token`.
+    Retire {
+        /// Chosen by the embedding to match the answer.
+        token: u64,
+        /// The workers.
+        workers: Vec<WorkerId>,
+    },
+    /// Send a [`Notice::Observed`]: the cluster's state now.
+    Observe,
+    /// What status replies carry as [`ClusterStatus::provisioning`] from now on.
+    Provisioning(ProvisioningStatus),
+    /// Stop the workers and exit, as [`Request::Shutdown`] does.
+    Shutdown,
+}
+
+/// What the scheduler tells its embedding ([`Command::Notify`]). Only emitted with
+/// [`Config::controlled`].
+#[derive(Debug, PartialEq)]
+pub enum Notice {
+    /// A worker registered, echoing the launch tag it was started with.
+    WorkerJoined {
+        /// Its id.
+        worker: WorkerId,
+        /// Its launch tag.
+        launch: Option<String>,
+    },
+    /// A worker is gone (it stopped, retired, broke its connection or went silent).
+    WorkerLeft {
+        /// Its id.
+        worker: WorkerId,
+        /// Its launch tag.
+        launch: Option<String>,
+        /// Why, for the logs.
+        reason: String,
+    },
+    /// A client registered.
+    ClientJoined {
+        /// Its connection.
+        conn: ConnId,
+        /// What it said about itself.
+        info: ClientInfo,
+    },
+    /// A client's connection closed without a [`Request::Shutdown`].
+    ClientLeft {
+        /// Its connection.
+        conn: ConnId,
+        /// What it said about itself when it registered.
+        info: ClientInfo,
+    },
+    /// A client's provisioning request, to be answered with [`Control::Reply`].
+    Request {
+        /// The client.
+        conn: ConnId,
+        /// Its request number.
+        req: u64,
+        /// The request.
+        body: ControlRequest,
+    },
+    /// The answer to [`Control::Retire`].
+    Retired {
+        /// The token of the request.
+        token: u64,
+        /// Whether the workers are retiring, or why not.
+        result: Result<(), Refusal>,
+    },
+    /// The answer to [`Control::Observe`].
+    Observed(Box<ClusterStatus>),
 }
 
 /// Something the driver must do.
@@ -81,6 +170,8 @@ pub enum Command {
     Close(ConnId),
     /// Stop serving: everything has been told to stop.
     Exit,
+    /// Tell the embedding (only with [`Config::controlled`]).
+    Notify(Notice),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,11 +276,11 @@ impl Worker {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Peer {
     Unknown,
     Worker(WorkerId),
-    Client,
+    Client(ClientInfo),
 }
 
 /// The scheduler's state. See the module documentation for how to drive it.
@@ -216,6 +307,8 @@ pub struct Scheduler {
     kind_index: HashMap<String, u32>,
     /// Retiring workers not yet told to stop.
     retiring: usize,
+    /// What the provisioner last reported.
+    provisioning: Option<ProvisioningStatus>,
 }
 
 #[derive(Debug)]
@@ -254,6 +347,7 @@ impl Scheduler {
             kinds: Vec::new(),
             kind_index: HashMap::new(),
             retiring: 0,
+            provisioning: None,
         }
     }
 
@@ -290,6 +384,7 @@ impl Scheduler {
             Event::Message(c, msg) => self.on_message(now, c, msg),
             Event::Disconnected(c, reason) => self.on_disconnect(c, &reason),
             Event::Tick => self.on_tick(now),
+            Event::Control(c) => self.on_control(c),
         }
         self.schedule();
         if self.retiring > 0 {
@@ -304,8 +399,51 @@ impl Scheduler {
         }
     }
 
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Reply { conn, req, reply } => {
+                if matches!(self.conns.get(&conn), Some(Peer::Client(_))) {
+                    self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body: reply }));
+                }
+            }
+            Control::Retire { token, workers } => {
+                let result = self.check_retire(&workers);
+                if result.is_ok() {
+                    for w in workers {
+                        self.retire(w, "the cluster is scaling down");
+                    }
+                }
+                self.notify(Notice::Retired { token, result });
+            }
+            Control::Observe => {
+                let status = self.status();
+                self.notify(Notice::Observed(Box::new(status)));
+            }
+            Control::Provisioning(p) => self.provisioning = Some(p),
+            Control::Shutdown => self.shutdown(None),
+        }
+    }
+
+    fn notify(&mut self, n: Notice) {
+        if self.config.controlled {
+            self.commands.push(Command::Notify(n));
+        }
+    }
+
+    /// Stops every worker, answers the client that asked (if one did), and exits.
+    fn shutdown(&mut self, asked_by: Option<(ConnId, u64)>) {
+        self.shutting_down = true;
+        for w in self.workers.values() {
+            self.commands.push(Command::ToWorker(w.conn, ToWorker::Stop));
+        }
+        if let Some((conn, req)) = asked_by {
+            self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body: Reply::Ok }));
+        }
+        self.commands.push(Command::Exit);
+    }
+
     fn on_message(&mut self, now: Instant, conn: ConnId, msg: ToScheduler) {
-        let peer = self.conns.get(&conn).copied();
+        let peer = self.conns.get(&conn).cloned();
         if let Some(Peer::Worker(w)) = peer {
             if let Some(worker) = self.workers.get_mut(&w) {
                 worker.last_seen = now;
@@ -314,10 +452,11 @@ impl Scheduler {
         match (peer, msg) {
             (None, _) => {}
             (Some(Peer::Unknown), ToScheduler::RegisterWorker(info)) => self.on_register_worker(now, conn, info),
-            (Some(Peer::Unknown), ToScheduler::RegisterClient) => {
-                self.conns.insert(conn, Peer::Client);
+            (Some(Peer::Unknown), ToScheduler::RegisterClient(info)) => {
+                self.conns.insert(conn, Peer::Client(info.clone()));
                 self.clients_ever += 1;
                 self.commands.push(Command::ToClient(conn, ToClient::Welcome));
+                self.notify(Notice::ClientJoined { conn, info });
             }
             (Some(Peer::Worker(w)), ToScheduler::Heartbeat) => {
                 if let Some(worker) = self.workers.get(&w) {
@@ -329,7 +468,7 @@ impl Scheduler {
             (Some(Peer::Worker(w)), ToScheduler::InputMissing(task, input)) => self.on_input_missing(w, task, input),
             (Some(Peer::Worker(w)), ToScheduler::Retire) => self.retire(w, "it asked to"),
             (Some(Peer::Worker(w)), ToScheduler::Replicated { from, ids }) => self.on_replicated(w, from, &ids),
-            (Some(Peer::Client), ToScheduler::Request { req, body }) => self.on_request(conn, req, body),
+            (Some(Peer::Client(_)), ToScheduler::Request { req, body }) => self.on_request(conn, req, body),
             (Some(p), other) => {
                 let what = discriminant_name(&other);
                 tracing::warn!(conn, ?p, "unexpected message {what}; closing the connection");
@@ -343,7 +482,8 @@ impl Scheduler {
     fn on_register_worker(&mut self, now: Instant, conn: ConnId, info: WorkerInfo) {
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
-        tracing::info!(worker = %id, host = %info.host, pid = info.pid, batch_job = ?info.batch_job, slots = info.slots, "worker registered");
+        tracing::info!(worker = %id, host = %info.host, pid = info.pid, launch = ?info.launch, slots = info.slots, "worker registered");
+        self.notify(Notice::WorkerJoined { worker: id, launch: info.launch.clone() });
         let peers: Vec<_> = self.workers.iter().map(|(id, w)| (*id, w.info.data_address.clone())).collect();
         for w in self.workers.values() {
             self.commands.push(Command::ToWorker(w.conn, ToWorker::Peers(vec![(id, info.data_address.clone())])));
@@ -548,7 +688,10 @@ impl Scheduler {
     fn on_disconnect(&mut self, conn: ConnId, reason: &str) {
         match self.conns.remove(&conn) {
             Some(Peer::Worker(w)) => self.worker_lost(w, reason),
-            Some(Peer::Client) => {
+            Some(Peer::Client(info)) => {
+                if !self.shutting_down {
+                    self.notify(Notice::ClientLeft { conn, info });
+                }
                 let owned: Vec<JobId> = self
                     .jobs
                     .iter()
@@ -592,6 +735,7 @@ impl Scheduler {
     /// A worker is gone: re-run what it was running, recompute what only it held.
     fn worker_lost(&mut self, w: WorkerId, reason: &str) {
         let Some(worker) = self.workers.remove(&w) else { return };
+        self.notify(Notice::WorkerLeft { worker: w, launch: worker.info.launch.clone(), reason: reason.to_string() });
         if worker.retiring && !worker.stop_sent {
             self.retiring -= 1;
         }
@@ -880,27 +1024,36 @@ impl Scheduler {
                 Err(e) => Reply::Refused(e),
             },
             Request::Shutdown => {
-                self.shutting_down = true;
-                for w in self.workers.values() {
-                    self.commands.push(Command::ToWorker(w.conn, ToWorker::Stop));
-                }
-                self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body: Reply::Ok }));
-                self.commands.push(Command::Exit);
+                self.shutdown(Some((conn, req)));
                 return;
             }
+            Request::Control(body) if self.config.controlled => {
+                self.notify(Notice::Request { conn, req, body });
+                return;
+            }
+            Request::Control(_) => Reply::Refused(Refusal::new(
+                RefusalKind::Unsupported,
+                "this cluster has no provisioner: its workers are started by whoever runs it \
+                 (srun, mpirun, or a program's own LocalCluster)",
+            )),
         };
         self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body: reply }));
     }
 
     /// Whether workers `ws` can retire together now: all idle, and their wanted results have
     /// another worker to go to.
-    fn check_retire(&self, ws: &[WorkerId]) -> Result<(), String> {
+    fn check_retire(&self, ws: &[WorkerId]) -> Result<(), Refusal> {
         for w in ws {
             match self.workers.get(w) {
-                None => return Err(format!("no worker {w}")),
-                Some(worker) if worker.retiring => return Err(format!("worker {w} is already retiring")),
+                None => return Err(Refusal::new(RefusalKind::NotFound, format!("no worker {w}"))),
+                Some(worker) if worker.retiring => {
+                    return Err(Refusal::new(RefusalKind::Busy, format!("worker {w} is already retiring")))
+                }
                 Some(worker) if worker.assigned > 0 => {
-                    return Err(format!("worker {w} is busy ({} tasks)", worker.assigned))
+                    return Err(Refusal::new(
+                        RefusalKind::Busy,
+                        format!("worker {w} is busy ({} tasks)", worker.assigned),
+                    ))
                 }
                 Some(_) => {}
             }
@@ -909,16 +1062,23 @@ impl Scheduler {
         if !others {
             let held: usize = ws.iter().map(|w| self.wanted_on(*w).len()).sum();
             if held > 0 {
-                return Err(format!("they hold {held} results still wanted, and no other worker could take them"));
+                return Err(Refusal::new(
+                    RefusalKind::Busy,
+                    format!("they hold {held} results still wanted, and no other worker could take them"),
+                ));
             }
         }
         Ok(())
     }
 
-    fn submit(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, String> {
+    fn submit(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, Refusal> {
         if self.shutting_down {
-            return Err("the cluster is shutting down".into());
+            return Err(Refusal::new(RefusalKind::ShuttingDown, "the cluster is shutting down"));
         }
+        self.submit_checked(owner, spec).map_err(|e| Refusal::new(RefusalKind::Invalid, e))
+    }
+
+    fn submit_checked(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, String> {
         let id = JobId(self.next_job);
         let mut references = Vec::new();
         let (tasks, array) = match spec.tasks {
@@ -1144,8 +1304,15 @@ impl Scheduler {
             .map(|(id, j)| JobStatus { id: *id, name: j.spec_name.clone(), counts: j.counts })
             .collect();
         jobs.sort_by_key(|j| j.id);
-        let clients = self.conns.values().filter(|p| **p == Peer::Client).count() as u32;
-        ClusterStatus { workers, jobs, clients, clients_ever: self.clients_ever, load: self.load() }
+        let clients = self.conns.values().filter(|p| matches!(p, Peer::Client(_))).count() as u32;
+        ClusterStatus {
+            workers,
+            jobs,
+            clients,
+            clients_ever: self.clients_ever,
+            load: self.load(),
+            provisioning: self.provisioning.clone(),
+        }
     }
 
     /// Queued and running tasks per kind. A job with one kind counts from its counts; only jobs
@@ -1361,7 +1528,7 @@ fn new_task(body: TaskBody, deps: Box<[TaskId]>, keep: bool, cpus: u16) -> Task 
 fn discriminant_name(msg: &ToScheduler) -> &'static str {
     match msg {
         ToScheduler::RegisterWorker(_) => "RegisterWorker",
-        ToScheduler::RegisterClient => "RegisterClient",
+        ToScheduler::RegisterClient(_) => "RegisterClient",
         ToScheduler::Heartbeat => "Heartbeat",
         ToScheduler::Finished(_) => "Finished",
         ToScheduler::Failed(..) => "Failed",

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{Command, Config, ConnId, Event, Scheduler, DEPTH_LONG, DEPTH_SHORT};
+use super::{Command, Config, ConnId, Control, Event, Notice, Scheduler, DEPTH_LONG, DEPTH_SHORT};
 use crate::protocol::{
-    self, Assignment, ClusterStatus, CommandSpec, Counts, ErrorKind, Finished, Holding, JobId, JobOutcome, JobSpec,
-    JobTasks, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, ToWorker, Work,
-    WorkerId, WorkerInfo,
+    self, AdaptSpec, Assignment, ClientInfo, ClusterStatus, CommandSpec, ControlRequest, Counts, ErrorKind, Finished,
+    Holding, JobId, JobOutcome, JobSpec, JobTasks, ProvisioningStatus, Refusal, RefusalKind, Reply, Request,
+    ScaleTarget, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, ToWorker, Work, WorkerId,
+    WorkerInfo,
 };
 
 /// Encodes and decodes a message, as the transport would.
@@ -42,7 +43,15 @@ struct Sim {
 
 impl Sim {
     fn new() -> Sim {
-        let config = Config::default();
+        Sim::with(Config::default())
+    }
+
+    /// A scheduler with an embedding (a provisioner) that takes its notices.
+    fn controlled() -> Sim {
+        Sim::with(Config { controlled: true, ..Config::default() })
+    }
+
+    fn with(config: Config) -> Sim {
         let timeout = config.heartbeat_timeout;
         let sched = Scheduler::new(config);
         Sim { sched, now: Instant::now(), timeout, next_conn: 1, next_req: 1, out: vec![], seen: HashMap::new() }
@@ -72,6 +81,7 @@ impl Sim {
                     Command::Close(c)
                 }
                 Command::Exit => Command::Exit,
+                Command::Notify(n) => Command::Notify(n),
             });
         }
         if let Some(first) = self.seen.values().min() {
@@ -100,7 +110,7 @@ impl Sim {
         let conn = self.connect();
         let data_address = format!("tcp://node:{conn}");
         let lifetime_ms = lifetime.map(|d| d.as_millis() as u64);
-        let info = WorkerInfo { slots, host: "node".into(), pid: 1, batch_job: None, data_address, lifetime_ms };
+        let info = WorkerInfo { slots, host: "node".into(), pid: 1, launch: None, data_address, lifetime_ms };
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);
         let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
@@ -109,8 +119,12 @@ impl Sim {
     }
 
     fn connect_client(&mut self) -> ConnId {
+        self.connect_client_as(ClientInfo::default())
+    }
+
+    fn connect_client_as(&mut self, info: ClientInfo) -> ConnId {
         let conn = self.connect();
-        self.send(conn, ToScheduler::RegisterClient);
+        self.send(conn, ToScheduler::RegisterClient(info));
         let welcomes = self.take(|c| matches!(c, Command::ToClient(x, ToClient::Welcome) if *x == conn).then_some(()));
         assert_eq!(welcomes.len(), 1);
         conn
@@ -169,6 +183,37 @@ impl Sim {
             ToWorker::Replicate { from, address, ids } => Some((*from, address.clone(), ids.clone())),
             _ => None,
         })
+    }
+
+    /// Removes and returns the notices to the embedding.
+    fn notices(&mut self) -> Vec<Notice> {
+        let mut got = Vec::new();
+        self.out.retain_mut(|c| match c {
+            Command::Notify(_) => {
+                let Command::Notify(n) = std::mem::replace(c, Command::Exit) else { unreachable!() };
+                got.push(n);
+                false
+            }
+            _ => true,
+        });
+        got
+    }
+
+    /// Registers a worker echoing `launch`.
+    fn connect_tagged_worker(&mut self, slots: u16, launch: &str) -> (ConnId, WorkerId) {
+        let conn = self.connect();
+        let info = WorkerInfo {
+            slots,
+            host: "node".into(),
+            pid: 1,
+            launch: Some(launch.into()),
+            data_address: format!("tcp://node:{conn}"),
+            lifetime_ms: None,
+        };
+        self.send(conn, ToScheduler::RegisterWorker(info));
+        self.seen.insert(conn, self.now);
+        let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
+        (conn, ids[0])
     }
 
     fn closes(&mut self) -> Vec<ConnId> {
@@ -579,7 +624,7 @@ fn invalid_submissions_are_refused_and_change_nothing() {
     let before = sim.status(client);
     for (what, spec) in cases {
         match sim.request(client, Request::Submit(spec.into())) {
-            Reply::Refused(msg) => assert!(!msg.is_empty(), "{what}: empty message"),
+            Reply::Refused(msg) => assert!(!msg.message.is_empty(), "{what}: empty message"),
             other => panic!("{what}: expected Refused, got {other:?}"),
         }
         assert_eq!(sim.status(client), before, "{what} changed the state");
@@ -601,7 +646,7 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
                 slots: 8,
                 host: "h".into(),
                 pid: 1,
-                batch_job: None,
+                launch: None,
                 data_address: "tcp://127.0.0.1:1".into(),
                 lifetime_ms: None,
             })
@@ -609,7 +654,7 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
         ("worker", |_, _| ToScheduler::Request { req: 1, body: Request::Shutdown }),
         ("worker", |_, _| ToScheduler::Request { req: 2, body: Request::Submit(graph(vec![task(&[], false)]).into()) }),
         ("worker", |_, job| ToScheduler::Request { req: 3, body: Request::Release(job) }),
-        ("worker", |_, _| ToScheduler::RegisterClient),
+        ("worker", |_, _| ToScheduler::RegisterClient(Default::default())),
         ("stranger", |a, _| ToScheduler::Finished(vec![Finished { id: a, size: 1, duration_us: 1 }])),
         ("stranger", |_, _| ToScheduler::Request { req: 4, body: Request::Shutdown }),
     ];
@@ -664,7 +709,7 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
     }
     // A connection that never connected is ignored altogether.
     let mut sim = Sim::new();
-    sim.send(99, ToScheduler::RegisterClient);
+    sim.send(99, ToScheduler::RegisterClient(Default::default()));
     assert!(sim.out.is_empty());
 }
 
@@ -914,7 +959,10 @@ fn retire_request_takes_idle_workers_only_all_or_none() {
     let job = sim.submit(client, array(vec![(1, 1)], 1));
     let (busy, idle) = if sim.computes(c1).is_empty() { ((c2, w2), (c1, w1)) } else { ((c1, w1), (c2, w2)) };
     let refused = sim.request(client, Request::Retire(vec![idle.1, busy.1]));
-    assert!(matches!(&refused, Reply::Refused(e) if e.contains("busy")), "{refused:?}");
+    assert!(
+        matches!(&refused, Reply::Refused(e) if e.kind == crate::protocol::RefusalKind::Busy && e.message.contains("busy")),
+        "{refused:?}"
+    );
     assert!(sim.status(client).workers.iter().all(|w| !w.retiring), "a refused request retires nobody");
     assert_eq!(sim.request(client, Request::Retire(vec![idle.1])), Reply::Ok);
     assert_eq!(sim.stops(idle.0), 1, "an idle worker holding nothing is stopped at once");
@@ -965,7 +1013,7 @@ fn the_last_worker_holding_wanted_results_is_not_retired_by_request() {
     let job = sim.submit(client, graph(vec![task(&[], true)]));
     sim.finish(c1, &[tid(job, 0)]);
     let refused = sim.request(client, Request::Retire(vec![w1]));
-    assert!(matches!(&refused, Reply::Refused(e) if e.contains("1 results still wanted")), "{refused:?}");
+    assert!(matches!(&refused, Reply::Refused(e) if e.message.contains("1 results still wanted")), "{refused:?}");
     assert_eq!(sim.stops(c1), 0);
     // Once released, it can go.
     assert_eq!(sim.request(client, Request::Release(job)), Reply::Ok);
@@ -1067,4 +1115,109 @@ fn status_reports_unfinished_work_by_kind_with_measured_durations() {
     let view: Vec<(String, u64, u64, Option<u64>)> =
         load.into_iter().map(|k| (k.kind, k.queued, k.running, k.mean_us)).collect();
     assert_eq!(view, vec![("f".into(), 0, 1, Some(3_000)), ("h".into(), 0, 1, None)]);
+}
+
+// The embedding's contract: notices out, controls in.
+
+#[test]
+fn without_an_embedding_provisioning_requests_are_refused_and_nothing_is_notified() {
+    let mut sim = Sim::new();
+    let client = sim.connect_client();
+    let _ = sim.connect_tagged_worker(1, "default/1");
+    let reply =
+        sim.request(client, Request::Control(ControlRequest::Scale { pool: None, target: ScaleTarget::Jobs(2) }));
+    assert!(matches!(&reply, Reply::Refused(r) if r.kind == RefusalKind::Unsupported), "{reply:?}");
+    assert!(sim.notices().is_empty());
+}
+
+#[test]
+fn workers_are_notified_with_the_launch_tag_they_echo_when_they_join_and_leave() {
+    let mut sim = Sim::controlled();
+    let (conn, w) = sim.connect_tagged_worker(2, "gpu/7");
+    assert_eq!(sim.notices(), vec![Notice::WorkerJoined { worker: w, launch: Some("gpu/7".into()) }]);
+    sim.disconnect(conn);
+    let left = sim.notices();
+    assert!(
+        matches!(&left[..], [Notice::WorkerLeft { worker, launch: Some(l), .. }] if *worker == w && l == "gpu/7"),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn a_provisioning_request_goes_to_the_embedding_and_its_answer_to_the_client() {
+    let mut sim = Sim::controlled();
+    let client = sim.connect_client();
+    let _ = sim.notices();
+    let spec = AdaptSpec {
+        min_jobs: 0,
+        max_jobs: 3,
+        target_duration: 5.0,
+        interval: 1.0,
+        max_pending: 4,
+        scale_down_after: 3,
+        max_failures: 5,
+        replace_ahead: 60.0,
+        default_task_duration: 0.5,
+    };
+    let body = ControlRequest::Adapt { pool: Some("gpu".into()), spec: Some(spec) };
+    let req = sim.request_async(client, Request::Control(body.clone()));
+    assert!(sim.replies(client).is_empty(), "the scheduler does not answer for the provisioner");
+    assert_eq!(sim.notices(), vec![Notice::Request { conn: client, req, body }]);
+    sim.handle(Event::Control(Control::Reply { conn: client, req, reply: Reply::Control("adapting".into()) }));
+    assert_eq!(sim.replies(client), vec![(req, Reply::Control("adapting".into()))]);
+}
+
+#[test]
+fn status_carries_what_the_provisioner_last_reported() {
+    let mut sim = Sim::controlled();
+    let client = sim.connect_client();
+    let p = ProvisioningStatus { backend: "slurm".into(), pools: vec![] };
+    sim.handle(Event::Control(Control::Provisioning(p.clone())));
+    let Reply::Status(s) = sim.request(client, Request::Status) else { panic!("a status reply") };
+    assert_eq!(s.provisioning, Some(p));
+    sim.handle(Event::Control(Control::Observe));
+    assert!(matches!(&sim.notices()[..], [.., Notice::Observed(s)] if s.provisioning.is_some()));
+}
+
+#[test]
+fn retiring_through_the_embedding_is_all_or_none_and_never_stops_a_busy_worker() {
+    let mut sim = Sim::controlled();
+    let client = sim.connect_client();
+    let (c1, w1) = sim.connect_tagged_worker(1, "default/1");
+    let (c2, w2) = sim.connect_tagged_worker(1, "default/2");
+    let job = match sim.request(client, Request::Submit(Box::new(array(vec![(1, 1)], 1)))) {
+        Reply::Submitted(j) => j,
+        other => panic!("{other:?}"),
+    };
+    let busy = if sim.computes(c1).is_empty() { (c2, w2) } else { (c1, w1) };
+    let idle = if busy.1 == w1 { (c2, w2) } else { (c1, w1) };
+    let _ = sim.notices();
+    sim.handle(Event::Control(Control::Retire { token: 9, workers: vec![idle.1, busy.1] }));
+    let n = sim.notices();
+    assert!(
+        matches!(&n[..], [Notice::Retired { token: 9, result: Err(Refusal { kind: RefusalKind::Busy, .. }) }]),
+        "{n:?}"
+    );
+    assert_eq!((sim.stops(busy.0), sim.stops(idle.0)), (0, 0), "none of them is stopped");
+    sim.handle(Event::Control(Control::Retire { token: 10, workers: vec![idle.1] }));
+    assert_eq!(sim.notices(), vec![Notice::Retired { token: 10, result: Ok(()) }]);
+    assert_eq!(sim.stops(idle.0), 1, "an idle worker holding nothing stops at once");
+    sim.finish(busy.0, &[tid(job, 0)]);
+    assert_eq!(sim.stops(busy.0), 0);
+}
+
+#[test]
+fn only_a_client_that_ends_the_cluster_is_reported_and_an_orderly_shutdown_is_not() {
+    let mut sim = Sim::controlled();
+    let watcher = sim.connect_client();
+    let owner = sim.connect_client_as(ClientInfo { ends_cluster: true });
+    let _ = sim.notices();
+    sim.disconnect(watcher);
+    assert_eq!(sim.notices(), vec![Notice::ClientLeft { conn: watcher, info: ClientInfo { ends_cluster: false } }]);
+    sim.disconnect(owner);
+    assert_eq!(sim.notices(), vec![Notice::ClientLeft { conn: owner, info: ClientInfo { ends_cluster: true } }]);
+    let again = sim.connect_client_as(ClientInfo { ends_cluster: true });
+    let _ = sim.request(again, Request::Shutdown);
+    sim.disconnect(again);
+    assert!(!sim.notices().iter().any(|n| matches!(n, Notice::ClientLeft { .. })), "a shutdown is not a departure");
 }

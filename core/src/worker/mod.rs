@@ -42,7 +42,13 @@ pub struct WorkerConfig {
     /// When the worker must be gone (its batch job's walltime less a grace period): the
     /// scheduler gives it only tasks expected to end by then, and retires it then.
     pub ends_at: Option<Instant>,
+    /// The launch tag to echo at registration (see [`crate::protocol::WorkerInfo::launch`]);
+    /// [`WorkerConfig::new`] takes it from `RDASK_LAUNCH_TAG`, which whoever starts the worker sets.
+    pub launch: Option<String>,
 }
+
+/// The environment variable that carries a worker's launch tag.
+pub const LAUNCH_TAG_VAR: &str = "RDASK_LAUNCH_TAG";
 
 impl WorkerConfig {
     /// Defaults for a cluster: one slot per CPU, a 60 s death timeout.
@@ -54,6 +60,7 @@ impl WorkerConfig {
             death_timeout: Duration::from_secs(60),
             listen_host: "0.0.0.0".into(),
             ends_at: None,
+            launch: std::env::var(LAUNCH_TAG_VAR).ok().filter(|t| !t.is_empty()),
         }
     }
 }
@@ -179,7 +186,7 @@ async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, 
                 slots: config.slots,
                 host: hostname(),
                 pid: std::process::id(),
-                batch_job: batch_job_id(),
+                launch: config.launch.clone(),
                 data_address: Address { scheme: data_scheme(config), host_port: format!("{ip}:{data_port}") }
                     .to_string(),
                 lifetime_ms: config
@@ -205,19 +212,6 @@ async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, 
 /// The host name of this machine.
 pub fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
-}
-
-/// The batch job this process runs in, if any: `ID`, or `ID_INDEX` for a task of a job array
-/// (Slurm and SGE; PBS writes the index into its job id itself).
-pub fn batch_job_id() -> Option<String> {
-    let var = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty() && s != "undefined");
-    if let (Some(job), Some(task)) = (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
-        return Some(format!("{job}_{task}"));
-    }
-    if let (Some(job), Some(task)) = (var("JOB_ID"), var("SGE_TASK_ID")) {
-        return Some(format!("{job}_{task}"));
-    }
-    ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID"].iter().find_map(|v| var(v))
 }
 
 enum Ended {
