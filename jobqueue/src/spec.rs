@@ -64,12 +64,16 @@ pub enum SpecError {
         "--pool {pool}: \"{key}\" is given twice; give it once (only list keys, such as job-extra-directives, repeat)"
     )]
     PoolRepeatedKey { pool: String, key: String },
+    #[error("--pool {pool}: {reason}")]
+    Pool { pool: String, reason: String },
     #[error("cannot read the cluster spec {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write the cluster spec {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
     #[error("not a cluster spec: {0}")]
     Corrupt(#[source] serde_json::Error),
+    #[error("{} is not a cluster spec: {source}", path.display())]
+    CorruptFile { path: PathBuf, source: serde_json::Error },
     #[error("cluster spec version {found} is not supported: this rdask-jobqueue reads version {}; start the cluster again with this program's `up`", ClusterSpec::VERSION)]
     UnsupportedVersion { found: u64 },
     #[error("the cluster spec has no `version`; it was not written by `rdask-jobqueue up`")]
@@ -375,7 +379,10 @@ impl ClusterSpec {
     pub fn load(path: &Path) -> Result<ClusterSpec, SpecError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
-        Self::from_json(&text)
+        Self::from_json(&text).map_err(|e| match e {
+            SpecError::Corrupt(source) => SpecError::CorruptFile { path: path.to_path_buf(), source },
+            e => e,
+        })
     }
 
     /// Writes to `path` atomically (a temporary file beside it, renamed).
@@ -443,12 +450,8 @@ pub fn parse_pool_item(item: &str, main: &PoolArgs) -> Result<(String, PoolArgs)
         given.push(key.to_string());
         args.push(arg);
     }
-    let invalid = |e: clap::Error| SpecError::PoolInvalidValue {
-        pool: name.clone(),
-        key: given.join(", "),
-        value: item.into(),
-        reason: clap_reason(&e),
-    };
+    // Each word was parsed alone above: what fails now is their combination.
+    let invalid = |e: clap::Error| SpecError::Pool { pool: name.clone(), reason: clap_reason(&e) };
     let matches = cmd.clone().try_get_matches_from(&args).map_err(invalid)?;
     let mut pool = PoolArgs {
         job: batch::JobParams { job_name: Some(format!("rdask-{name}")), ..main.job.clone() },

@@ -170,6 +170,9 @@ fn the_json_form_round_trips_and_names_its_version() {
     s.save(&path).unwrap();
     assert_eq!(ClusterSpec::load(&path).unwrap(), s);
     assert!(!path.with_extension("json.tmp").exists());
+    std::fs::write(&path, "{\"version\": 1}").unwrap();
+    let e = ClusterSpec::load(&path).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{} is not a cluster spec: missing field", path.display())), "{e}");
 }
 
 /// Values of the pool keys, as a user would write them.
@@ -194,9 +197,12 @@ fn values() -> impl Strategy<Value = Values> {
         proptest::option::of(memory),
         proptest::option::of(word()),
         proptest::option::of("/[a-z]{1,5}/[a-z$]{1,5}"),
+        proptest::option::of("/[a-z]{1,5}/[a-z]{1,5}"),
+        proptest::option::of("#!/bin/(ba)?sh( -l)?"),
+        proptest::option::of("select=[1-9]:ncpus=[1-9]{1,2}"),
     );
     let ints = proptest::collection::vec((0..4usize, 1..100u32), 0..4);
-    let lists = proptest::collection::vec((0..5usize, proptest::collection::vec(item, 1..3)), 0..3);
+    let lists = proptest::collection::vec((0..6usize, proptest::collection::vec(item, 1..3)), 0..3);
     (proptest::option::of(0..50u32), strings, ints, lists).prop_map(|(nodes, s, ints, lists)| {
         let named = [
             ("account", s.0),
@@ -206,10 +212,19 @@ fn values() -> impl Strategy<Value = Values> {
             ("memory", s.4),
             ("job-name", s.5),
             ("local-directory", s.6),
+            ("log-directory", s.7),
+            ("shebang", s.8),
+            ("resource-spec", s.9),
         ];
         let int_keys = ["cores", "processes", "gpus", "nodes-per-job"];
-        let list_keys =
-            ["job-extra-directives", "job-directives-skip", "job-script-prologue", "worker-extra-args", "env"];
+        let list_keys = [
+            "job-extra-directives",
+            "job-directives-skip",
+            "job-script-prologue",
+            "job-script-epilogue",
+            "worker-extra-args",
+            "env",
+        ];
         let mut v = Values { nodes, ints: Vec::new(), strings: Vec::new(), lists: Vec::new() };
         v.strings = named.into_iter().filter_map(|(k, x)| x.map(|x| (k, x))).collect();
         for (i, n) in ints {
