@@ -151,13 +151,15 @@ pub struct UpArgs {
 pub struct SchedulerCmd {
     #[command(flatten)]
     pub args: SchedulerArgs,
-    /// Read the options from this JSON file instead (written by `up`).
+    /// Run the cluster this spec file describes (JSON, written by `up`), ignoring every other
+    /// option and the configuration.
     #[arg(long, hide = true)]
-    pub args_file: Option<PathBuf>,
+    pub spec_file: Option<PathBuf>,
 }
 
-/// Options of the scheduler (shared by `up`, `scheduler` and `job-script`).
-#[derive(Clone, Debug, Args, serde::Serialize, serde::Deserialize)]
+/// Options of the scheduler (shared by `up`, `scheduler` and `job-script`). What they mean is
+/// [`crate::spec::ClusterSpec::resolve`]'s to say.
+#[derive(Clone, Debug, Args)]
 pub struct SchedulerArgs {
     /// Where workers run: `local` (processes on this machine), or worker jobs on `slurm`, `pbs` or `sge`.
     #[arg(long, default_value = "local", value_parser = ["local", "slurm", "pbs", "sge"])]
@@ -165,10 +167,6 @@ pub struct SchedulerArgs {
     /// Number of local workers to start (local backend).
     #[arg(long, short = 'w', default_value_t = 2)]
     pub workers: usize,
-    /// Number of nodes to get workers on (batch backends): one job per node, or per
-    /// `--nodes-per-job` nodes.
-    #[arg(long, short = 'n', default_value_t = 1)]
-    pub nodes: u32,
     /// Submit the jobs as one job array instead of one job each.
     #[arg(long)]
     pub job_array: bool,
@@ -184,9 +182,15 @@ pub struct SchedulerArgs {
     /// The command that cancels jobs [default: scancel, qdel].
     #[arg(long)]
     pub cancel_command: Option<PathBuf>,
-    /// An extra worker pool (batch backends; repeatable): a name, then KEY=VALUE job options
-    /// that differ from the main ones, plus `nodes`, e.g.
-    /// --pool 'gpu nodes=2 queue=gpu gpus=1 cores=4 memory=16GB'.
+    /// An extra worker pool (batch backends; repeatable): a name, then KEY=VALUE words, e.g.
+    /// --pool 'gpu nodes=2 queue=gpu gpus=1 cores=4 memory=16GB account=12345 walltime=90'.
+    ///
+    /// A KEY is the long name of one of the options `--nodes` (default 1 for a pool), `--nodes-per-job`
+    /// and the batch job options (`cores`, `queue`, `job-extra-directives`, ...): KEY=VALUE means
+    /// `--KEY VALUE` and is checked as that option is. The pool has the main pool's options except
+    /// the keys it gives, which replace them (a list key replaces the whole list; repeat it for
+    /// several items: job-extra-directives=--a job-extra-directives=--b). Quote a value with spaces
+    /// inside the item, as in a shell: --pool "gpu job-extra-directives='--constraint=a100 --exclusive'".
     #[arg(long, value_name = "NAME KEY=VALUE...")]
     pub pool: Vec<String>,
     /// Run the scheduler itself in a batch job rather than here (batch backends); clients
@@ -206,8 +210,9 @@ pub struct SchedulerArgs {
     /// Seconds in which the queued work should finish when adapting.
     #[arg(long, default_value_t = 5.0)]
     pub target_duration: f64,
+    /// The main pool's nodes and job parameters (also what each `--pool` item is parsed as).
     #[command(flatten)]
-    pub job: crate::batch::JobParams,
+    pub main_pool: PoolArgs,
     /// Task slots (CPUs) per worker.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub slots: u16,
@@ -224,7 +229,6 @@ pub struct SchedulerArgs {
     /// shared memory; needs rdask built with `--features ucx`; UCX_* variables such as
     /// UCX_TLS and UCX_NET_DEVICES pass through to UCX).
     #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
-    #[serde(default)]
     pub protocol: Protocol,
     /// Program the local workers run: your program, for function tasks [default: rdask-jobqueue].
     #[arg(long)]
@@ -239,6 +243,19 @@ pub struct SchedulerArgs {
     /// Heartbeat interval in milliseconds; a worker silent for 10 intervals is lost.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_ms: u64,
+}
+
+/// Options of one worker pool: its nodes and its jobs' parameters. The main pool's are options of
+/// `up`; an extra pool's are the KEY=VALUE words of a `--pool` item, parsed by this same
+/// definition ([`crate::spec`]).
+#[derive(Clone, Debug, Default, PartialEq, Args)]
+pub struct PoolArgs {
+    /// Number of nodes to get workers on (batch backends): one job per node, or per
+    /// `--nodes-per-job` nodes.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    pub nodes: u32,
+    #[command(flatten)]
+    pub job: crate::batch::JobParams,
 }
 
 /// `config` and its subcommands.

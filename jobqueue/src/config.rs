@@ -18,8 +18,10 @@
 //! How it works ([`parse_cli`]): the command line is parsed as given; for every key it does not
 //! set, the value that wins among the environment and the files is appended as `--key=value`,
 //! and the result is parsed again. A key given on the command line ignores every other source
-//! (a list is replaced, not extended). So whatever reads the parsed arguments (`up` writing them
-//! to the scheduler's `--args-file` included) sees the merged configuration.
+//! (a list is replaced, not extended). So whatever reads the parsed arguments sees the merged
+//! configuration: [`crate::spec::ClusterSpec::resolve`] turns them into the cluster spec (which
+//! `up` hands to the background scheduler), `--pool` items included (a file's `pool = [...]`
+//! is injected as `--pool` arguments like any list).
 
 use std::any::TypeId;
 use std::collections::BTreeMap;
@@ -653,11 +655,11 @@ pub struct Resolved {
 }
 
 /// The matches of the subcommand whose options configuration supplies, if any: `up`,
-/// `job-script`, `scheduler` (unless it reads its options from `--args-file`) and `config show`.
+/// `job-script`, `scheduler` (unless it reads a spec with `--spec-file`) and `config show`.
 fn configured(m: &ArgMatches) -> Option<&ArgMatches> {
     match m.subcommand()? {
         ("up" | "job-script", sm) => Some(sm),
-        ("scheduler", sm) if sm.get_one::<PathBuf>("args_file").is_none() => Some(sm),
+        ("scheduler", sm) if sm.get_one::<PathBuf>("spec_file").is_none() => Some(sm),
         ("config", cm) => match cm.subcommand()? {
             ("show", sm) => Some(sm),
             _ => None,
@@ -955,15 +957,15 @@ mod tests {
         std::fs::create_dir_all(&e.cwd).unwrap();
         let cli = parse_cli(["rdask-jobqueue", "job-script", "--job-extra-directives", "--c"], &e).unwrap();
         let Cmd::JobScript(a) = cli.command else { panic!() };
-        assert_eq!(a.job.cores, Some(8));
+        assert_eq!(a.main_pool.job.cores, Some(8));
         assert!(a.job_array);
-        assert_eq!(a.job.job_extra_directives, ["--c"]);
+        assert_eq!(a.main_pool.job.job_extra_directives, ["--c"]);
         let cli = parse_cli(["rdask-jobqueue", "job-script", "--"], &e).unwrap();
         let Cmd::JobScript(a) = cli.command else { panic!() };
-        assert_eq!(a.job.cores, Some(8), "injected before `--`");
-        // `scheduler --args-file` reads nothing else: a broken file does not matter.
+        assert_eq!(a.main_pool.job.cores, Some(8), "injected before `--`");
+        // `scheduler --spec-file` reads nothing else: a broken file does not matter.
         std::fs::write(dir.path().join(PROJECT_FILE), "coers = 8").unwrap();
-        let cli = parse_cli(["rdask-jobqueue", "scheduler", "--args-file", "x.json"], &e).unwrap();
+        let cli = parse_cli(["rdask-jobqueue", "scheduler", "--spec-file", "x.json"], &e).unwrap();
         assert!(matches!(cli.command, Cmd::Scheduler(_)));
         let cli = parse_cli(["rdask-jobqueue", "status"], &e).unwrap();
         assert!(matches!(cli.command, Cmd::Status(_)));

@@ -3,7 +3,8 @@
 //! The binary (`src/main.rs`) only parses arguments ([`cli`]) and calls
 //! [`run`]; each subcommand is a function: `up`, `down`, `worker`, `job-script` here,
 //! the background `scheduler` in `serve`, `submit`/`wait`/`status` in `tasks`, `scale` and
-//! `adapt` in `scaling`; `pools` says what the options mean for batch jobs.
+//! `adapt` in `scaling`. [`spec`] gives the options their meaning once, as a `ClusterSpec`;
+//! `pools` says what a spec means for batch jobs.
 //!
 //! Exit codes: 0 success; 1 the command failed (tasks failed, the cluster is
 //! unreachable, …); 2 the command line is wrong.
@@ -21,6 +22,7 @@ pub mod net;
 mod pools;
 mod scaling;
 mod serve;
+pub mod spec;
 pub mod srun;
 pub mod state;
 mod tasks;
@@ -36,13 +38,12 @@ use rdask::{Client, Secret};
 
 use crate::backend::BatchBackend;
 use crate::batch::System;
-use crate::cli::{
-    Cli, Cmd, DownArgs, OutputMode, SchedulerArgs, SchedulerCmd, StatusArgs, SubmitArgs, UpArgs, WaitArgs, WorkerArgs,
-};
+use crate::cli::{Cli, Cmd, DownArgs, OutputMode, SchedulerCmd, StatusArgs, SubmitArgs, UpArgs, WaitArgs, WorkerArgs};
 use crate::local::LocalBackend;
 use crate::pools::*;
 use crate::scaling::{adapt_cmd, scale};
 use crate::serve::scheduler;
+use crate::spec::{Backend, ClusterSpec, SPEC_FILE};
 use crate::state::{process_alive, StateDir};
 use crate::tasks::{status, submit, wait};
 
@@ -61,7 +62,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Status(a) => rt.block_on(status(&state, a)),
         Cmd::Down(a) => rt.block_on(down(&state, a)),
         Cmd::Scheduler(a) => rt.block_on(scheduler(&state, a)),
-        Cmd::JobScript(a) => job_script(&state, &a),
+        Cmd::JobScript(a) => job_script(&state, &ClusterSpec::resolve(&a, &state)?),
         Cmd::Worker(a) => rt.block_on(worker(&state, a)),
         Cmd::Scale(a) => rt.block_on(scale(&state, a)),
         Cmd::Adapt(a) => rt.block_on(adapt_cmd(&state, a)),
@@ -87,21 +88,16 @@ async fn connect(state: &StateDir) -> Result<Client> {
 
 /// `up`: starts the scheduler in the background and waits for its workers.
 async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
-    let batch = batch_system_of(&a.scheduler)?;
-    match (a.scheduler.adapt_min, a.scheduler.adapt_max) {
-        (min, None) if min > 0 => bail!("--adapt-min {min} needs --adapt-max (the most jobs to adapt up to)"),
-        (min, Some(max)) if min > max => bail!("--adapt-min {min} is above --adapt-max {max}; lower one of them"),
-        (_, Some(0)) => bail!("--adapt-max must be at least 1"),
-        _ => {}
-    }
+    let mut spec = ClusterSpec::resolve(&a.scheduler, state)?;
+    let batch = batch_system_of(&spec);
     if a.dry_run {
-        return dry_run(state, &a.scheduler, batch);
+        return dry_run(state, &spec);
     }
     if let Some(system) = batch {
         // Fail on a bad parameter, pool or template now, not in the background scheduler.
-        for p in pools_of(&a.scheduler, state)? {
-            let argv = worker_argv(&a.scheduler, state, &[])?;
-            backend::render(system, &p.params, &argv, a.scheduler.template.as_deref())
+        for p in &spec.pools {
+            let argv = worker_argv(&spec, state, &[])?;
+            backend::render(system, &p.params, &argv, spec.template.as_deref())
                 .with_context(|| format!("pool `{}`", p.name))?;
         }
     }
@@ -120,7 +116,7 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     if leftovers > 0 {
         eprintln!("cleaned up {leftovers} process(es) left by an earlier run of cluster `{}`", state.name);
     }
-    if let Some(p) = &a.scheduler.worker_program {
+    if let Some(p) = &spec.workers.program {
         if !p.exists() {
             bail!("worker program {} does not exist (give the path of your program, built)", p.display());
         }
@@ -135,22 +131,21 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     if let Some(h) = state.path.parent() {
         cmd.arg("--home").arg(h);
     }
-    let args_file = state.file("up.json");
-    let mut sched_args = a.scheduler.clone();
-    sched_args.scheduler_in_job = false;
-    if let Some(p) = &sched_args.worker_program {
-        sched_args.worker_program = Some(std::fs::canonicalize(p)?);
+    // The background scheduler runs in another directory: paths are made absolute.
+    if let Some(p) = &spec.workers.program {
+        spec.workers.program = Some(std::fs::canonicalize(p)?);
     }
-    if let Some(p) = &sched_args.template {
-        sched_args.template = Some(std::fs::canonicalize(p).with_context(|| format!("template {}", p.display()))?);
+    if let Some(p) = &spec.template {
+        spec.template = Some(std::fs::canonicalize(p).with_context(|| format!("template {}", p.display()))?);
     }
-    std::fs::write(&args_file, serde_json::to_string_pretty(&sched_args)?)?;
-    cmd.arg("scheduler").arg("--args-file").arg(&args_file);
-    if a.scheduler.scheduler_in_job {
+    let spec_file = state.file(SPEC_FILE);
+    spec.save(&spec_file)?;
+    cmd.arg("scheduler").arg("--spec-file").arg(&spec_file);
+    if spec.scheduler.in_job {
         let Some(system) = batch else {
             bail!("--scheduler-in-job needs a batch backend (--backend slurm|pbs|sge)");
         };
-        return scheduler_in_job(state, &a, system, &exe).await;
+        return scheduler_in_job(state, &a, &spec, system, &exe).await;
     }
     use std::os::unix::process::CommandExt;
     // Its own process group: a Ctrl-C in this terminal must not take the cluster down.
@@ -174,14 +169,13 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     }
     let client = connect(state).await?;
     let want = match batch {
-        None => a.scheduler.adapt_max.map_or(a.scheduler.workers, |_| a.scheduler.adapt_min as usize),
+        None => spec.initial_local_workers(),
         Some(_) if !a.wait => 0,
-        Some(_) => pools_of(&a.scheduler, state)?
+        Some(_) => spec
+            .pools
             .iter()
-            .map(|p| match a.scheduler.adapt_max {
-                Some(_) if p.name == backend::DEFAULT_POOL => {
-                    a.scheduler.adapt_min as usize * p.shape().workers as usize
-                }
+            .map(|p| match spec.adapt {
+                Some(ad) if p.name == backend::DEFAULT_POOL => ad.min as usize * p.shape().workers as usize,
                 _ => p.workers(),
             })
             .sum(),
@@ -427,41 +421,48 @@ fn expand_vars(s: &str) -> String {
 }
 
 /// `job-script`: the script `up` would submit.
-fn job_script(state: &StateDir, a: &SchedulerArgs) -> Result<i32> {
-    let Some(system) = batch_system_of(a)? else {
+fn job_script(state: &StateDir, spec: &ClusterSpec) -> Result<i32> {
+    let Some(system) = batch_system_of(spec) else {
         bail!("the local backend submits no job script; choose a batch system with --backend slurm|pbs|sge");
     };
     let addresses = SchedulerFile::read(&state.path).map(|f| f.addresses).unwrap_or_default();
     print!(
         "{}",
-        backend::render(system, &job_params(a, state), &worker_argv(a, state, &addresses)?, a.template.as_deref())?
+        backend::render(system, &job_params(spec), &worker_argv(spec, state, &addresses)?, spec.template.as_deref())?
     );
     Ok(0)
 }
 
 /// `up --dry-run`: the plan, the script, nothing done.
-fn dry_run(state: &StateDir, a: &SchedulerArgs, batch: Option<System>) -> Result<i32> {
+fn dry_run(state: &StateDir, spec: &ClusterSpec) -> Result<i32> {
     println!("cluster `{}`, state directory {}", state.name, state.path.display());
+    let s = &spec.scheduler;
     println!(
         "scheduler: listens on {}:{} (in the background; log in scheduler.log)",
-        a.interface.as_deref().unwrap_or(&a.host),
-        a.port
+        s.interface.as_deref().unwrap_or(&s.host),
+        s.port
     );
-    match batch {
-        None => println!("local backend: {} worker process(es) with {} slot(s) each", a.workers, a.slots),
+    match batch_system_of(spec) {
+        None => println!(
+            "local backend: {} worker process(es) with {} slot(s) each",
+            spec.workers.local_workers, spec.workers.slots
+        ),
         Some(system) => {
-            let c = commands_of(a, system);
-            let jobs = if a.job_array { 1 } else { jobs_for(a) };
+            let c = commands_of(spec, system);
+            let jobs = if spec.job_array { 1 } else { spec.main_pool().jobs() };
             println!(
                 "{system}: {jobs} submission(s) of the script below with `{}`; states polled with `{}` every {} s; cancelled with `{}`",
                 c.submit.display(),
                 c.status.display(),
-                a.poll_interval,
+                s.poll_interval,
                 c.cancel.display()
             );
-            for p in pools_of(a, state)? {
-                println!("--- pool `{}`: {} job(s)", p.name, if a.job_array { 1 } else { p.jobs() });
-                print!("{}", backend::render(system, &p.params, &worker_argv(a, state, &[])?, a.template.as_deref())?);
+            for p in &spec.pools {
+                println!("--- pool `{}`: {} job(s)", p.name, if spec.job_array { 1 } else { p.jobs() });
+                print!(
+                    "{}",
+                    backend::render(system, &p.params, &worker_argv(spec, state, &[])?, spec.template.as_deref())?
+                );
             }
         }
     }
@@ -497,9 +498,8 @@ async fn stop_cluster(state: &StateDir, client: &Client) {
 
 /// `up --scheduler-in-job`: the scheduler itself runs in a batch job (which then submits the
 /// worker jobs); clients find it through the state directory, as usual.
-async fn scheduler_in_job(state: &StateDir, a: &UpArgs, system: System, exe: &Path) -> Result<i32> {
-    let s = &a.scheduler;
-    let mut params = job_params(s, state);
+async fn scheduler_in_job(state: &StateDir, a: &UpArgs, spec: &ClusterSpec, system: System, exe: &Path) -> Result<i32> {
+    let mut params = job_params(spec);
     params.job_name = Some(format!("{}-scheduler", params.job_name.as_deref().unwrap_or("rdask")));
     params.processes = None;
     params.nodes = None;
@@ -508,19 +508,19 @@ async fn scheduler_in_job(state: &StateDir, a: &UpArgs, system: System, exe: &Pa
     params.local_directory = None;
     params.worker_extra_args.clear();
     params.interface = None;
-    let exe = s.worker_command.clone().unwrap_or_else(|| exe.to_path_buf());
+    let exe = spec.workers.command.clone().unwrap_or_else(|| exe.to_path_buf());
     let mut argv = vec![exe.display().to_string(), "--name".into(), state.name.clone()];
     if let Some(h) = state.path.parent() {
         argv.extend(["--home".into(), h.display().to_string()]);
     }
-    argv.extend(["scheduler".into(), "--args-file".into(), state.file("up.json").display().to_string()]);
-    let script = backend::render(system, &params, &argv, s.template.as_deref())?;
+    argv.extend(["scheduler".into(), "--spec-file".into(), state.file(SPEC_FILE).display().to_string()]);
+    let script = backend::render(system, &params, &argv, spec.template.as_deref())?;
     if let Some(dir) = &params.log_directory {
         std::fs::create_dir_all(dir)?;
     }
     let path = state.file("scheduler-job.sh");
     std::fs::write(&path, script)?;
-    let batch = backend::batch_system(system, commands_of(s, system));
+    let batch = backend::batch_system(system, commands_of(spec, system));
     let id = batch.submit(&path)?;
     state.journal("job", &format!("{system} {id}"))?;
     println!("submitted the scheduler as {system} job {id}");

@@ -5,7 +5,7 @@ use super::*;
 /// `adapt`: turns adaptive scaling on (or off) for a running batch cluster.
 pub(crate) async fn adapt_cmd(state: &StateDir, a: cli::AdaptArgs) -> Result<i32> {
     let _client = connect(state).await?;
-    let up = up_args(state)?;
+    let up = up_spec(state)?;
     if up.job_array {
         bail!("a cluster started with --job-array cannot adapt; start it without --job-array");
     }
@@ -14,9 +14,9 @@ pub(crate) async fn adapt_cmd(state: &StateDir, a: cli::AdaptArgs) -> Result<i32
         println!("cluster `{}` no longer adapts; it keeps the jobs it has (change them with `scale`)", state.name);
         return Ok(0);
     }
-    let shape = match up.backend.as_str() {
-        "local" => adapt::JobShape { workers: 1, slots: u32::from(up.slots) },
-        _ => pools_of(&up, state)?[0].shape(),
+    let shape = match up.backend {
+        Backend::Local => adapt::JobShape { workers: 1, slots: u32::from(up.workers.slots) },
+        Backend::Batch(_) => up.main_pool().shape(),
     };
     let (min, max) = adapt_bounds(&a, shape)?;
     let spec = adapt::AdaptSpec {
@@ -31,9 +31,9 @@ pub(crate) async fn adapt_cmd(state: &StateDir, a: cli::AdaptArgs) -> Result<i32
     spec.check().map_err(|e| anyhow!("{e}"))?;
     let _ = std::fs::remove_file(state.file(TARGET_FILE));
     manager::set_adaptive(state, Some(&spec))?;
-    let what = match up.backend.as_str() {
-        "local" => format!("local workers of {} slot(s)", shape.slots),
-        _ => format!("job(s) of {} worker(s) × {} slot(s)", shape.workers, shape.slots),
+    let what = match up.backend {
+        Backend::Local => format!("local workers of {} slot(s)", shape.slots),
+        Backend::Batch(_) => format!("job(s) of {} worker(s) × {} slot(s)", shape.workers, shape.slots),
     };
     println!(
         "cluster `{}` adapts between {min} and {max} {what}, aiming to finish queued work within {} s; see `rdask-jobqueue status`",
@@ -63,22 +63,26 @@ pub(crate) fn adapt_bounds(a: &cli::AdaptArgs, shape: adapt::JobShape) -> Result
     Ok((min, max))
 }
 
-/// The options the cluster was started with (`up.json`).
-pub(crate) fn up_args(state: &StateDir) -> Result<SchedulerArgs> {
-    serde_json::from_str(&std::fs::read_to_string(state.file("up.json")).unwrap_or_default())
-        .map_err(|_| anyhow!("cluster `{}` was not started by `rdask-jobqueue up`; it cannot be scaled", state.name))
+/// The spec the cluster was started with (`spec.json`).
+pub(crate) fn up_spec(state: &StateDir) -> Result<ClusterSpec> {
+    let path = state.file(SPEC_FILE);
+    if !path.exists() {
+        bail!("cluster `{}` was not started by `rdask-jobqueue up`; it cannot be scaled", state.name);
+    }
+    Ok(ClusterSpec::load(&path)?)
 }
 
 /// `scale N`: N workers (local backend) or N nodes' worth of jobs (batch backends).
 pub(crate) async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
     let client = connect(state).await?;
-    let up = up_args(state)?;
+    let up = up_spec(state)?;
     if up.job_array {
         bail!("a cluster started with --job-array cannot be scaled; start it without --job-array to scale it");
     }
-    let pools = if up.backend == "local" { Vec::new() } else { pools_of(&up, state)? };
+    let local = up.backend == Backend::Local;
+    let pools = if local { Vec::new() } else { pools_of(&up) };
     let pool = pools.iter().find(|p| p.name == a.pool);
-    if up.backend != "local" && pool.is_none() {
+    if !local && pool.is_none() {
         let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         bail!("no worker pool named `{}`; this cluster has: {}", a.pool, names.join(", "));
     }

@@ -7,11 +7,11 @@ use super::*;
 /// `scheduler`: runs the scheduler and its local workers in the foreground.
 pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
     rdask::init_logging();
-    let a: SchedulerArgs = match &cmd.args_file {
-        Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?).context("corrupt scheduler arguments file")?,
-        None => cmd.args,
+    let a = match &cmd.spec_file {
+        Some(p) => ClusterSpec::load(p)?,
+        None => ClusterSpec::resolve(&cmd.args, state)?,
     };
-    let batch = batch_system_of(&a)?;
+    let batch = batch_system_of(&a);
     state.create()?;
     let me = std::process::id();
     state.journal("pid", &format!("{me}:{}", state::process_start_time(me).unwrap_or(0)))?;
@@ -25,21 +25,21 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
         }
         Err(e) => return Err(e.into()),
     };
-    let bind_host = match &a.interface {
+    let bind_host = match &a.scheduler.interface {
         Some(iface) => net::interface_ipv4(iface)?.to_string(),
-        None => a.host.clone(),
+        None => a.scheduler.host.clone(),
     };
-    let addr =
-        rdask::Address { scheme: a.protocol.scheme(), host_port: format!("{}:{}", net::bracket(&bind_host), a.port) };
-    let listener = rdask_transport::listen(&addr).await.with_context(|| match a.protocol {
+    let (protocol, port) = (a.scheduler.protocol, a.scheduler.port);
+    let addr = rdask::Address { scheme: protocol.scheme(), host_port: format!("{}:{port}", net::bracket(&bind_host)) };
+    let listener = rdask_transport::listen(&addr).await.with_context(|| match protocol {
         cli::Protocol::Tcp => format!("cannot listen on {addr} (is the port in use? choose another with --port)"),
         cli::Protocol::Ucx => format!("cannot listen on {addr}"),
     })?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
     let addresses = net::candidate_addresses_on(addr.scheme, &bind_host, &port);
     let config = rdask::scheduler::Config {
-        heartbeat_interval: Duration::from_millis(a.heartbeat_ms),
-        heartbeat_timeout: Duration::from_millis(a.heartbeat_ms * 10),
+        heartbeat_interval: Duration::from_millis(a.scheduler.heartbeat_ms),
+        heartbeat_timeout: Duration::from_millis(a.scheduler.heartbeat_ms * 10),
         ..Default::default()
     };
     let server = rdask::server::spawn(listener, secret.clone(), config);
@@ -49,19 +49,19 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     let mut batch_backend = None;
     match batch {
         None => {
-            let (program, args) = match &a.worker_program {
+            let (program, args) = match &a.workers.program {
                 Some(p) => (p.clone(), Vec::new()),
                 None => {
                     (std::env::current_exe()?, vec!["--name".to_string(), state.name.clone(), "worker".to_string()])
                 }
             };
-            let mut b = LocalBackend::new(program, args, a.slots, a.death_timeout);
+            let mut b = LocalBackend::new(program, args, a.workers.slots, a.workers.death_timeout);
             // An adaptive cluster starts with its minimum; the policy does the rest.
-            b.start(state, &addresses, a.adapt_max.map_or(a.workers, |_| a.adapt_min as usize))?;
+            b.start(state, &addresses, a.initial_local_workers())?;
             local = Some(std::sync::Arc::new(std::sync::Mutex::new(b)));
         }
         Some(system) => {
-            let pools = pools_of(&a, state)?;
+            let pools = pools_of(&a);
             let specs: Vec<(String, batch::JobParams)> =
                 pools.iter().map(|p| (p.name.clone(), p.params.clone())).collect();
             let mut b = BatchBackend::new(
@@ -73,7 +73,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
                 a.template.as_deref(),
             )?;
             // An adaptive cluster's main pool starts with what the policy asks for.
-            let adaptive = a.adapt_max.is_some();
+            let adaptive = a.adapt.is_some();
             let submitted: Result<()> =
                 pools.iter().filter(|p| !(adaptive && p.name == backend::DEFAULT_POOL)).try_for_each(|p| {
                     b.submit(&p.name, if a.job_array { 1 } else { p.jobs() })?;
@@ -92,7 +92,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     // Ready: `up` waits for this file, so a failed submission above is reported by `up` itself.
     SchedulerFile { addresses: addresses.clone(), pid: std::process::id(), host: rdask::worker::hostname() }
         .write(&state.path)?;
-    let log_directory = job_params(&a, state).log_directory;
+    let log_directory = job_params(&a).log_directory;
     for entry in std::fs::read_dir(&state.path)?.flatten() {
         // Targets of an earlier run of this cluster do not apply to this one.
         let name = entry.file_name().to_string_lossy().to_string();
@@ -100,18 +100,19 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    if let Some(max) = a.adapt_max {
-        let spec = adapt::AdaptSpec { target_duration: a.target_duration, ..adapt::AdaptSpec::new(a.adapt_min, max) };
+    if let Some(ad) = a.adapt {
+        let spec = adapt::AdaptSpec { target_duration: ad.target_duration, ..adapt::AdaptSpec::new(ad.min, ad.max) };
         manager::set_adaptive(state, Some(&spec))?;
     }
     let manager = {
-        let every = Duration::from_secs_f64(a.poll_interval.max(0.1));
+        let every = Duration::from_secs_f64(a.scheduler.poll_interval.max(0.1));
         let info = ClusterInfo { addresses: vec![server_address.clone()], secret: secret.clone() };
         let (batch_backend, local, state, addresses) =
             (batch_backend.clone(), local.clone(), state.clone(), addresses.clone());
-        let pools = if batch.is_some() { pools_of(&a, &state)? } else { Vec::new() };
+        let pools = if batch.is_some() { pools_of(&a) } else { Vec::new() };
         // What adaptive scaling adds and removes: a job of the main pool, or one local worker.
-        let shape = pools.first().map_or(adapt::JobShape { workers: 1, slots: u32::from(a.slots) }, PoolPlan::shape);
+        let shape =
+            pools.first().map_or(adapt::JobShape { workers: 1, slots: u32::from(a.workers.slots) }, PoolPlan::shape);
         tokio::spawn(async move {
             // Jobs that have had a worker: one that ends without ever having had one failed to start.
             let mut had_worker: std::collections::HashSet<String> = Default::default();

@@ -346,6 +346,6 @@ fn slurm_pools_have_their_own_resources_and_scale_alone() {
     // A bad pool is refused before anything starts.
     let o = rdask(h, &["up", "--backend", "slurm", "--pool", "x flavour=vanilla"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown key `flavour` in pool `x`"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--pool x: unknown key \"flavour\""));
     assert!(!h.join("default/scheduler.json").exists());
 }

@@ -231,10 +231,37 @@ fn up_hands_the_merged_configuration_to_the_background_scheduler() {
         panic!("{out}");
     }
     let written: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(s.home.join(".rdask/default/up.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(s.home.join(".rdask/default/spec.json")).unwrap()).unwrap();
     down();
-    assert_eq!(written["slots"], 3, "{written:#}");
-    assert_eq!(written["heartbeat_ms"], 200, "{written:#}");
+    assert_eq!(written["version"], 1, "{written:#}");
+    assert_eq!(written["workers"]["slots"], 3, "{written:#}");
+    assert_eq!(written["scheduler"]["heartbeat-ms"], 200, "{written:#}");
+}
+
+#[test]
+fn pools_from_the_command_line_and_the_project_file_are_parsed_as_the_flags_are() {
+    let s = Sandbox::new();
+    let flags =
+        s.ok(&["up", "--dry-run", "--backend", "slurm", "--nodes", "2", "--account", "12345", "--walltime", "90"], &[]);
+    let pooled =
+        s.ok(&["up", "--dry-run", "--backend", "slurm", "--pool", "gpu nodes=2 account=12345 walltime=90"], &[]);
+    let script = |out: &str, pool: &str| {
+        let start = out.find(&format!("--- pool `{pool}`")).unwrap_or_else(|| panic!("no pool `{pool}` in:\n{out}"));
+        let rest = &out[start..];
+        let end = rest[1..].find("--- pool").map_or(rest.len(), |e| e + 1);
+        rest[..end].replace("rdask-gpu", "rdask-worker").replacen(&format!("`{pool}`"), "`default`", 1)
+    };
+    assert!(pooled.contains("--- pool `gpu`: 2 job(s)"), "{pooled}");
+    assert!(script(&pooled, "gpu").lines().any(|l| l == "#SBATCH -A 12345"), "{pooled}");
+    assert_eq!(script(&pooled, "gpu"), script(&flags, "default"));
+    // A file's pools (a list, like any repeatable option) take the same path.
+    s.write(&s.project_file(), "backend = \"slurm\"\npool = [\"gpu nodes=2 account=12345 walltime=90\"]\n");
+    assert_eq!(s.ok(&["up", "--dry-run"], &[]), pooled);
+    s.write(&s.project_file(), "[slurm]\npool = [\"gpu acount=12345\"]\n");
+    let err = s.fails(&["up", "--dry-run", "--backend", "slurm"], &[]);
+    assert!(err.contains("--pool gpu: unknown key \"acount\"; did you mean \"account\"? Valid keys: nodes,"), "{err}");
+    let shown = s.ok(&["config", "show", "--backend", "slurm"], &[]);
+    assert!(shown.lines().any(|l| l.starts_with("pool ") && l.contains("gpu acount=12345")), "{shown}");
 }
 
 #[test]
