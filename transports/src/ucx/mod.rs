@@ -554,6 +554,38 @@ async fn drive(shared: Arc<Shared>, afd: AsyncFd<OwnedFd>) {
 
 static GLOBAL: Mutex<Option<Engine>> = Mutex::new(None);
 
+/// Every engine started in this process, for [`quiesce_at_exit`].
+static ENGINES: Mutex<Vec<std::sync::Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// Runs at `exit()`, before the shared libraries' destructors (glibc runs `atexit` handlers
+/// registered after start-up before `_dl_fini`): takes each live engine's lock and never gives
+/// it back. Every call into UCX is made under that lock, so no thread of ours (the progress
+/// thread above all) is inside UCX while UCX's own destructors tear it down; without this a
+/// process that exits while its progress thread polls can die of SIGSEGV in its last
+/// microseconds (seen on a 2-core CI machine).
+extern "C" fn quiesce_at_exit() {
+    let engines = std::mem::take(&mut *ENGINES.lock().unwrap_or_else(|p| p.into_inner()));
+    for shared in engines.iter().filter_map(std::sync::Weak::upgrade) {
+        std::mem::forget(shared.lock());
+        // The Arc too: its last drop would destroy the worker under UCX's feet.
+        std::mem::forget(shared);
+    }
+}
+
+fn register_for_exit(shared: &Arc<Shared>) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        #[allow(unsafe_code)]
+        // SAFETY: the handler is a plain `extern "C" fn` that takes only Rust mutexes.
+        unsafe {
+            libc::atexit(quiesce_at_exit);
+        }
+    });
+    let mut engines = ENGINES.lock().unwrap_or_else(|p| p.into_inner());
+    engines.retain(|w| w.strong_count() > 0);
+    engines.push(Arc::downgrade(shared));
+}
+
 impl Engine {
     /// Starts an engine: a UCP context and worker (UCX reads its `UCX_*` variables now) and
     /// its progress thread. A setting UCX rejects is an error quoting UCX.
@@ -564,6 +596,7 @@ impl Engine {
             kick: Notify::new(),
             settings,
         });
+        register_for_exit(&shared);
         let s = shared.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("rdask-ucx".into()).spawn(move || {
