@@ -1,6 +1,6 @@
 //! Golden tests of the batch job scripts. `RDASK_BLESS=1 cargo test -p rdask-jobqueue --test golden`
-//! rewrites the files in `tests/golden/`; dask-jobqueue's own files are read from the shared
-//! context (`../shared/context/golden/` beside the workspace).
+//! rewrites the files in `tests/golden/`; dask-jobqueue's own scripts, which they are compared
+//! with, are kept unchanged in `tests/golden/dask-jobqueue/` (see its README).
 
 use std::path::{Path, PathBuf};
 
@@ -33,14 +33,7 @@ fn check_golden(name: &str, script: &str) {
 }
 
 fn dask_golden_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/context/golden");
-    assert!(
-        dir.join("cases.json").is_file(),
-        "dask-jobqueue's golden files are missing: expected {}/cases.json (the shared context beside the \
-         workspace; CI has it)",
-        dir.display()
-    );
-    dir
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dask-jobqueue")
 }
 
 /// The lines before the worker command (shebang, directives, prologue, exports).
