@@ -591,8 +591,6 @@ pub struct ClusterStatus {
     pub jobs: Vec<JobStatus>,
     /// Connected clients (the one asking included).
     pub clients: u32,
-    /// Clients that have connected since the scheduler started.
-    pub clients_ever: u64,
     /// Unfinished work by kind (only kinds with queued or running tasks).
     pub load: Vec<KindLoad>,
     /// Pools and their allocations, from the provisioner (`None` where there is none).

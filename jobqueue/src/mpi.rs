@@ -474,9 +474,11 @@ mod imp {
     /// still there, so that they end their command tasks before the abort kills them.
     async fn watch(started: srun::Started, ranks: &[(u32, String)], timeout: Duration) -> Result<()> {
         let me = Client::connect(&started.info).await.context("cannot reach its own scheduler")?;
-        let mut stopped = std::pin::pin!(started.server.wait());
-        let Some(why) = watch_for_trouble(&me, stopped.as_mut(), ranks, timeout).await else { return Ok(()) };
-        let _ = me.shutdown().await;
+        let srun::Started { server, mut owner, .. } = started;
+        let mut stopped = std::pin::pin!(server.wait());
+        let trouble = watch_for_trouble(&me, &mut owner, stopped.as_mut(), ranks, timeout).await;
+        let Some(why) = trouble else { return Ok(()) };
+        owner.end_cluster();
         let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
         Err(anyhow!(why))
     }
@@ -484,6 +486,7 @@ mod imp {
     /// Watches the job until the scheduler stops (`None`), or something that must abort it.
     async fn watch_for_trouble(
         me: &Client,
+        owner: &mut srun::OwnerWatch,
         mut stopped: std::pin::Pin<&mut impl Future<Output = ()>>,
         ranks: &[(u32, String)],
         timeout: Duration,
@@ -494,6 +497,7 @@ mod imp {
         loop {
             tokio::select! {
                 _ = &mut stopped => return None,
+                why = owner.gone(timeout, "rank 1") => return Some(why),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             let status = tokio::select! {
@@ -531,9 +535,6 @@ mod imp {
                         timeout.as_secs()
                     ));
                 }
-            }
-            if let Some(why) = srun::client_gone(&s, start.elapsed(), timeout, "rank 1") {
-                return Some(why);
             }
         }
     }

@@ -13,7 +13,8 @@ use std::os::unix::process::CommandExt;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rdask::cluster::{ClusterInfo, SchedulerFile, SECRET_FILE};
-use rdask::protocol::ClusterStatus;
+use rdask::protocol::{ClientInfo, Refusal, RefusalKind, Reply};
+use rdask::scheduler::{Control, Notice};
 use rdask::{Client, Secret};
 use rdask_transport::{Address, Scheme};
 
@@ -77,17 +78,15 @@ async fn scheduler(state: &StateDir, a: &RunArgs) -> Result<i32> {
     };
     file.write(&state.path)?;
     tracing::info!(dir = %state.path.display(), "srun scheduler ready");
-    let info = started.info.clone();
-    let mut stopped = std::pin::pin!(started.server.wait());
+    let Started { server, mut owner, .. } = started;
+    let mut stopped = std::pin::pin!(server.wait());
     let code = tokio::select! {
         _ = &mut stopped => 0,
         // Task 1 shuts the cluster down when its command ends; if task 1 itself dies, nobody
         // would, and the step would hang until its time limit.
-        why = watch_client(&info, Duration::from_secs(a.timeout)) => {
+        why = owner.gone(Duration::from_secs(a.timeout), "task 1") => {
             tracing::error!("{why}; ending the cluster");
-            if let Ok(c) = Client::connect(&info).await {
-                let _ = c.shutdown().await;
-            }
+            owner.end_cluster();
             // Let the scheduler tell the workers to stop before this process ends.
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut stopped).await;
             1
@@ -102,6 +101,8 @@ async fn scheduler(state: &StateDir, a: &RunArgs) -> Result<i32> {
 pub(crate) struct Started {
     /// The running scheduler.
     pub server: rdask::server::ServerHandle,
+    /// Watches the client that owns the cluster.
+    pub owner: OwnerWatch,
     /// How this process reaches it.
     pub info: ClusterInfo,
     /// The addresses the other tasks try, best first.
@@ -126,40 +127,77 @@ pub(crate) async fn start_scheduler(scheme: Scheme, interface: Option<&str>) -> 
     let listener = rdask_transport::listen(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
     let addresses = net::candidate_addresses_on(scheme, &host, &port);
-    let server = rdask::server::spawn(listener, secret.clone(), rdask::scheduler::Config::default());
+    let (server, controller) =
+        rdask::server::spawn_controlled(listener, secret.clone(), rdask::scheduler::Config::default());
     let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
-    Ok(Started { server, info, addresses })
+    let owner = OwnerWatch { controller, joined: false, left_at: None, start: Instant::now() };
+    Ok(Started { server, owner, info, addresses })
 }
 
-/// Returns when the client task is gone: it never connected within `timeout`, or its
-/// connection closed. (The watcher's own connection counts as one client.)
-async fn watch_client(info: &ClusterInfo, timeout: Duration) -> String {
-    let Ok(me) = Client::connect(info).await else { return "the scheduler cannot be reached".into() };
-    let start = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let s = match me.status().await {
-            Ok(s) => s,
-            Err(e) => return format!("the scheduler stopped answering ({e})"),
-        };
-        if let Some(why) = client_gone(&s, start.elapsed(), timeout, "task 1") {
-            return why;
+/// How long a scheduler whose owner disconnected waits for the shutdown that a clean end
+/// brings right after, before it takes the disconnection for the owner's death.
+const OWNER_GRACE: Duration = Duration::from_secs(10);
+
+/// Watches, through the scheduler's own notices, the client that owns a cluster of one
+/// parallel launch: the one that connected with [`ClientInfo::ends_cluster`] (task 1, rank 1).
+/// Other clients (`status`, the command's own) come and go without effect.
+pub(crate) struct OwnerWatch {
+    controller: rdask::server::Controller,
+    joined: bool,
+    left_at: Option<Instant>,
+    start: Instant,
+}
+
+impl OwnerWatch {
+    /// Returns why the owner is gone: it never connected within `timeout`, or it disconnected
+    /// without shutting the cluster down. Pends forever once the scheduler has stopped.
+    /// Provisioning requests are refused meanwhile: such a cluster has the size it was
+    /// launched with. Cancel-safe: its state is kept between calls.
+    pub async fn gone(&mut self, timeout: Duration, who: &str) -> String {
+        loop {
+            let deadline = match (self.joined, self.left_at) {
+                (_, Some(at)) => Some(at + OWNER_GRACE),
+                (false, None) => Some(self.start + timeout),
+                (true, None) => None,
+            };
+            let wait = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let notice = tokio::select! {
+                n = self.controller.notices.recv() => n,
+                _ = wait => {
+                    return if self.left_at.is_some() {
+                        format!("the client ({who}) disconnected without shutting the cluster down")
+                    } else {
+                        format!("the client ({who}) did not connect within {} s", timeout.as_secs())
+                    };
+                }
+            };
+            match notice {
+                // The scheduler has stopped.
+                None => std::future::pending::<()>().await,
+                Some(Notice::ClientJoined { info, .. }) if info.ends_cluster => self.joined = true,
+                Some(Notice::ClientLeft { info, .. }) if info.ends_cluster => self.left_at = Some(Instant::now()),
+                Some(Notice::Request { conn, req, .. }) => {
+                    let refusal = Refusal::new(
+                        RefusalKind::Unsupported,
+                        "a cluster started by srun or mpirun keeps the size it was launched with",
+                    );
+                    let reply = Control::Reply { conn, req, reply: Reply::Refused(refusal) };
+                    let _ = self.controller.control.send(reply);
+                }
+                Some(_) => {}
+            }
         }
     }
-}
 
-/// Whether the client process (`who`) is gone, seen by a watcher with a connection of its own
-/// that has watched for `waited`: it never connected within `timeout`, or its connection closed.
-pub(crate) fn client_gone(s: &ClusterStatus, waited: Duration, timeout: Duration, who: &str) -> Option<String> {
-    // The client process keeps one connection from before its command starts until it shuts
-    // the cluster down; other clients (the command's own) come and go meanwhile.
-    if s.clients_ever > 1 && s.clients == 1 {
-        return Some(format!("the client ({who}) disconnected without shutting the cluster down"));
+    /// Ends the cluster: stops every worker and the scheduler.
+    pub fn end_cluster(&self) {
+        let _ = self.controller.control.send(Control::Shutdown);
     }
-    if s.clients_ever == 1 && waited > timeout {
-        return Some(format!("the client ({who}) did not connect within {} s", timeout.as_secs()));
-    }
-    None
 }
 
 /// Waits for task 0's scheduler file.
@@ -183,14 +221,16 @@ async fn rendezvous(state: &StateDir, timeout: u64) -> Result<ClusterInfo> {
 async fn client(state: &StateDir, a: &RunArgs, workers: u32) -> Result<i32> {
     let info = rendezvous(state, a.timeout).await?;
     let client = connect_when_workers(&info, workers, a.timeout).await?;
+    // (Connected as the cluster's owner: were this process to die, task 0 ends the step.)
     // The command is not a task of the step: an MPI program must not take itself for task 1.
     run_command(&client, &info, state, &a.command, crate::mpi::launcher_var).await
 }
 
-/// Connects to the cluster and waits (up to `timeout` seconds) until `workers` workers are
-/// there, so that the client's first tasks don't wait.
+/// Connects to the cluster as its owner (the cluster ends when this connection closes) and
+/// waits (up to `timeout` seconds) until `workers` workers are there, so that the client's
+/// first tasks don't wait.
 pub(crate) async fn connect_when_workers(info: &ClusterInfo, workers: u32, timeout: u64) -> Result<Client> {
-    let client = Client::connect(info).await?;
+    let client = Client::connect_as(info, &ClientInfo { ends_cluster: true }).await?;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     while client.status().await?.workers.len() < workers as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

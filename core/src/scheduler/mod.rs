@@ -299,7 +299,6 @@ pub struct Scheduler {
     /// Results to release, sent in one message per worker at the end of `handle`.
     releases: HashMap<WorkerId, Vec<TaskId>>,
     shutting_down: bool,
-    clients_ever: u64,
     /// The time of the event being handled.
     now: Option<Instant>,
     /// Measured durations per kind of task (a function, or a command job's name).
@@ -342,7 +341,6 @@ impl Scheduler {
             commands: Vec::new(),
             releases: HashMap::new(),
             shutting_down: false,
-            clients_ever: 0,
             now: None,
             kinds: Vec::new(),
             kind_index: HashMap::new(),
@@ -454,7 +452,6 @@ impl Scheduler {
             (Some(Peer::Unknown), ToScheduler::RegisterWorker(info)) => self.on_register_worker(now, conn, info),
             (Some(Peer::Unknown), ToScheduler::RegisterClient(info)) => {
                 self.conns.insert(conn, Peer::Client(info.clone()));
-                self.clients_ever += 1;
                 self.commands.push(Command::ToClient(conn, ToClient::Welcome));
                 self.notify(Notice::ClientJoined { conn, info });
             }
@@ -1305,14 +1302,7 @@ impl Scheduler {
             .collect();
         jobs.sort_by_key(|j| j.id);
         let clients = self.conns.values().filter(|p| matches!(p, Peer::Client(_))).count() as u32;
-        ClusterStatus {
-            workers,
-            jobs,
-            clients,
-            clients_ever: self.clients_ever,
-            load: self.load(),
-            provisioning: self.provisioning.clone(),
-        }
+        ClusterStatus { workers, jobs, clients, load: self.load(), provisioning: self.provisioning.clone() }
     }
 
     /// Queued and running tasks per kind. A job with one kind counts from its counts; only jobs
