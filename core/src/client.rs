@@ -236,9 +236,17 @@ impl Client {
         let p = pending.clone();
         tokio::spawn(async move {
             while let Ok(Some(f)) = rx.recv().await {
-                if let Ok(ToClient::Reply { req, body }) = protocol::decode(&f.header) {
-                    if let Some(tx) = p.lock().expect("pending lock").remove(&req) {
-                        let _ = tx.send(body);
+                match protocol::decode(&f.header) {
+                    Ok(ToClient::Reply { req, body }) => {
+                        if let Some(tx) = p.lock().expect("pending lock").remove(&req) {
+                            let _ = tx.send(body);
+                        }
+                    }
+                    Ok(_) => {}
+                    // A reply that cannot be read would leave its request waiting forever.
+                    Err(e) => {
+                        tracing::error!("cannot read the scheduler's message ({e}); dropping the connection");
+                        break;
                     }
                 }
             }
@@ -332,6 +340,17 @@ impl Client {
     pub async fn retire(&self, workers: Vec<WorkerId>) -> Result<Result<(), Refusal>, ClientError> {
         match self.request(Request::Retire(workers)).await? {
             Reply::Ok => Ok(Ok(())),
+            Reply::Refused(why) => Ok(Err(why)),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Asks the cluster's provisioner to scale or adapt: its answer in words, or why not
+    /// ([`RefusalKind::Unsupported`](crate::protocol::RefusalKind) where the cluster has no
+    /// provisioner, as under `mpirun`).
+    pub async fn control(&self, body: crate::protocol::ControlRequest) -> Result<Result<String, Refusal>, ClientError> {
+        match self.request(Request::Control(body)).await? {
+            Reply::Control(text) => Ok(Ok(text)),
             Reply::Refused(why) => Ok(Err(why)),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }

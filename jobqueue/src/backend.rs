@@ -1,60 +1,21 @@
-//! The batch backend: worker jobs submitted to Slurm, PBS or SGE, tracked and cancelled.
+//! The batch backend: worker jobs submitted to Slurm, PBS or SGE, polled and cancelled,
+//! for the provisioner's [`BatchLauncher`](crate::provision::launch::BatchLauncher).
 //!
 //! Every job id is written to the cluster's journal before anything else happens
-//! to it, so that `down` can cancel it even if the scheduler was killed. The
-//! states of all the cluster's jobs are polled in one batch-system call and
-//! written to `batch-jobs.json` for `status`.
+//! to it, so that `down` can cancel it even if the scheduler was killed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::batch::{self, JobParams, System};
 use crate::jobs::{BatchSystem, Commands, JobState, Pbs, Sge, Slurm};
-use crate::state::StateDir;
-
-/// A batch job of the cluster, as `status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchJob {
-    /// The batch system's id.
-    pub id: String,
-    /// Its last known state.
-    pub state: JobState,
-    /// The worker pool it belongs to.
-    #[serde(default = "default_pool")]
-    pub pool: String,
-    /// Why it ended early, when it ended before any worker of it joined (its stderr's tail).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
+use crate::state::{Journalled, StateDir};
 
 /// The name of the pool that the main options describe.
 pub const DEFAULT_POOL: &str = "default";
-
-fn default_pool() -> String {
-    DEFAULT_POOL.to_string()
-}
-
-/// A named group of identical worker jobs (its own queue, resources, script).
-#[derive(Clone, Debug)]
-pub struct Pool {
-    /// Its name (`default` for the main options).
-    pub name: String,
-    /// The job script its jobs run.
-    pub script: String,
-}
-
-/// What `down` needs to cancel a cluster's jobs without its scheduler: `backend.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendFile {
-    /// The batch system.
-    pub system: System,
-    /// Its commands.
-    pub commands: Commands,
-}
 
 /// The default commands of a batch system.
 pub fn default_commands(system: System) -> Commands {
@@ -74,192 +35,110 @@ pub fn batch_system(system: System, commands: Commands) -> Box<dyn BatchSystem> 
     }
 }
 
-/// Worker jobs on a batch system.
+struct Pool {
+    name: String,
+    params: JobParams,
+}
+
+/// Worker jobs on a batch system, which it is given (the real one, or a fake in tests).
 pub struct BatchBackend {
     system: System,
     batch: Box<dyn BatchSystem>,
     pools: Vec<Pool>,
+    worker_command: Vec<String>,
+    template: Option<PathBuf>,
     state: StateDir,
-    jobs: Vec<BatchJob>,
 }
 
 impl BatchBackend {
-    /// Prepares the jobs of each pool (`name`, parameters) running `worker_command`; renders
-    /// every script now, so a bad template or parameter fails before anything is submitted.
+    /// Prepares the jobs of each pool (`name`, parameters) running `worker_command` on `batch`
+    /// (`system` with `commands`, journalled for `down`). Renders every script now, so a bad
+    /// template or parameter fails before anything is submitted.
     pub fn new(
         state: &StateDir,
         system: System,
         commands: Commands,
+        batch: Box<dyn BatchSystem>,
         pools: &[(String, JobParams)],
         worker_command: &[String],
         template: Option<&Path>,
     ) -> Result<BatchBackend> {
-        let mut rendered = Vec::new();
+        let mut b = BatchBackend {
+            system,
+            batch,
+            pools: Vec::new(),
+            worker_command: worker_command.to_vec(),
+            template: template.map(Path::to_path_buf),
+            state: state.clone(),
+        };
         for (name, params) in pools {
-            let script = render(system, params, worker_command, template).with_context(|| format!("pool `{name}`"))?;
             if let Some(dir) = &params.log_directory {
                 // The batch system cannot start a job whose output file it cannot create.
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {dir}"))?;
             }
-            rendered.push(Pool { name: name.clone(), script });
+            b.pools.push(Pool { name: name.clone(), params: params.clone() });
+            b.script(name, &format!("{name}/0")).with_context(|| format!("pool `{name}`"))?;
         }
-        let file = BackendFile { system, commands: commands.clone() };
-        std::fs::write(state.file("backend.json"), serde_json::to_string_pretty(&file)?)?;
-        Ok(BatchBackend {
-            system,
-            batch: batch_system(system, commands),
-            pools: rendered,
-            state: state.clone(),
-            jobs: Vec::new(),
-        })
+        state.record(&Journalled::BatchSystem { system, commands })?;
+        Ok(b)
     }
 
-    /// The pools.
-    pub fn pools(&self) -> &[Pool] {
-        &self.pools
-    }
-
-    /// Submits `n` jobs of `pool` (or one array of `n`, when its script was rendered as an array).
-    pub fn submit(&mut self, pool: &str, n: usize) -> Result<Vec<String>> {
+    /// The job script of one allocation of `pool`, whose workers carry `launch`.
+    pub fn script(&self, pool: &str, launch: &str) -> Result<String> {
         let Some(p) = self.pools.iter().find(|p| p.name == pool) else { bail!("no worker pool named `{pool}`") };
+        let command = with_launch_tag(&self.worker_command, launch);
+        render(self.system, &p.params, &command, self.template.as_deref())
+    }
+
+    /// Submits one job (or one array, when the scripts are rendered as arrays) of `pool`
+    /// whose workers carry `launch`; journals its id before returning it.
+    pub fn submit(&mut self, pool: &str, launch: &str) -> Result<String> {
+        let script = self.script(pool, launch)?;
         let dir = self.state.path.join("job-scripts");
         std::fs::create_dir_all(&dir)?;
-        let path: PathBuf = dir.join(format!("{}-{pool}.sh", self.system));
-        std::fs::write(&path, &p.script)?;
-        let mut ids = Vec::new();
-        for _ in 0..n {
-            let id = self.batch.submit(&path).with_context(|| format!("submitting {}", path.display()))?;
-            self.state.journal("job", &format!("{} {id}", self.system))?;
-            tracing::info!(job = %id, system = %self.system, pool, "submitted a worker job");
-            self.jobs.push(BatchJob { id: id.clone(), state: JobState::Pending, pool: pool.to_string(), note: None });
-            ids.push(id);
-        }
-        self.save();
-        Ok(ids)
+        let path: PathBuf = dir.join(format!("{}-{}.sh", self.system, launch.replace('/', "-")));
+        std::fs::write(&path, script)?;
+        let id = self.batch.submit(&path).with_context(|| format!("submitting {}", path.display()))?;
+        self.state.record(&Journalled::Job {
+            system: self.system,
+            id: id.clone(),
+            pool: pool.to_string(),
+            launch: launch.to_string(),
+        })?;
+        tracing::info!(job = %id, system = %self.system, pool, launch, "submitted a worker job");
+        Ok(id)
     }
 
-    /// Polls the states of every job not known to have ended, in one call. A job that ended
-    /// without `had_worker(id)` failed to start: it gets a note with its stderr's tail, and is
-    /// returned.
-    pub fn poll_and_explain(
-        &mut self,
-        had_worker: impl Fn(&str) -> bool,
-        log_directory: Option<&str>,
-    ) -> Result<Vec<String>> {
-        let mut failed = Vec::new();
-        for id in self.poll()? {
-            // A cancelled job was ended by us, not by a failure.
-            let cancelled = self.jobs.iter().any(|j| j.id == id && j.state == JobState::Cancelled);
-            if !had_worker(&id) && !cancelled {
-                self.ended_without_worker(&id, log_directory);
-                failed.push(id);
-            }
-        }
-        self.save();
-        Ok(failed)
+    /// The states of `ids`, in one call.
+    pub fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>> {
+        Ok(self.batch.status(ids)?)
     }
 
-    /// Cancels jobs of the cluster (they end on their own time; `poll` sees them go).
-    pub fn cancel(&mut self, ids: &[String]) -> Result<()> {
-        self.batch.cancel(ids)?;
-        for j in &mut self.jobs {
-            if ids.contains(&j.id) && j.state.is_active() {
-                j.state = JobState::Cancelled;
-            }
-        }
-        self.save();
-        Ok(())
+    /// Cancels jobs of the cluster (they end in their own time).
+    pub fn cancel(&self, ids: &[String]) -> Result<()> {
+        tracing::info!(jobs = ?ids, "cancelling batch jobs");
+        Ok(self.batch.cancel(ids)?)
     }
 
-    /// Polls the states of every job not known to have ended, in one call; returns the
-    /// jobs that ended since the last poll.
-    pub fn poll(&mut self) -> Result<Vec<String>> {
-        let ids: Vec<String> = self.jobs.iter().filter(|j| j.state.is_active()).map(|j| j.id.clone()).collect();
-        let states = self.batch.status(&ids)?;
-        let mut ended = Vec::new();
-        for j in &mut self.jobs {
-            if let Some(s) = states.get(&j.id) {
-                if *s != j.state {
-                    tracing::info!(job = %j.id, from = %j.state, to = %s, "batch job state changed");
-                    if !s.is_active() {
-                        ended.push(j.id.clone());
-                    }
-                }
-                j.state = *s;
-            }
-        }
-        Ok(ended)
+    /// Cancels `ids` and waits until the batch system shows none of them active.
+    pub fn cancel_and_wait(&self, ids: &[String], timeout: Duration) -> Result<()> {
+        cancel_and_wait(self.batch.as_ref(), ids, timeout)
     }
 
-    /// Records that job `id` ended before any of its workers joined, with its stderr's tail.
-    pub fn ended_without_worker(&mut self, id: &str, log_directory: Option<&str>) {
-        let tail = log_directory.and_then(|d| stderr_tail(Path::new(d), id));
-        let note = match &tail {
-            Some(t) => format!("ended before its worker joined; its stderr ends with:\n{t}"),
-            None => "ended before its worker joined (no stderr file found)".to_string(),
-        };
-        tracing::warn!(job = %id, "batch job {note}");
-        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == id) {
-            j.note = Some(note);
-        }
+    /// The last lines of job `id`'s stderr, from the log directory of any pool.
+    pub fn stderr_tail(&self, id: &str) -> Option<String> {
+        self.pools.iter().filter_map(|p| p.params.log_directory.as_deref()).find_map(|d| stderr_tail(Path::new(d), id))
     }
+}
 
-    /// Brings the number of active jobs to `target`: submits the missing ones, or cancels the
-    /// surplus, pending jobs first, then running jobs whose workers are all `idle`, newest first.
-    /// A busy job is never cancelled: it is looked at again at the next call.
-    pub fn scale_to(&mut self, pool: &str, target: usize, idle: impl Fn(&str) -> bool) -> Result<()> {
-        let active = self.jobs.iter().filter(|j| j.pool == pool && j.state.is_active()).count();
-        if active < target {
-            tracing::info!(pool, from = active, to = target, "scaling up");
-            self.submit(pool, target - active)?;
-            return Ok(());
+/// `command` with its workers' launch tag set: `env RDASK_LAUNCH_TAG=<launch> command…`.
+pub fn with_launch_tag(command: &[String], launch: &str) -> Vec<String> {
+    let tag = format!("{}={launch}", rdask::worker::LAUNCH_TAG_VAR);
+    match command.split_first() {
+        Some((env, rest)) if env == "env" => {
+            std::iter::once(env.clone()).chain(std::iter::once(tag)).chain(rest.iter().cloned()).collect()
         }
-        let mut surplus = active - target;
-        if surplus == 0 {
-            return Ok(());
-        }
-        let mine = self.jobs.iter().rev().filter(|j| j.pool == pool);
-        let pending = mine.clone().filter(|j| j.state == JobState::Pending);
-        let running_idle = mine.filter(|j| j.state == JobState::Running && idle(&j.id));
-        let mut victims = Vec::new();
-        for j in pending.chain(running_idle) {
-            if surplus == 0 {
-                break;
-            }
-            victims.push(j.id.clone());
-            surplus -= 1;
-        }
-        if victims.is_empty() {
-            return Ok(());
-        }
-        tracing::info!(jobs = ?victims, "scaling down");
-        self.cancel(&victims)
-    }
-
-    /// The jobs and their last known states.
-    pub fn jobs(&self) -> &[BatchJob] {
-        &self.jobs
-    }
-
-    /// Cancels every job of the cluster and waits until the batch system shows none active.
-    pub fn cancel_all(&mut self, timeout: Duration) -> Result<()> {
-        let ids: Vec<String> = self.jobs.iter().map(|j| j.id.clone()).collect();
-        cancel_and_wait(self.batch.as_ref(), &ids, timeout)?;
-        for j in &mut self.jobs {
-            if j.state.is_active() {
-                j.state = JobState::Cancelled;
-            }
-        }
-        self.save();
-        Ok(())
-    }
-
-    fn save(&self) {
-        let text = serde_json::to_string_pretty(&self.jobs).expect("serialisable");
-        let tmp = self.state.file(".batch-jobs.json.tmp");
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(tmp, self.state.file("batch-jobs.json"));
-        }
+        _ => ["env".to_string(), tag].into_iter().chain(command.iter().cloned()).collect(),
     }
 }
 
@@ -282,6 +161,7 @@ pub fn cancel_and_wait(batch: &dyn BatchSystem, ids: &[String], timeout: Duratio
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
+    batch.cancel(ids)?;
     loop {
         let states = batch.status(ids)?;
         let active: Vec<String> =
@@ -303,55 +183,47 @@ pub fn cancel_and_wait(batch: &dyn BatchSystem, ids: &[String], timeout: Duratio
     }
 }
 
-/// The batch jobs recorded in a state directory's journal, by system.
-pub fn journalled_jobs(state: &StateDir) -> HashMap<System, Vec<String>> {
-    let mut out: HashMap<System, Vec<String>> = HashMap::new();
-    for (kind, value) in state.journal_entries() {
-        if kind != "job" {
-            continue;
-        }
-        if let Some((system, id)) = value.split_once(' ') {
-            if let Ok(system) = system.parse::<System>() {
-                out.entry(system).or_default().push(id.to_string());
-            }
+/// The batch jobs recorded in a state directory's journal.
+#[derive(Debug, Default)]
+pub struct JournalledJobs {
+    /// The batch system the cluster used, with the commands it was reached by.
+    pub system: Option<(System, Commands)>,
+    /// Every job submitted, by batch system (a scheduler inside a job adds its own).
+    pub jobs: HashMap<System, Vec<String>>,
+}
+
+/// The batch system and jobs recorded in a state directory's journal.
+pub fn journalled_jobs(state: &StateDir) -> JournalledJobs {
+    let mut j = JournalledJobs::default();
+    for entry in state.journal_entries() {
+        match entry {
+            Journalled::BatchSystem { system, commands } => j.system = Some((system, commands)),
+            Journalled::Job { system, id, .. } => j.jobs.entry(system).or_default().push(id),
+            Journalled::Process { .. } => {}
         }
     }
-    out
+    j
 }
 
-/// Cancels every journalled batch job of a cluster (after a crash); returns how many were journalled.
-pub fn cancel_journalled(state: &StateDir) -> Result<usize> {
-    cancel_jobs(state, journalled_jobs(state))
-}
-
-/// Cancels `jobs` (by system) and waits until the batch system shows none of them active.
-pub fn cancel_jobs(state: &StateDir, jobs: HashMap<System, Vec<String>>) -> Result<usize> {
-    let file: Option<BackendFile> =
-        std::fs::read_to_string(state.file("backend.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+/// Cancels every journalled batch job of a cluster (after a crash) through the batch system
+/// that `connect` gives for a system and its journalled commands, and waits until none is
+/// active; returns how many were journalled.
+pub fn cancel_journalled(
+    state: &StateDir,
+    connect: impl Fn(System, Commands) -> Box<dyn BatchSystem>,
+) -> Result<usize> {
+    let JournalledJobs { system: journalled, jobs } = journalled_jobs(state);
     let mut n = 0;
     for (system, ids) in jobs {
-        let commands = match &file {
-            Some(f) if f.system == system => f.commands.clone(),
+        let commands = match &journalled {
+            Some((s, c)) if *s == system => c.clone(),
             _ => default_commands(system),
         };
-        let batch = batch_system(system, commands);
+        let batch = connect(system, commands);
         cancel_and_wait(batch.as_ref(), &ids, Duration::from_secs(60))?;
         n += ids.len();
     }
     Ok(n)
-}
-
-/// The batch jobs `status` shows: `batch-jobs.json`, written by the scheduler.
-pub fn read_jobs(state: &StateDir) -> Vec<BatchJob> {
-    std::fs::read_to_string(state.file("batch-jobs.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
-}
-
-/// Whether a worker's batch job (`ID`, `ID_INDEX`, `ID[INDEX].server`, `ID.server`) is job `id`.
-pub fn same_job(id: &str, worker_job: &str) -> bool {
-    worker_job.strip_prefix(id).is_some_and(|rest| rest.is_empty() || rest.starts_with(['_', '.', '[']))
 }
 
 /// The last lines of a job's stderr file in `dir` (Slurm `NAME-ID.err`, SGE and PBS `NAME.eID`).

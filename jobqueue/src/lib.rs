@@ -4,7 +4,8 @@
 //! [`run`]; each subcommand is a function: `up`, `down`, `worker`, `job-script` here,
 //! the background `scheduler` in `serve`, `submit`/`wait`/`status` in `tasks`, `scale` and
 //! `adapt` in `scaling`. [`spec`] gives the options their meaning once, as a `ClusterSpec`;
-//! `pools` says what a spec means for batch jobs.
+//! `pools` says what a spec means for batch jobs; [`provision`] starts, polls and ends the
+//! workers' allocations inside the scheduler process.
 //!
 //! Exit codes: 0 success; 1 the command failed (tasks failed, the cluster is
 //! unreachable, …); 2 the command line is wrong.
@@ -14,13 +15,14 @@ pub mod backend;
 pub mod batch;
 pub mod cli;
 pub mod config;
+#[cfg(any(test, feature = "fake-batch"))]
+pub mod fake;
 pub mod jobs;
-pub mod local;
-pub mod manager;
 pub mod mpi;
 pub mod net;
 mod pools;
-mod scaling;
+pub mod provision;
+pub(crate) mod scaling;
 mod serve;
 pub mod spec;
 pub mod srun;
@@ -39,12 +41,11 @@ use rdask::{Client, Secret};
 use crate::backend::BatchBackend;
 use crate::batch::System;
 use crate::cli::{Cli, Cmd, DownArgs, OutputMode, SchedulerCmd, StatusArgs, SubmitArgs, UpArgs, WaitArgs, WorkerArgs};
-use crate::local::LocalBackend;
 use crate::pools::*;
 use crate::scaling::{adapt_cmd, scale};
 use crate::serve::scheduler;
-use crate::spec::{Backend, ClusterSpec, SPEC_FILE};
-use crate::state::{process_alive, StateDir};
+use crate::spec::{ClusterSpec, SPEC_FILE};
+use crate::state::{process_alive, Journalled, StateDir};
 use crate::tasks::{status, submit, wait};
 
 /// Runs one invocation; returns the process exit code.
@@ -183,7 +184,7 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut s = client.status().await?;
     while s.workers.len() < want {
-        let jobs = backend::read_jobs(state);
+        let jobs = batch_allocations(&s);
         let all_ended = !jobs.is_empty() && jobs.iter().all(|j| !j.state.is_active());
         if all_ended {
             stop_cluster(state, &client).await;
@@ -213,8 +214,8 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     }
     let f = SchedulerFile::read(&state.path)?;
     let slots: u32 = s.workers.iter().map(|w| u32::from(w.info.slots)).sum();
-    let jobs = backend::read_jobs(state);
-    let jobs = if batch.is_some() { format!(", {} batch job(s)", jobs.len()) } else { String::new() };
+    let jobs = batch_allocations(&s).len();
+    let jobs = if batch.is_some() { format!(", {jobs} batch job(s)") } else { String::new() };
     println!(
         "cluster `{}` is up: scheduler {} (pid {}), {} workers, {slots} slots{jobs}; state in {}",
         state.name,
@@ -227,21 +228,25 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The batch jobs of every pool that have an id, as the provisioner sees them.
+fn batch_allocations(s: &ClusterStatus) -> Vec<rdask::protocol::AllocationStatus> {
+    let pools = s.provisioning.iter().flat_map(|p| &p.pools).filter(|p| p.unit == "job");
+    pools.flat_map(|p| p.jobs.iter().filter(|j| !j.id.is_empty()).cloned()).collect()
+}
+
 /// Cancels every batch job and ends every process in the journal that is still alive;
-/// returns how many there were.
+/// returns how many processes there were.
 fn cleanup(state: &StateDir) -> usize {
     let mut n = 0;
-    let mut procs: Vec<(u32, Option<u64>)> = Vec::new();
-    for (kind, value) in state.journal_entries() {
-        if kind == "pid" {
-            if let Some((pid, start)) = value.split_once(':') {
-                if let (Ok(pid), Ok(start)) = (pid.parse(), start.parse()) {
-                    procs.push((pid, Some(start)));
-                }
-            }
-        }
-    }
-    match backend::cancel_journalled(state) {
+    let procs: Vec<(u32, Option<u64>)> = state
+        .journal_entries()
+        .into_iter()
+        .filter_map(|e| match e {
+            Journalled::Process { pid, start } => Some((pid, Some(start))),
+            _ => None,
+        })
+        .collect();
+    match backend::cancel_journalled(state, backend::batch_system) {
         Ok(0) => {}
         Ok(jobs) => {
             println!("cancelled the cluster's {jobs} batch job(s); the batch system shows none of them running")
@@ -256,9 +261,7 @@ fn cleanup(state: &StateDir) -> usize {
             terminate(pid);
         }
     }
-    for f in [rdask::cluster::SCHEDULER_FILE, "batch-jobs.json", "backend.json"] {
-        let _ = std::fs::remove_file(state.file(f));
-    }
+    let _ = std::fs::remove_file(state.file(rdask::cluster::SCHEDULER_FILE));
     state.clear_journal();
     n
 }
@@ -309,11 +312,8 @@ async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
             )?,
         },
     };
+    // Its launch tag comes from RDASK_LAUNCH_TAG, which the job script sets.
     let mut config = rdask::worker::WorkerConfig::new(info);
-    // FIXME(control plane): until the provisioner sets launch tags, a batch worker's tag is its job id.
-    if config.launch.is_none() {
-        config.launch = batch_job_id();
-    }
     if let Some(dir) = &a.local_directory {
         let dir = expand_vars(dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create local directory {dir}"))?;
@@ -358,7 +358,7 @@ async fn down(state: &StateDir, a: DownArgs) -> Result<i32> {
     }
     // The scheduler clears the journal when it exits; what it listed must be gone too (the
     // scheduler's own batch job, with --scheduler-in-job, ends only after it).
-    let journalled = backend::journalled_jobs(state);
+    let journalled: Vec<Journalled> = state.journal_entries();
     if let Some(f) = &file {
         // The scheduler may run on another host (--scheduler-in-job): its pid only means
         // something here when it runs here.
@@ -382,8 +382,14 @@ async fn down(state: &StateDir, a: DownArgs) -> Result<i32> {
     }
     // Whatever is still alive (a crashed scheduler's workers, a stuck process) is ended now.
     let left = cleanup(state);
-    if !journalled.is_empty() {
-        backend::cancel_jobs(state, journalled)?;
+    if journalled.iter().any(|e| matches!(e, Journalled::Job { .. })) {
+        // Written back for `cancel_journalled`, which reads them from the journal.
+        for e in &journalled {
+            state.record(e)?;
+        }
+        let cancelled = backend::cancel_journalled(state, backend::batch_system);
+        state.clear_journal();
+        cancelled?;
     }
     if left > 0 {
         println!("ended {left} leftover process(es)");
@@ -522,7 +528,7 @@ async fn scheduler_in_job(state: &StateDir, a: &UpArgs, spec: &ClusterSpec, syst
     std::fs::write(&path, script)?;
     let batch = backend::batch_system(system, commands_of(spec, system));
     let id = batch.submit(&path)?;
-    state.journal("job", &format!("{system} {id}"))?;
+    state.record(&Journalled::Job { system, id: id.clone(), pool: "scheduler".into(), launch: String::new() })?;
     println!("submitted the scheduler as {system} job {id}");
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     loop {
@@ -549,17 +555,4 @@ async fn scheduler_in_job(state: &StateDir, a: &UpArgs, spec: &ClusterSpec, syst
         state.path.display()
     );
     Ok(0)
-}
-
-/// The batch job this process runs in, if any: `ID`, or `ID_INDEX` for a task of a job array
-/// (Slurm and SGE; PBS writes the index into its job id itself).
-fn batch_job_id() -> Option<String> {
-    let var = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty() && s != "undefined");
-    if let (Some(job), Some(task)) = (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
-        return Some(format!("{job}_{task}"));
-    }
-    if let (Some(job), Some(task)) = (var("JOB_ID"), var("SGE_TASK_ID")) {
-        return Some(format!("{job}_{task}"));
-    }
-    ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID"].iter().find_map(|v| var(v))
 }

@@ -1,6 +1,5 @@
 //! What a cluster spec means for batch jobs: the batch system and its commands, the job
-//! parameters, the worker command, the worker pools (thin views of [`crate::spec`]) and the
-//! `scale` target files.
+//! parameters, the worker command and the worker pools (thin views of [`crate::spec`]).
 
 use super::*;
 
@@ -37,27 +36,4 @@ pub(crate) fn worker_argv(spec: &ClusterSpec, state: &StateDir, addresses: &[Str
         state.file(SECRET_FILE).display().to_string(),
     ]);
     Ok(v)
-}
-
-/// Where `scale` writes the number of workers (local) or nodes (batch) the cluster should have.
-pub(crate) const TARGET_FILE: &str = "target";
-
-pub(crate) fn target_file(pool: &str) -> String {
-    if pool == backend::DEFAULT_POOL {
-        TARGET_FILE.to_string()
-    } else {
-        format!("{TARGET_FILE}-{pool}")
-    }
-}
-
-pub(crate) fn read_target(state: &StateDir, pool: &str) -> Option<u32> {
-    std::fs::read_to_string(state.file(&target_file(pool))).ok()?.trim().parse().ok()
-}
-
-/// A worker pool as the scheduler runs it.
-pub(crate) type PoolPlan = crate::spec::PoolSpec;
-
-/// The main pool and every `--pool`.
-pub(crate) fn pools_of(spec: &ClusterSpec) -> Vec<PoolPlan> {
-    spec.pools.clone()
 }

@@ -1,14 +1,18 @@
 //! A cluster's state directory: `$RDASK_HOME/<name>` (default `~/.rdask/<name>`).
 //!
 //! It holds the secret (0600), `scheduler.json` (addresses and pid, while the
-//! scheduler runs), `scheduler.log`, the journal of processes and jobs the
-//! cluster started (`journal`), and command tasks' output (`jobs/`).
+//! scheduler runs), `spec.json` (what it was started with), `scheduler.log`, the typed
+//! journal of the processes and jobs the cluster started ([`Journalled`], one JSON object a
+//! line), and command tasks' output (`jobs/`).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::batch::System;
+use crate::jobs::Commands;
 
 /// The state directory of one cluster.
 #[derive(Clone, Debug)]
@@ -49,26 +53,26 @@ impl StateDir {
         self.path.join(name)
     }
 
-    /// Appends a line to the journal (`kind id`), synced to disk before returning:
-    /// whatever the cluster starts is on record before it can be lost.
-    pub fn journal(&self, kind: &str, id: &str) -> Result<()> {
+    /// Appends an entry to the journal, synced to disk before returning: whatever the
+    /// cluster starts is on record before it can be lost.
+    pub fn record(&self, entry: &Journalled) -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(self.file("journal"))
             .context("cannot open the journal")?;
-        writeln!(f, "{kind} {id}")?;
+        writeln!(f, "{}", serde_json::to_string(entry).expect("serialisable"))?;
         f.sync_data()?;
         Ok(())
     }
 
-    /// The journal's entries, in order.
-    pub fn journal_entries(&self) -> Vec<(String, String)> {
+    /// The journal's entries, in order (a line torn by a crash is skipped).
+    pub fn journal_entries(&self) -> Vec<Journalled> {
         std::fs::read_to_string(self.file("journal"))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
 
@@ -76,6 +80,37 @@ impl StateDir {
     pub fn clear_journal(&self) {
         let _ = std::fs::remove_file(self.file("journal"));
     }
+}
+
+/// One entry of a cluster's journal: what it started, for `down` to end after a crash.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Journalled {
+    /// A process (the scheduler, a local worker): its pid and start time (see [`process_start_time`]).
+    Process {
+        /// Its pid.
+        pid: u32,
+        /// Its start time, so that a recycled pid is never signalled.
+        start: u64,
+    },
+    /// The batch system the cluster's jobs go to, and the commands that reach it.
+    BatchSystem {
+        /// The system.
+        system: System,
+        /// Its commands.
+        commands: Commands,
+    },
+    /// A batch job, journalled as soon as the batch system gave its id.
+    Job {
+        /// The system.
+        system: System,
+        /// Its id.
+        id: String,
+        /// Its pool.
+        pool: String,
+        /// The launch tag its workers carry.
+        launch: String,
+    },
 }
 
 /// Whether process `pid` exists and runs a program whose command line mentions `needle`

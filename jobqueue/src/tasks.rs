@@ -116,42 +116,92 @@ pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, outp
 pub(crate) async fn status(state: &StateDir, a: StatusArgs) -> Result<i32> {
     let client = connect(state).await?;
     let s = client.status().await?;
-    let jobs = backend::read_jobs(state);
     match a.output {
-        OutputMode::Json => {
-            let adaptive = manager::read_status(state);
-            let v = serde_json::json!({
-                "workers": s.workers, "jobs": s.jobs, "batch_jobs": jobs, "load": s.load, "adaptive": adaptive,
-            });
-            println!("{}", serde_json::to_string_pretty(&v)?)
-        }
-        OutputMode::Text => print!("{}", render_status(state, &s, &jobs)),
+        OutputMode::Json => println!("{}", serde_json::to_string_pretty(&status_json(&s))?),
+        OutputMode::Text => print!("{}", render_status(state, &s)),
     }
     Ok(0)
 }
 
-pub(crate) fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[backend::BatchJob]) -> String {
+/// The allocation (batch job or local worker process) each worker runs in, by its launch tag.
+fn allocation_of(s: &ClusterStatus) -> std::collections::HashMap<&str, (&str, &str)> {
+    let mut out = std::collections::HashMap::new();
+    for p in s.provisioning.iter().flat_map(|p| &p.pools) {
+        for j in &p.jobs {
+            out.insert(j.launch.as_str(), (j.id.as_str(), p.name.as_str()));
+        }
+    }
+    out
+}
+
+/// `status --output json`: the scheduler's status, each worker with its `batch_job`, the
+/// allocations of every pool as `batch_jobs`, and the main pool's adaptive state as `adaptive`.
+pub(crate) fn status_json(s: &ClusterStatus) -> serde_json::Value {
+    let by_launch = allocation_of(s);
+    let workers: Vec<serde_json::Value> = s
+        .workers
+        .iter()
+        .map(|w| {
+            let mut v = serde_json::to_value(w).expect("serialisable");
+            let job = w.info.launch.as_deref().and_then(|l| by_launch.get(l)).map(|(id, _)| *id);
+            v["batch_job"] = serde_json::json!(job);
+            v
+        })
+        .collect();
+    let pools = s.provisioning.as_ref().map(|p| p.pools.as_slice()).unwrap_or_default();
+    let batch_jobs: Vec<serde_json::Value> = pools
+        .iter()
+        .filter(|p| p.unit == "job")
+        .flat_map(|p| {
+            p.jobs.iter().filter(|j| !j.id.is_empty()).map(move |j| {
+                serde_json::json!({
+                    "id": j.id, "pool": p.name, "state": j.state, "launch": j.launch,
+                    "workers": j.workers, "age_ms": j.age_ms, "note": j.note,
+                })
+            })
+        })
+        .collect();
+    let adaptive = pools.first().and_then(|p| {
+        let a = p.adapt.as_ref()?;
+        let active = p.jobs.iter().filter(|j| j.state.is_active()).count();
+        let pending = p.jobs.iter().filter(|j| j.state == rdask::protocol::AllocationState::Pending).count();
+        Some(serde_json::json!({
+            "spec": a.spec, "unit": p.unit, "target": a.target, "reason": a.reason, "paused": a.paused,
+            "jobs": active, "pending": pending,
+        }))
+    });
+    serde_json::json!({
+        "workers": workers, "jobs": s.jobs, "batch_jobs": batch_jobs, "load": s.load, "adaptive": adaptive,
+        "provisioning": s.provisioning,
+    })
+}
+
+pub(crate) fn render_status(state: &StateDir, s: &ClusterStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "cluster `{}`: {} worker(s), {} job(s)", state.name, s.workers.len(), s.jobs.len());
-    if let (None, Some(spec)) = (manager::read_status(state), manager::read_spec(state)) {
-        let _ =
-            writeln!(out, "adaptive: {}..{}, first decision within {} s", spec.min_jobs, spec.max_jobs, spec.interval);
+    let pools = s.provisioning.as_ref().map(|p| p.pools.as_slice()).unwrap_or_default();
+    for p in pools {
+        let unit = if p.unit == "job" { "batch jobs" } else { "local workers" };
+        let active = p.jobs.iter().filter(|j| j.state.is_active()).count();
+        let pending = p.jobs.iter().filter(|j| j.state == rdask::protocol::AllocationState::Pending).count();
+        let name = if pools.len() > 1 { format!(" (pool `{}`)", p.name) } else { String::new() };
+        if let Some(a) = &p.adapt {
+            let _ = writeln!(
+                out,
+                "adaptive{name}: {}..{} {unit}, target {} ({active} active, {pending} pending){}\n  why: {}",
+                a.spec.min_jobs,
+                a.spec.max_jobs,
+                a.target,
+                if a.paused { ", PAUSED" } else { "" },
+                a.reason
+            );
+        }
+        if let Some(e) = &p.error {
+            let _ = writeln!(out, "error{name}: {e}");
+        }
     }
-    if let Some(a) = manager::read_status(state) {
-        let _ = writeln!(
-            out,
-            "adaptive: {}..{} {}, target {} ({} active, {} pending){}\n  why: {}",
-            a.spec.min_jobs,
-            a.spec.max_jobs,
-            a.unit,
-            a.target,
-            a.jobs,
-            a.pending,
-            if a.paused { ", PAUSED" } else { "" },
-            a.reason
-        );
-    }
+    let by_launch = allocation_of(s);
     if !s.workers.is_empty() {
         let _ = writeln!(
             out,
@@ -159,6 +209,7 @@ pub(crate) fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[b
             "WORKER", "HOST", "PID", "SLOTS", "ASSIGNED", "HOLDING"
         );
         for w in &s.workers {
+            let job = w.info.launch.as_deref().and_then(|l| by_launch.get(l)).map_or("-", |(id, _)| *id);
             let _ = writeln!(
                 out,
                 "{:<6} {:<20} {:>8} {:>6} {:>9} {:>8}  {}{}",
@@ -168,21 +219,19 @@ pub(crate) fn render_status(state: &StateDir, s: &ClusterStatus, batch_jobs: &[b
                 w.info.slots,
                 w.assigned,
                 w.holding,
-                w.info.launch.as_deref().unwrap_or("-"),
+                job,
                 if w.retiring { " (retiring)" } else { "" }
             );
         }
     }
-    if !batch_jobs.is_empty() {
+    let batch: Vec<_> =
+        pools.iter().filter(|p| p.unit == "job").flat_map(|p| p.jobs.iter().map(move |j| (p, j))).collect();
+    if !batch.is_empty() {
         let _ = writeln!(out, "\n{:<12} {:<10} {:<10} WORKERS", "BATCH JOB", "POOL", "STATE");
-        for j in batch_jobs {
-            let workers: Vec<String> = s
-                .workers
-                .iter()
-                .filter(|w| w.info.launch.as_deref().is_some_and(|b| backend::same_job(&j.id, b)))
-                .map(|w| w.id.to_string())
-                .collect();
-            let _ = writeln!(out, "{:<12} {:<10} {:<10} {}", j.id, j.pool, j.state.to_string(), workers.join(" "));
+        for (p, j) in batch {
+            let workers: Vec<String> = j.workers.iter().map(|w| w.to_string()).collect();
+            let id = if j.id.is_empty() { "(submitting)" } else { j.id.as_str() };
+            let _ = writeln!(out, "{:<12} {:<10} {:<10} {}", id, p.name, j.state.to_string(), workers.join(" "));
             if let Some(note) = &j.note {
                 for line in note.lines() {
                     let _ = writeln!(out, "             {line}");

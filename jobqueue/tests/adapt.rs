@@ -196,7 +196,7 @@ fn jobs_near_their_walltime_are_replaced_and_no_task_fails() {
     let jobs_with_workers: BTreeSet<String> = seen
         .iter()
         .flat_map(|(_, s)| {
-            s["workers"].as_array().unwrap().iter().map(|w| w["info"]["launch"].as_str().unwrap().to_string())
+            s["workers"].as_array().unwrap().iter().map(|w| w["batch_job"].as_str().unwrap().to_string())
         })
         .collect();
     assert!(jobs_with_workers.len() >= 3, "replacement jobs joined: {jobs_with_workers:?}");
@@ -275,9 +275,9 @@ fn local_workers_adapt_to_the_work_too() {
     assert!(said.contains("between 0 and 3 local workers of 1 slot(s)"), "{said}");
     // The same from Rust.
     let spec = AdaptSpec { interval: 0.2, ..AdaptSpec::new(0, 3) };
-    let missing = rdask_jobqueue::manager::adapt_cluster(Some(h), "nope", Some(&spec)).unwrap_err();
+    let missing = rdask_jobqueue::provision::adapt_cluster(Some(h), "nope", Some(&spec)).unwrap_err();
     assert!(missing.to_string().contains("cluster `nope` is not up"), "{missing}");
-    rdask_jobqueue::manager::adapt_cluster(Some(h), "default", Some(&spec)).unwrap();
+    rdask_jobqueue::provision::adapt_cluster(Some(h), "default", Some(&spec)).unwrap();
     let (stop, sampler) = sample(h);
     ok(h, &["submit", "--array", "1-300", "--stderr", "none", "--", "sleep", "0.05"]);
     let waited = ok(h, &["wait"]);

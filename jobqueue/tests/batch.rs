@@ -23,9 +23,9 @@ fn four_nodes_array_down(system: &str, extra: &[&str]) {
     assert!(up.contains("4 workers") && up.contains("4 batch job(s)"), "{up}");
     let s = wait_for(h, "4 running jobs", |s| running_jobs(s) == 4);
     let ids = batch_ids(&s);
-    // Each worker reports the batch job it runs in, and each job holds one worker.
+    // Each worker is matched to the batch job it runs in, and each job holds one worker.
     let mut worker_jobs: Vec<String> =
-        s["workers"].as_array().unwrap().iter().map(|w| w["info"]["launch"].as_str().unwrap().to_string()).collect();
+        s["workers"].as_array().unwrap().iter().map(|w| w["batch_job"].as_str().unwrap().to_string()).collect();
     worker_jobs.sort();
     let mut sorted = ids.clone();
     sorted.sort();
@@ -86,7 +86,7 @@ fn slurm_job_array_and_multi_node_job_give_one_worker_per_node() {
     assert_eq!(ids.len(), 1, "one array job");
     let workers = s["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 3);
-    assert!(workers.iter().all(|w| w["info"]["launch"].as_str().unwrap().starts_with(&format!("{}_", ids[0]))));
+    assert!(workers.iter().all(|w| w["batch_job"] == ids[0].as_str()), "{s:#}");
     ok(h, &["down"]);
     assert!(active_in("slurm", &ids).is_empty());
 
@@ -99,7 +99,7 @@ fn slurm_job_array_and_multi_node_job_give_one_worker_per_node() {
     assert_eq!(ids.len(), 1, "one two-node job");
     let workers = s["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2);
-    assert!(workers.iter().all(|w| w["info"]["launch"] == ids[0].as_str()));
+    assert!(workers.iter().all(|w| w["batch_job"] == ids[0].as_str()), "{s:#}");
     ok(h, &["down"]);
 }
 
