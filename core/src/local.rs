@@ -24,8 +24,10 @@ pub const ROLE_VAR: &str = "RDASK_ROLE";
 /// If this process was started as a worker (`RDASK_ROLE=worker`), runs the worker
 /// with `registry` and exits; otherwise returns and the program goes on.
 ///
-/// The worker reads `RDASK_SCHEDULER` and `RDASK_SECRET` (or `RDASK_STATE_DIR`),
-/// `RDASK_SLOTS` and `RDASK_DEATH_TIMEOUT` (seconds).
+/// The worker reads `RDASK_SCHEDULER` and `RDASK_SECRET` (or `RDASK_SECRET_FILE`, or
+/// `RDASK_STATE_DIR`), `RDASK_SLOTS`, `RDASK_DEATH_TIMEOUT` (seconds), and, where a batch
+/// job starts it (`rdask-jobqueue worker --program`), `RDASK_LIFETIME_MS` (it retires when
+/// that time is up) and `RDASK_LISTEN_HOST` (its data server's address).
 pub fn worker_main_if_requested(registry: &Registry) {
     if std::env::var(ROLE_VAR).as_deref() != Ok("worker") {
         return;
@@ -49,6 +51,12 @@ pub fn worker_main(registry: Registry) -> i32 {
     }
     if let Some(s) = env_number("RDASK_DEATH_TIMEOUT") {
         config.death_timeout = Duration::from_secs(s);
+    }
+    if let Some(ms) = env_number("RDASK_LIFETIME_MS") {
+        config.ends_at = Some(std::time::Instant::now() + Duration::from_millis(ms));
+    }
+    if let Ok(host) = std::env::var("RDASK_LISTEN_HOST") {
+        config.listen_host = host;
     }
     // A thread of its own, so this also works when called inside the program's
     // runtime (`#[tokio::main]`), where starting another runtime would panic.

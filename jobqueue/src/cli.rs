@@ -230,7 +230,9 @@ pub struct SchedulerArgs {
     /// UCX_TLS and UCX_NET_DEVICES pass through to UCX).
     #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
     pub protocol: Protocol,
-    /// Program the local workers run: your program, for function tasks [default: rdask-jobqueue].
+    /// Program the workers run: your program, for function tasks (it calls
+    /// `rdask::worker_main_if_requested`); batch jobs start it by its absolute path, so it must
+    /// be on a filesystem the compute nodes share [default: rdask-jobqueue].
     #[arg(long)]
     pub worker_program: Option<PathBuf>,
     /// The rdask-jobqueue path that batch jobs run, where compute nodes see it elsewhere
@@ -317,6 +319,11 @@ pub struct WorkerArgs {
     /// together do not all leave at once.
     #[arg(long, default_value_t = 0, requires = "lifetime")]
     pub lifetime_stagger: u64,
+    /// Run this program as the worker, with the options above in its environment: a program
+    /// of yours that calls `rdask::worker_main_if_requested`, for function tasks (`up
+    /// --worker-program` puts it in the job scripts).
+    #[arg(long)]
+    pub program: Option<PathBuf>,
 }
 
 /// Options of `submit`.

@@ -295,14 +295,15 @@ fn tail(path: &Path) -> String {
 /// `worker`: runs a worker (command tasks only) in the foreground.
 async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
     rdask::init_logging();
+    // Where the secret was read from, for a worker program to read it too.
+    let mut secret_file = None;
     let info = match &a.scheduler {
         Some(addr) => {
             let addresses = addr.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<rdask::Address>, _>>()?;
-            let secret = match &a.secret_file {
-                Some(p) => Secret::load(p)?,
-                None => Secret::load(&state.file(SECRET_FILE))
-                    .map_err(|e| anyhow!("{e}\n(give the cluster's secret with --secret-file)"))?,
-            };
+            let file = a.secret_file.clone().unwrap_or_else(|| state.file(SECRET_FILE));
+            let secret =
+                Secret::load(&file).map_err(|e| anyhow!("{e}\n(give the cluster's secret with --secret-file)"))?;
+            secret_file = Some(file);
             ClusterInfo { addresses, secret }
         }
         None => match std::env::var("RDASK_SCHEDULER") {
@@ -333,8 +334,38 @@ async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
     if let Some(life) = a.lifetime {
         config.ends_at = Some(Instant::now() + Duration::from_secs(life) - stagger(a.lifetime_stagger.min(life)));
     }
+    if let Some(program) = &a.program {
+        return Err(exec_worker_program(program, &config, secret_file.as_deref()));
+    }
     rdask::worker::run(config, std::sync::Arc::new(rdask::Registry::new())).await?;
     Ok(0)
+}
+
+/// Replaces this process by `program`, a worker configured through its environment as
+/// [`rdask::worker_main`] reads it (same pid: the batch system's signals reach it); returns
+/// only on failure.
+fn exec_worker_program(
+    program: &Path,
+    config: &rdask::worker::WorkerConfig,
+    secret_file: Option<&Path>,
+) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let addresses: Vec<String> = config.cluster.addresses.iter().map(|a| a.to_string()).collect();
+    let mut cmd = std::process::Command::new(program);
+    cmd.env(rdask::local::ROLE_VAR, "worker")
+        .env("RDASK_SCHEDULER", addresses.join(","))
+        .env("RDASK_SLOTS", config.slots.to_string())
+        .env("RDASK_DEATH_TIMEOUT", config.death_timeout.as_secs().to_string())
+        .env("RDASK_LISTEN_HOST", &config.listen_host);
+    match secret_file {
+        Some(f) => cmd.env("RDASK_SECRET_FILE", f).env_remove("RDASK_SECRET"),
+        None => cmd.env("RDASK_SECRET", config.cluster.secret.to_hex()),
+    };
+    if let Some(at) = config.ends_at {
+        cmd.env("RDASK_LIFETIME_MS", at.saturating_duration_since(Instant::now()).as_millis().to_string());
+    }
+    let e = cmd.exec();
+    anyhow!("cannot start the worker program {}: {e}", program.display())
 }
 
 /// A pseudo-random duration up to `max_secs`, different for each process.

@@ -17,7 +17,8 @@ pub(crate) fn job_params(spec: &ClusterSpec) -> batch::JobParams {
     spec.main_pool().params.clone()
 }
 
-/// The worker command of a job: this program (or `--worker-command`) joining the cluster.
+/// The worker command of a job: this program (or `--worker-command`) joining the cluster,
+/// which runs `--worker-program` as the worker where one is given.
 pub(crate) fn worker_argv(spec: &ClusterSpec, state: &StateDir, addresses: &[String]) -> Result<Vec<String>> {
     let exe = match &spec.workers.command {
         Some(p) => p.clone(),
@@ -35,5 +36,11 @@ pub(crate) fn worker_argv(spec: &ClusterSpec, state: &StateDir, addresses: &[Str
         "--secret-file".into(),
         state.file(SECRET_FILE).display().to_string(),
     ]);
+    if let Some(program) = &spec.workers.program {
+        let abs = std::fs::canonicalize(program).with_context(|| {
+            format!("the worker program {} cannot be found (give its path with --worker-program)", program.display())
+        })?;
+        v.extend(["--program".into(), abs.display().to_string()]);
+    }
     Ok(v)
 }

@@ -349,3 +349,52 @@ fn slurm_pools_have_their_own_resources_and_scale_alone() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--pool x: unknown key \"flavour\""));
     assert!(!h.join("default/scheduler.json").exists());
 }
+
+/// The deconvolution example's binary, built beside this one by `cargo test --workspace`.
+fn example_program() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_rdask-jobqueue")).parent().unwrap().to_path_buf();
+    let program = dir.join("deconvolution");
+    if program.exists() {
+        return Some(program);
+    }
+    assert!(std::env::var("CI").is_err(), "{} is missing: run the tests with --workspace", program.display());
+    eprintln!("skipped: {} not built (cargo test --workspace builds it)", program.display());
+    None
+}
+
+/// `up --backend slurm --worker-program P`: the job scripts start the user's program as the
+/// worker, so function tasks run on a batch cluster; the client is the same program.
+#[test]
+fn slurm_jobs_run_the_users_program_for_function_tasks() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let Some(program) = example_program() else { return };
+    let home = common::Home::new();
+    let h = home.path();
+    let program_arg = program.display().to_string();
+    let up = ["up", "--backend", "slurm", "--nodes", "2", "--cores", "1", "--memory", "200MB"];
+    ok(h, &[&up[..], &["--worker-program", &program_arg, "--wait"]].concat());
+    let s = status(h);
+    let ids = batch_ids(&s);
+    assert_eq!(ids.len(), 2, "{s:#}");
+    let script = std::fs::read_dir(h.join("default/job-scripts")).unwrap().next().unwrap().unwrap().path();
+    let script = std::fs::read_to_string(script).unwrap();
+    assert!(script.contains(&format!("--program {program_arg}")), "the job script starts the program:\n{script}");
+
+    let dir = h.join("default");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("scheduler.json")).unwrap()).unwrap();
+    let addresses: Vec<&str> = file["addresses"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let out = Command::new(&program)
+        .args(["--size", "40", "--chunk", "20", "--iterations", "5"])
+        .env("RDASK_SCHEDULER", addresses.join(","))
+        .env("RDASK_SECRET_FILE", dir.join("secret"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("verified: the cluster's result equals the single-process result"), "{stdout}");
+    ok(h, &["down"]);
+    assert!(active_in("slurm", &ids).is_empty(), "jobs left after down");
+    no_process_left(h);
+}
