@@ -130,7 +130,7 @@ pub(crate) async fn start_scheduler(scheme: Scheme, interface: Option<&str>) -> 
     let (server, controller) =
         rdask::server::spawn_controlled(listener, secret.clone(), rdask::scheduler::Config::default());
     let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
-    let owner = OwnerWatch { controller, joined: false, left_at: None, start: Instant::now() };
+    let owner = OwnerWatch { controller, joined: false, left_at: None, start: Instant::now(), grace: OWNER_GRACE };
     Ok(Started { server, owner, info, addresses })
 }
 
@@ -146,6 +146,7 @@ pub(crate) struct OwnerWatch {
     joined: bool,
     left_at: Option<Instant>,
     start: Instant,
+    grace: Duration,
 }
 
 impl OwnerWatch {
@@ -156,7 +157,7 @@ impl OwnerWatch {
     pub async fn gone(&mut self, timeout: Duration, who: &str) -> String {
         loop {
             let deadline = match (self.joined, self.left_at) {
-                (_, Some(at)) => Some(at + OWNER_GRACE),
+                (_, Some(at)) => Some(at + self.grace),
                 (false, None) => Some(self.start + timeout),
                 (true, None) => None,
             };
@@ -327,4 +328,52 @@ pub(crate) async fn run_worker(
     config.death_timeout = Duration::from_secs(timeout);
     rdask::worker::run(config, std::sync::Arc::new(registry)).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdask::protocol::{ControlRequest, ScaleTarget};
+
+    /// `status` and other clients come and go (before the owner joined, and after) without
+    /// ending the cluster; the owner's disconnection without a shutdown does end it.
+    #[tokio::test]
+    async fn only_the_owner_leaving_ends_the_cluster() {
+        let Started { server, mut owner, info, .. } = start_scheduler(Scheme::Tcp, None).await.unwrap();
+        owner.grace = Duration::from_millis(300);
+        let quiet = Duration::from_millis(800);
+        let timeout = Duration::from_secs(60);
+        let passer_by = || async {
+            let c = Client::connect(&info).await.unwrap();
+            c.status().await.unwrap();
+        };
+        passer_by().await;
+        assert!(tokio::time::timeout(quiet, owner.gone(timeout, "task 1")).await.is_err(), "a status call ended it");
+
+        let me = Client::connect_as(&info, &ClientInfo { ends_cluster: true }).await.unwrap();
+        passer_by().await;
+        // Scaling is refused (answered while watching), and nothing ends.
+        let scale = ControlRequest::Scale { pool: None, target: ScaleTarget::Workers(3) };
+        let refused = tokio::select! {
+            r = me.control(scale) => r.unwrap().unwrap_err(),
+            why = owner.gone(timeout, "task 1") => panic!("{why}"),
+        };
+        assert_eq!(refused.kind, RefusalKind::Unsupported, "{refused}");
+        assert!(tokio::time::timeout(quiet, owner.gone(timeout, "task 1")).await.is_err(), "a status call ended it");
+
+        drop(me);
+        let why = tokio::time::timeout(Duration::from_secs(10), owner.gone(timeout, "task 1")).await.unwrap();
+        assert!(why.contains("the client (task 1) disconnected without shutting the cluster down"), "{why}");
+        owner.end_cluster();
+        tokio::time::timeout(Duration::from_secs(10), server.wait()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_owner_that_never_connects_ends_the_cluster_after_the_timeout() {
+        let Started { server: _running, mut owner, info, .. } = start_scheduler(Scheme::Tcp, None).await.unwrap();
+        let c = Client::connect(&info).await.unwrap();
+        c.status().await.unwrap();
+        let why = owner.gone(Duration::from_millis(500), "rank 1").await;
+        assert!(why.contains("the client (rank 1) did not connect within"), "{why}");
+    }
 }
