@@ -1,7 +1,7 @@
-//! Batch job scripts for Slurm, PBS and SGE, rendered from Tera templates.
+//! Batch job scripts, rendered from Tera templates.
 //!
-//! The default templates (`templates/*.sh.tera` at the workspace root) are embedded in the
-//! binary; any of them can be replaced by a template given at run time ([`render`] with
+//! The default templates (`templates/*.sh.tera` at the workspace root, one per batch system in
+//! [`crate::systems`]) are embedded in the binary; any of them can be replaced by a template given at run time ([`render`] with
 //! `Some(text)`, [`render_file`]). Parameters keep dask-jobqueue's names ([`JobParams`]) and,
 //! given the same values, the default templates render the same directive lines. What is
 //! rendered, value by value, is documented in `templates/README.md`.
@@ -9,54 +9,14 @@
 mod render;
 pub mod units;
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::systems::{System, UnknownSystem};
 pub use render::{default_template, render, render_file, shell_quote, EnvVar, Memory, TemplateContext};
 pub use units::UnitError;
-
-/// A batch system with a default template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum System {
-    Slurm,
-    Pbs,
-    Sge,
-}
-
-impl System {
-    pub const ALL: [System; 3] = [System::Slurm, System::Pbs, System::Sge];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            System::Slurm => "slurm",
-            System::Pbs => "pbs",
-            System::Sge => "sge",
-        }
-    }
-}
-
-impl fmt::Display for System {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A batch system name that is none of `slurm`, `pbs`, `sge`.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unknown batch system `{0}`; expected one of slurm, pbs, sge")]
-pub struct UnknownSystem(pub String);
-
-impl FromStr for System {
-    type Err = UnknownSystem;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        System::ALL.into_iter().find(|b| b.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| UnknownSystem(s.into()))
-    }
-}
 
 /// Parameters of one worker job, named as dask-jobqueue's (kebab-case in configuration files:
 /// `job-extra-directives`, …). `None` and empty lists mean what they mean in dask-jobqueue,
@@ -160,7 +120,7 @@ pub enum RenderError {
 }
 
 impl RenderError {
-    fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
         RenderError::Invalid { key, reason: reason.into() }
     }
 }

@@ -17,10 +17,11 @@ use super::launch::{BatchLauncher, Launcher};
 use super::{Action, Config, Input, PoolConfig, Provisioner, FIXED_MAX_FAILURES};
 use crate::adapt::{AdaptSpec, JobShape};
 use crate::backend::{self, BatchBackend};
-use crate::batch::{JobParams, System};
+use crate::batch::JobParams;
 use crate::fake::FakeBatch;
 use crate::jobs::JobState;
 use crate::state::StateDir;
+use crate::systems::slurm;
 
 const TICK: Duration = Duration::from_millis(500);
 
@@ -60,7 +61,7 @@ impl Sim {
         let params = JobParams { cores: Some(1), memory: Some("100MB".into()), ..JobParams::default() };
         let specs: Vec<(String, JobParams)> = pools.iter().map(|p| (p.name.clone(), params.clone())).collect();
         let argv: Vec<String> = ["rdask-jobqueue", "worker"].map(String::from).to_vec();
-        let system = System::Slurm;
+        let system = slurm::SYSTEM;
         let backend = BatchBackend::new(
             &state,
             system,
@@ -457,8 +458,8 @@ fn down_after_a_crash_cancels_every_journalled_job() {
     // The scheduler is gone without cancelling anything; `down` reads the journal.
     let Sim { state, fake, _home, .. } = sim;
     let n = backend::cancel_journalled(&state, |system, commands| {
-        assert_eq!(system, System::Slurm);
-        assert_eq!(commands, backend::default_commands(System::Slurm), "the journalled commands");
+        assert_eq!(system, slurm::SYSTEM);
+        assert_eq!(commands, backend::default_commands(slurm::SYSTEM), "the journalled commands");
         Box::new(fake.clone())
     })
     .unwrap();
