@@ -102,6 +102,9 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
             backend::render(system, &p.params, &argv, spec.template.as_deref())
                 .with_context(|| format!("pool `{}`", p.name))?;
         }
+        // A missing batch command is named now, with the option that points at it, before
+        // anything is started.
+        jobs::check_commands(&commands_of(&spec, system), system.package())?;
     }
     if let Ok(f) = SchedulerFile::read(&state.path) {
         if process_alive(f.pid, "rdask") {

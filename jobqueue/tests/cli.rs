@@ -196,3 +196,36 @@ fn scale_adds_workers_and_retires_only_idle_ones() {
     assert!(ok(h, &["wait"]).contains("1 of 1 tasks finished, 0 failed"));
     ok(h, &["down"]);
 }
+
+/// `rdask-jobqueue ARGS` with `PATH` set to `path` only (no batch system's commands on it).
+fn rdask_with_path(home: &Path, path: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
+        .env("RDASK_HOME", home)
+        .env("RDASK_CONFIG", "/dev/null")
+        .env_remove("RDASK_CLUSTER")
+        .env("PATH", path)
+        .args(args)
+        .output()
+        .expect("rdask-jobqueue runs")
+}
+
+#[test]
+fn up_names_a_missing_batch_command_and_its_option_before_starting_anything() {
+    let home = common::Home::new();
+    let h = home.path();
+    // Whatever this machine has, the command finds no batch system on this PATH.
+    let bin = tempfile::tempdir().unwrap();
+    let o = rdask_with_path(h, bin.path(), &["up", "--backend", "slurm", "--cores", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("`sbatch` not found: install the Slurm client"), "{}", text(&o));
+    assert!(stderr.contains("--submit-command"), "{}", text(&o));
+    let o = rdask_with_path(h, bin.path(), &["up", "--backend", "sge", "--submit-command", "/bin/true"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("`qstat` not found") && stderr.contains("--status-command"), "{}", text(&o));
+    // Nothing was started, submitted or written.
+    for file in ["scheduler.json", "spec.json", "journal"] {
+        assert!(!h.join("default").join(file).exists(), "{file} left behind");
+    }
+    common::no_process_left(h);
+}
