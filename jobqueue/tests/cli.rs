@@ -189,8 +189,10 @@ fn scale_adds_workers_and_retires_only_idle_ones() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(ok(h, &["scale", "3", "--wait"]).contains("3 workers"));
-    assert!(ok(h, &["scale", "1", "--wait"]).contains("1 workers"));
+    let three = ok(h, &["scale", "3", "--wait"]);
+    assert!(three.contains("3 workers"), "{three}\n{}", ok(h, &["status", "--output", "json"]));
+    let one = ok(h, &["scale", "1", "--wait"]);
+    assert!(one.contains("1 workers"), "{one}\n{}", ok(h, &["status", "--output", "json"]));
     let s: serde_json::Value = serde_json::from_str(&ok(h, &["status", "--output", "json"])).unwrap();
     assert_eq!(s["workers"][0]["info"]["pid"].as_u64(), Some(busy), "the busy worker is the one kept");
     assert!(ok(h, &["wait"]).contains("1 of 1 tasks finished, 0 failed"));

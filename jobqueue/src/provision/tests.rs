@@ -42,6 +42,8 @@ struct Sim {
     next_req: u64,
     replies: HashMap<u64, Reply>,
     published: Option<ProvisioningStatus>,
+    /// What the scheduler had been given to show when each reply reached the client.
+    published_at_reply: HashMap<u64, Option<ProvisioningStatus>>,
 }
 
 fn pool(name: &str, workers: u32, initial: u32) -> PoolConfig {
@@ -91,6 +93,7 @@ impl Sim {
             next_req: 1,
             replies: HashMap::new(),
             published: None,
+            published_at_reply: HashMap::new(),
         };
         sim.client = sim.connect();
         sim.sched.handle(now, Event::Message(sim.client, ToScheduler::RegisterClient(ClientInfo::default())));
@@ -123,7 +126,14 @@ impl Sim {
                         self.published = Some(p.clone());
                         self.sched.handle(self.now, Event::Control(rdask::scheduler::Control::Provisioning(p)));
                     }
-                    Action::Scheduler(c) => self.sched.handle(self.now, Event::Control(c)),
+                    Action::Scheduler(c) => {
+                        // What it says goes out at once (a reply is on the client's socket
+                        // before the provisioner's next action reaches the scheduler).
+                        self.sched.handle(self.now, Event::Control(c));
+                        for c in self.sched.take_commands() {
+                            self.command(c);
+                        }
+                    }
                     other => {
                         let input = execute(&mut self.launcher, other).expect("an answer");
                         self.prov.handle(self.now, input);
@@ -148,6 +158,7 @@ impl Sim {
                 self.sched.handle(self.now, Event::Disconnected(conn, "exited".into()));
             }
             Command::ToClient(_, ToClient::Reply { req, body }) => {
+                self.published_at_reply.insert(req, self.published.clone());
                 self.replies.insert(req, body);
             }
             _ => {}
@@ -302,6 +313,16 @@ fn each_pool_starts_its_jobs_and_scales_up_and_down_on_its_own() {
     let default_workers = sim.workers.values().filter(|(launch, _)| launch.starts_with("default/")).count();
     assert_eq!(default_workers, 2, "one job of two workers left");
     assert!(sim.fake.cancelled().contains(&started[1]), "the newest job went: {:?}", sim.fake.cancelled());
+}
+
+#[test]
+fn a_client_answered_sees_the_state_its_request_changed() {
+    let mut sim = Sim::new(vec![pool("default", 1, 2)], None);
+    let req = sim.next_req;
+    sim.scale("default", 5);
+    // `scale --wait` asks for `status` as soon as it is answered: it must see the new target.
+    let shown = sim.published_at_reply[&req].clone().expect("published before the reply");
+    assert_eq!(shown.pools[0].target, Some(5), "{shown:?}");
 }
 
 /// The same guarantee through `scale` and `adapt`: a worker with a task is never stopped,
