@@ -74,7 +74,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Start a cluster in the background: local workers, or worker jobs on a batch system
-    /// (Slurm, PBS, SGE).
+    /// (Slurm, PBS, SGE, LSF).
     Up(UpArgs),
     /// Submit a command, or an array of commands (`--array 1-1000`), to the cluster.
     Submit(SubmitArgs),

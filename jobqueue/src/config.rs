@@ -12,7 +12,7 @@
 //! `--config FILE` (or `RDASK_CONFIG`) replaces both files. A key is the long name of an option
 //! of [`SchedulerArgs`] (`cores`, `job-extra-directives`, …), taken from clap's definition so the
 //! two cannot drift apart. A file may also have a table per value of `backend` (`[local]`, and
-//! one per batch system of [`crate::systems::SYSTEMS`]: `[slurm]`, `[pbs]`, `[sge]`)
+//! one per batch system of [`crate::systems::SYSTEMS`]: `[slurm]`, `[pbs]`, `[sge]`, `[lsf]`)
 //! whose keys apply only with that backend and, within that file, replace the top-level ones.
 //!
 //! How it works ([`parse_cli`]): the command line is parsed as given; for every key it does not
@@ -804,7 +804,7 @@ mod tests {
         assert_eq!(keys.get("job-extra-directives").unwrap().env_var(), "RDASK_JOB_EXTRA_DIRECTIVES");
         let systems = crate::systems::System::names().map(String::from);
         assert_eq!(keys.tables, std::iter::once("local".to_string()).chain(systems).collect::<Vec<_>>());
-        assert_eq!(keys.tables, ["local", "slurm", "pbs", "sge"]);
+        assert_eq!(keys.tables, ["local", "slurm", "pbs", "sge", "lsf"]);
         assert!(keys.conflicts.contains(&("host".into(), "interface".into())), "{:?}", keys.conflicts);
     }
 
@@ -853,7 +853,7 @@ mod tests {
         let e = err("slots = 0");
         assert!(e.starts_with("invalid value `0` for `slots` in /p/rdask.toml: "), "{e}");
         let e = err("backend = \"slrm\"");
-        assert!(e.contains("expected one of local, slurm, pbs, sge"), "{e}");
+        assert!(e.contains("expected one of local, slurm, pbs, sge, lsf"), "{e}");
         let e = err("[slurm]\nbackend = \"pbs\"");
         assert!(e.contains("`backend` cannot be set in the table [slurm]"), "{e}");
         let e = err("slurm = 3");

@@ -93,7 +93,7 @@ pub enum BatchError {
 
 /// The commands of one batch system, by path.
 pub trait BatchSystem: Send + Sync {
-    /// A short name (`slurm`, `pbs`, `sge`).
+    /// A short name (`slurm`, `pbs`, `sge`, `lsf`).
     fn name(&self) -> &'static str;
     /// Submits a script; returns the job id.
     fn submit(&self, script: &Path) -> Result<String, BatchError>;
@@ -246,6 +246,24 @@ pub fn submit_with(
     let args: Vec<&str> = flags.iter().copied().chain([path.as_str()]).collect();
     let out = run_with(tool, &args, script.parent(), None)?;
     parse(&out).ok_or_else(|| no_job_id(tool, &args, &out))
+}
+
+/// Submits `script` as `tool flags… < script` does, with no shell: the script's text is written
+/// to the command's standard input. Run in the script's directory; the job id is read from
+/// the output with `parse`.
+pub fn submit_on_stdin(
+    tool: Tool<'_>,
+    flags: &[&str],
+    script: &Path,
+    parse: fn(&str) -> Option<String>,
+) -> Result<String, BatchError> {
+    let text = std::fs::read(script).map_err(|e| BatchError::Failed {
+        command: format!("{} < {}", tool.line(flags), script.display()),
+        status: "not started".into(),
+        output: format!("cannot read the job script: {e}"),
+    })?;
+    let out = run_with(tool, flags, script.parent(), Some(&text))?;
+    parse(&out).ok_or_else(|| no_job_id(tool, flags, &out))
 }
 
 /// States of `ids` from a `qstat`-style command that lists every job the server knows (ours are

@@ -72,7 +72,9 @@ fn same_directives_as_dask_jobqueue() {
         check_golden(&format!("{case}.sh"), &script);
         checked.push(case.clone());
     }
-    for case in ["slurm-default", "slurm-custom", "pbs-default", "pbs-custom", "sge-default", "sge-custom"] {
+    for case in
+        ["slurm-default", "slurm-custom", "pbs-default", "pbs-custom", "sge-default", "sge-custom", "lsf-default"]
+    {
         assert!(checked.iter().any(|c| c == case), "case {case} not checked: {checked:?}");
     }
 }
@@ -102,6 +104,11 @@ fn features(system: System) -> JobParams {
             "sge" => JobParams {
                 resource_spec: Some("h_vmem=4G".into()),
                 job_extra_directives: strings(&["-pe smp 16"]),
+                ..Default::default()
+            },
+            "lsf" => JobParams {
+                project: Some("proj42".into()),
+                job_extra_directives: strings(&["-R \"select[mem>4000]\""]),
                 ..Default::default()
             },
             other => panic!("no features case for {other}; add one"),
@@ -187,11 +194,14 @@ fn bad_parameters_are_named() {
     assert!(err(sys("slurm"), JobParams { processes: Some(9), ..ok.clone() }).contains("9 processes for 8 cores"));
     assert!(err(sys("slurm"), JobParams { queue: Some("a\nb".into()), ..ok.clone() }).contains("line break"));
     assert!(render(sys("slurm"), &ok, &[], None).unwrap_err().to_string().contains("worker command"));
+    assert!(err(sys("lsf"), JobParams { nodes: Some(2), ..ok.clone() }).contains("nodes > 1 is not supported on lsf"));
+    assert!(err(sys("lsf"), JobParams { resource_spec: Some("x".into()), ..ok.clone() }).contains("resource-spec"));
     let unknown = "htcondor".parse::<System>().unwrap_err().to_string();
     let every: Vec<&str> = System::names().collect();
     assert_eq!(unknown, format!("unknown batch system `htcondor`; expected one of {}", every.join(", ")));
-    assert_eq!(unknown, "unknown batch system `htcondor`; expected one of slurm, pbs, sge");
+    assert_eq!(unknown, "unknown batch system `htcondor`; expected one of slurm, pbs, sge, lsf");
     assert_eq!("SLURM".parse::<System>().unwrap(), sys("slurm"));
+    assert_eq!("lsf".parse::<System>().unwrap().name(), "lsf", "LSF is known");
 }
 
 /// Runs a rendered script with bash: the worker is a stand-in at a path with a space and a `'`,

@@ -38,10 +38,10 @@ pub struct JobParams {
     /// Queue (Slurm partition).
     #[arg(long, short = 'q', help_heading = "Batch jobs")]
     pub queue: Option<String>,
-    /// Account (Slurm `-A`, PBS `-A`); SGE uses `project`, falling back to this.
+    /// Account (Slurm `-A`, PBS `-A`); SGE and LSF use `project`, falling back to this.
     #[arg(long, help_heading = "Batch jobs")]
     pub account: Option<String>,
-    /// Project (SGE `-P`); on Slurm and PBS a fallback for `account`, as in dask-jobqueue.
+    /// Project (SGE and LSF `-P`); on Slurm and PBS a fallback for `account`, as in dask-jobqueue.
     #[arg(long, help_heading = "Batch jobs")]
     pub project: Option<String>,
     /// `HH:MM:SS`, `D-HH:MM:SS` or minutes. `None`: `00:30:00` (dask-jobqueue's default).
@@ -50,7 +50,7 @@ pub struct JobParams {
     /// `None`: `rdask-worker`.
     #[arg(long, help_heading = "Batch jobs")]
     pub job_name: Option<String>,
-    /// Extra directive lines, prefixed with `#SBATCH` / `#PBS` / `#$`, inserted verbatim after
+    /// Extra directive lines, prefixed with `#SBATCH` / `#PBS` / `#$` / `#BSUB`, inserted verbatim after
     /// the generated ones and never skipped.
     #[arg(long, help_heading = "Batch jobs", allow_hyphen_values = true)]
     pub job_extra_directives: Vec<String>,
@@ -63,7 +63,7 @@ pub struct JobParams {
     /// Shell lines after the worker command (verbatim).
     #[arg(long, help_heading = "Batch jobs", allow_hyphen_values = true)]
     pub job_script_epilogue: Vec<String>,
-    /// PBS: replaces the generated `select=…` (`-l`); SGE: `-l` line. Refused for Slurm.
+    /// PBS: replaces the generated `select=…` (`-l`); SGE: `-l` line. Refused for Slurm and LSF.
     #[arg(long, help_heading = "Batch jobs")]
     pub resource_spec: Option<String>,
     /// Appended to the worker command, each argument shell-quoted.
@@ -87,7 +87,7 @@ pub struct JobParams {
     /// `NAME=VALUE` pairs, exported after the prologue (rdask addition).
     #[arg(long = "env", help_heading = "Batch jobs", value_name = "NAME=VALUE")]
     pub environment: Vec<String>,
-    /// Nodes per job, one worker per node (rdask addition). `None`: 1. SGE: only 1.
+    /// Nodes per job, one worker per node (rdask addition). `None`: 1. SGE and LSF: only 1.
     #[arg(long = "nodes-per-job", id = "nodes_per_job", help_heading = "Batch jobs")]
     pub nodes: Option<u32>,
     /// GPUs per job (per node) (rdask addition). `None` or 0: no request.

@@ -21,8 +21,8 @@ pub struct Memory {
     /// Bytes, as parsed (`28GB` → 28000000000).
     pub bytes: u64,
     /// By system name, as its directives want it ([`crate::systems::SystemDef::memory`]):
-    /// `slurm` `--mem` (`27G`), `pbs` `mem=` (`27GB`). Templates see them as `memory.slurm`,
-    /// `memory.pbs`.
+    /// `slurm` `--mem` (`27G`), `pbs` `mem=` (`27GB`), `lsf` `-M` (`28000000`). Templates see
+    /// them as `memory.slurm`, `memory.pbs`, `memory.lsf`.
     #[serde(flatten)]
     pub formats: BTreeMap<&'static str, String>,
 }
@@ -53,7 +53,7 @@ pub struct EnvVar {
 /// keeping its non-blank lines, trimmed, that contain none of the `skip` strings).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TemplateContext {
-    /// The batch system's name (`slurm`, `pbs`, `sge`).
+    /// The batch system's name (`slurm`, `pbs`, `sge`, `lsf`).
     pub system: System,
     /// First line (default `#!/usr/bin/env bash`).
     pub shebang: String,
@@ -67,14 +67,14 @@ pub struct TemplateContext {
     pub slots: u32,
     /// Memory per job (per node); absent when not given.
     pub memory: Option<Memory>,
-    /// As the system writes it (default 30 minutes): `HH:MM:SS` (`00:30:00`).
+    /// As the system writes it (default 30 minutes): `HH:MM:SS` (`00:30:00`); LSF `HH:MM`.
     pub walltime: String,
     /// The walltime in seconds.
     pub walltime_seconds: u64,
     pub queue: Option<String>,
-    /// Slurm/PBS: `account`, else `project`. SGE: `project`, else `account`.
+    /// Slurm/PBS: `account`, else `project`. SGE/LSF: `project`, else `account`.
     pub account: Option<String>,
-    /// The same value as `account` (for SGE templates).
+    /// The same value as `account` (for SGE and LSF templates).
     pub project: Option<String>,
     pub resource_spec: Option<String>,
     pub job_extra_directives: Vec<String>,

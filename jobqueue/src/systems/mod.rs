@@ -11,6 +11,7 @@
 //! Adding a batch system is one module here (its `SystemDef`, its `BatchSystem`, its parsers
 //! and their tests), one template and one entry in [`SYSTEMS`].
 
+pub mod lsf;
 pub mod pbs;
 pub mod sge;
 pub mod slurm;
@@ -27,7 +28,7 @@ use crate::batch::{JobParams, RenderError, TemplateContext};
 use crate::jobs::{BatchSystem, Commands};
 
 /// Every batch system, in the order they are listed (`--help`, errors).
-pub const SYSTEMS: &[System] = &[slurm::SYSTEM, pbs::SYSTEM, sge::SYSTEM];
+pub const SYSTEMS: &[System] = &[slurm::SYSTEM, pbs::SYSTEM, sge::SYSTEM, lsf::SYSTEM];
 
 /// What rdask knows of one batch system. Implemented once per module of [`crate::systems`].
 pub trait SystemDef: Sync {
@@ -88,7 +89,7 @@ impl System {
         SYSTEMS.iter().map(|s| s.name())
     }
 
-    /// The names joined by `separator`: `slurm|pbs|sge`.
+    /// The names joined by `separator`: `slurm|pbs|sge|lsf`.
     pub fn list(separator: &str) -> String {
         Self::names().collect::<Vec<_>>().join(separator)
     }
@@ -160,7 +161,7 @@ mod tests {
     #[test]
     fn names_are_unique_lowercase_and_parse_back() {
         let names: Vec<&str> = System::names().collect();
-        assert_eq!(names, ["slurm", "pbs", "sge"]);
+        assert_eq!(names, ["slurm", "pbs", "sge", "lsf"]);
         for s in System::ALL {
             assert_eq!(s.name().parse::<System>().unwrap(), *s);
             assert_eq!(s.name().to_uppercase().parse::<System>().unwrap(), *s);
@@ -176,7 +177,7 @@ mod tests {
     #[test]
     fn an_unknown_name_lists_every_system() {
         let e = "condor".parse::<System>().unwrap_err().to_string();
-        assert_eq!(e, "unknown batch system `condor`; expected one of slurm, pbs, sge");
+        assert_eq!(e, "unknown batch system `condor`; expected one of slurm, pbs, sge, lsf");
         let e = serde_json::from_str::<System>("\"torque\"").unwrap_err().to_string();
         assert!(e.contains("unknown batch system `torque`"), "{e}");
     }
