@@ -1,4 +1,4 @@
-//! The batch backend: worker jobs submitted to Slurm, PBS or SGE, polled and cancelled,
+//! The batch backend: worker jobs submitted to a batch system ([`crate::systems`]), polled and cancelled,
 //! for the provisioner's [`BatchLauncher`](crate::provision::launch::BatchLauncher).
 //!
 //! Every job id is written to the cluster's journal before anything else happens
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::batch::{self, JobParams, System};
-use crate::jobs::{BatchSystem, Commands, JobState, Pbs, Sge, Slurm};
+use crate::jobs::{BatchSystem, Commands, JobState};
 use crate::state::{Journalled, StateDir};
 
 /// The name of the pool that the main options describe.
@@ -19,20 +19,12 @@ pub const DEFAULT_POOL: &str = "default";
 
 /// The default commands of a batch system.
 pub fn default_commands(system: System) -> Commands {
-    match system {
-        System::Slurm => Slurm::default().0,
-        System::Pbs => Pbs::default().0,
-        System::Sge => Sge::default().0,
-    }
+    system.default_commands()
 }
 
 /// The implementation of `system` with `commands`.
 pub fn batch_system(system: System, commands: Commands) -> Box<dyn BatchSystem> {
-    match system {
-        System::Slurm => Box::new(Slurm(commands)),
-        System::Pbs => Box::new(Pbs(commands)),
-        System::Sge => Box::new(Sge(commands)),
-    }
+    system.connect(commands)
 }
 
 struct Pool {
@@ -127,7 +119,8 @@ impl BatchBackend {
 
     /// The last lines of job `id`'s stderr, from the log directory of any pool.
     pub fn stderr_tail(&self, id: &str) -> Option<String> {
-        self.pools.iter().filter_map(|p| p.params.log_directory.as_deref()).find_map(|d| stderr_tail(Path::new(d), id))
+        let dirs = self.pools.iter().filter_map(|p| p.params.log_directory.as_deref());
+        dirs.map(Path::new).find_map(|d| stderr_tail(self.system, d, id))
     }
 }
 
@@ -226,13 +219,14 @@ pub fn cancel_journalled(
     Ok(n)
 }
 
-/// The last lines of a job's stderr file in `dir` (Slurm `NAME-ID.err`, SGE and PBS `NAME.eID`).
-fn stderr_tail(dir: &Path, id: &str) -> Option<String> {
+/// The last lines of the stderr file of `system`'s job `id` in `dir` (Slurm `NAME-ID.err`, SGE
+/// and PBS `NAME.eID`, …: [`crate::systems::SystemDef::is_stderr_file`]).
+fn stderr_tail(system: System, dir: &Path, id: &str) -> Option<String> {
     let entries = std::fs::read_dir(dir).ok()?;
-    let file = entries.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        name.ends_with(&format!("-{id}.err")) || name.ends_with(&format!(".e{id}"))
-    })?;
+    let file = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|name| system.is_stderr_file(name, id)))?;
     let text = std::fs::read_to_string(file).ok()?;
     let lines: Vec<&str> = text.lines().collect();
     Some(lines[lines.len().saturating_sub(10)..].join("\n"))

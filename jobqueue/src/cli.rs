@@ -2,7 +2,40 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::jobs::Role;
+use crate::systems::System;
+
+/// The values of `--backend`: `local`, then every batch system of [`crate::systems::SYSTEMS`]
+/// (which are also the configuration's backend tables).
+pub fn backend_values() -> PossibleValuesParser {
+    let local = PossibleValue::new("local").help("processes on this machine");
+    PossibleValuesParser::new(
+        std::iter::once(local).chain(System::ALL.iter().map(|s| PossibleValue::new(s.name()).help(s.description()))),
+    )
+}
+
+/// `--help` of a batch command option: what it is, and each system's default.
+fn default_commands_help(role: Role) -> String {
+    let what = match role {
+        Role::Submit => "submits jobs",
+        Role::Status => "reports job states",
+        Role::Cancel => "cancels jobs",
+    };
+    // Each command once, with the systems it is the default of: `qsub (pbs, sge)`.
+    let mut defaults: Vec<(String, Vec<&str>)> = Vec::new();
+    for s in System::ALL {
+        let command = s.default_commands().get(role).display().to_string();
+        match defaults.iter_mut().find(|(c, _)| *c == command) {
+            Some((_, systems)) => systems.push(s.name()),
+            None => defaults.push((command, vec![s.name()])),
+        }
+    }
+    let defaults: Vec<String> = defaults.iter().map(|(c, systems)| format!("{c} ({})", systems.join(", "))).collect();
+    format!("The command that {what}, a path or a name on PATH [default: {}]", defaults.join(", "))
+}
 
 /// Run a Dask-style task cluster on this machine or on an HPC batch system.
 ///
@@ -40,7 +73,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Start a cluster in the background: local workers, or worker jobs on Slurm, PBS or SGE.
+    /// Start a cluster in the background: local workers, or worker jobs on a batch system
+    /// (Slurm, PBS, SGE, LSF).
     Up(UpArgs),
     /// Submit a command, or an array of commands (`--array 1-1000`), to the cluster.
     Submit(SubmitArgs),
@@ -161,8 +195,8 @@ pub struct SchedulerCmd {
 /// [`crate::spec::ClusterSpec::resolve`]'s to say.
 #[derive(Clone, Debug, Args)]
 pub struct SchedulerArgs {
-    /// Where workers run: `local` (processes on this machine), or worker jobs on `slurm`, `pbs` or `sge`.
-    #[arg(long, default_value = "local", value_parser = ["local", "slurm", "pbs", "sge"])]
+    /// Where workers run: `local` (processes on this machine), or worker jobs on a batch system.
+    #[arg(long, default_value = "local", value_parser = backend_values())]
     pub backend: String,
     /// Number of local workers to start (local backend).
     #[arg(long, short = 'w', default_value_t = 2)]
@@ -173,14 +207,14 @@ pub struct SchedulerArgs {
     /// A job script template replacing the default one (see templates/README.md).
     #[arg(long)]
     pub template: Option<PathBuf>,
-    /// The command that submits jobs [default: sbatch for slurm, qsub for pbs and sge].
-    #[arg(long)]
+    /// The command that submits jobs.
+    #[arg(long, long_help = default_commands_help(Role::Submit))]
     pub submit_command: Option<PathBuf>,
-    /// The command that reports job states [default: squeue, qstat].
-    #[arg(long)]
+    /// The command that reports job states.
+    #[arg(long, long_help = default_commands_help(Role::Status))]
     pub status_command: Option<PathBuf>,
-    /// The command that cancels jobs [default: scancel, qdel].
-    #[arg(long)]
+    /// The command that cancels jobs.
+    #[arg(long, long_help = default_commands_help(Role::Cancel))]
     pub cancel_command: Option<PathBuf>,
     /// An extra worker pool (batch backends; repeatable): a name, then KEY=VALUE words, e.g.
     /// --pool 'gpu nodes=2 queue=gpu gpus=1 cores=4 memory=16GB account=12345 walltime=90'.

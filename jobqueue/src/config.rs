@@ -11,9 +11,9 @@
 //!
 //! `--config FILE` (or `RDASK_CONFIG`) replaces both files. A key is the long name of an option
 //! of [`SchedulerArgs`] (`cores`, `job-extra-directives`, …), taken from clap's definition so the
-//! two cannot drift apart. A file may also have tables `[slurm]`, `[pbs]`, `[sge]`, `[local]`
-//! (the values of `backend`) whose keys apply only with that backend and, within that file,
-//! replace the top-level ones.
+//! two cannot drift apart. A file may also have a table per value of `backend` (`[local]`, and
+//! one per batch system of [`crate::systems::SYSTEMS`]: `[slurm]`, `[pbs]`, `[sge]`, `[lsf]`)
+//! whose keys apply only with that backend and, within that file, replace the top-level ones.
 //!
 //! How it works ([`parse_cli`]): the command line is parsed as given; for every key it does not
 //! set, the value that wins among the environment and the files is appended as `--key=value`,
@@ -802,7 +802,9 @@ mod tests {
         assert_eq!(keys.get("job-array").unwrap().default, Some(Value::Flag(false)));
         assert_eq!(keys.get("env").unwrap().env_var(), "RDASK_ENV");
         assert_eq!(keys.get("job-extra-directives").unwrap().env_var(), "RDASK_JOB_EXTRA_DIRECTIVES");
-        assert_eq!(keys.tables, ["local", "slurm", "pbs", "sge"]);
+        let systems = crate::systems::System::names().map(String::from);
+        assert_eq!(keys.tables, std::iter::once("local".to_string()).chain(systems).collect::<Vec<_>>());
+        assert_eq!(keys.tables, ["local", "slurm", "pbs", "sge", "lsf"]);
         assert!(keys.conflicts.contains(&("host".into(), "interface".into())), "{:?}", keys.conflicts);
     }
 
@@ -851,7 +853,7 @@ mod tests {
         let e = err("slots = 0");
         assert!(e.starts_with("invalid value `0` for `slots` in /p/rdask.toml: "), "{e}");
         let e = err("backend = \"slrm\"");
-        assert!(e.contains("expected one of local, slurm, pbs, sge"), "{e}");
+        assert!(e.contains("expected one of local, slurm, pbs, sge, lsf"), "{e}");
         let e = err("[slurm]\nbackend = \"pbs\"");
         assert!(e.contains("`backend` cannot be set in the table [slurm]"), "{e}");
         let e = err("slurm = 3");

@@ -1,14 +1,18 @@
-//! Batch systems: submit a job script, poll the state of a cluster's jobs, cancel them.
+//! What every batch system shares: submit a job script, poll the state of a cluster's jobs,
+//! cancel them.
 //!
-//! One small trait, [`BatchSystem`], with an implementation per batch system.
-//! Commands run argv-style (never through a shell), and their output is parsed
-//! by pure functions tested on captured real output. Anything unexpected is an
-//! error that quotes the command and what it printed.
+//! One small trait, [`BatchSystem`], implemented once per batch system in
+//! [`crate::systems`] (one module each, with its parsers). Commands run argv-style (never
+//! through a shell), with the helpers here, and their output is parsed by pure functions
+//! tested on captured real output. Anything unexpected is an error that quotes the command
+//! and what it printed.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// Where a batch job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -53,12 +57,17 @@ impl fmt::Display for JobState {
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     /// The command does not exist.
-    #[error("`{command}` not found: install {package} (or set its path in the configuration)")]
+    #[error(
+        "`{command}` not found: install {package}, or give its path with --{key} (or `{key} = \"/path/to/it\"` in rdask.toml)",
+        key = .role.key()
+    )]
     Missing {
         /// The command.
         command: String,
         /// The package that provides it.
         package: &'static str,
+        /// Which of the batch system's commands it is.
+        role: Role,
     },
     /// The command ran and failed, or printed what we cannot read.
     #[error("`{command}` failed ({status}): {output}")]
@@ -70,11 +79,21 @@ pub enum BatchError {
         /// What it printed (stdout and stderr).
         output: String,
     },
+    /// A job id that the batch system could not have given (from a damaged journal, say):
+    /// it is never passed to a command, where it could mean something else (`bkill 0`
+    /// kills every job of the user).
+    #[error("`{id}` is not a {system} job id; it is not passed to {system}'s commands (is the journal damaged?)")]
+    BadId {
+        /// The batch system.
+        system: &'static str,
+        /// The id.
+        id: String,
+    },
 }
 
 /// The commands of one batch system, by path.
 pub trait BatchSystem: Send + Sync {
-    /// A short name (`slurm`, `pbs`, `sge`).
+    /// A short name (`slurm`, `pbs`, `sge`, `lsf`).
     fn name(&self) -> &'static str;
     /// Submits a script; returns the job id.
     fn submit(&self, script: &Path) -> Result<String, BatchError>;
@@ -95,21 +114,111 @@ pub struct Commands {
     pub cancel: PathBuf,
 }
 
-fn run(program: &Path, args: &[&str], package: &'static str) -> Result<String, BatchError> {
-    run_in(program, args, package, None)
+impl Commands {
+    /// Commands by name (looked up on `PATH` when run).
+    pub fn named(submit: &str, status: &str, cancel: &str) -> Commands {
+        Commands { submit: submit.into(), status: status.into(), cancel: cancel.into() }
+    }
+
+    /// The command of `role`.
+    pub fn get(&self, role: Role) -> &Path {
+        match role {
+            Role::Submit => &self.submit,
+            Role::Status => &self.status,
+            Role::Cancel => &self.cancel,
+        }
+    }
+
+    /// The command of `role`, ready to run, with the package that provides it (for errors).
+    pub fn tool(&self, role: Role, package: &'static str) -> Tool<'_> {
+        Tool { program: self.get(role), role, package }
+    }
 }
 
-/// Runs a command, in `cwd` if given (batch systems put some files in the submitter's directory).
-fn run_in(program: &Path, args: &[&str], package: &'static str, cwd: Option<&Path>) -> Result<String, BatchError> {
-    let line = format!("{} {}", program.display(), args.join(" "));
-    let mut cmd = Command::new(program);
+/// Which of a batch system's three commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Submits a job script.
+    Submit,
+    /// Reports job states.
+    Status,
+    /// Cancels jobs.
+    Cancel,
+}
+
+impl Role {
+    /// All three, in the order submit, status, cancel.
+    pub const ALL: [Role; 3] = [Role::Submit, Role::Status, Role::Cancel];
+
+    /// Its option and configuration key: `submit-command`, `status-command`, `cancel-command`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Submit => "submit-command",
+            Role::Status => "status-command",
+            Role::Cancel => "cancel-command",
+        }
+    }
+}
+
+/// One command of a batch system, as the implementations run it.
+#[derive(Clone, Copy, Debug)]
+pub struct Tool<'a> {
+    /// Its path, or a name on `PATH`.
+    pub program: &'a Path,
+    /// Which command it is (named by a "not found" error).
+    pub role: Role,
+    /// The package that provides it (named by a "not found" error).
+    pub package: &'static str,
+}
+
+impl Tool<'_> {
+    fn line(&self, args: &[&str]) -> String {
+        std::iter::once(self.program.display().to_string())
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn missing(&self) -> BatchError {
+        BatchError::Missing { command: self.program.display().to_string(), package: self.package, role: self.role }
+    }
+}
+
+/// Runs `tool args…` and returns its standard output, or an error that quotes what it printed.
+pub fn run(tool: Tool<'_>, args: &[&str]) -> Result<String, BatchError> {
+    run_with(tool, args, None, None)
+}
+
+/// [`run`] in `cwd` if given (batch systems put some files in the submitter's directory), with
+/// `input` written to its standard input if given (its standard input is empty otherwise).
+pub fn run_with(tool: Tool<'_>, args: &[&str], cwd: Option<&Path>, input: Option<&[u8]>) -> Result<String, BatchError> {
+    let line = tool.line(args);
+    let mut cmd = Command::new(tool.program);
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let out = cmd.args(args).output().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => BatchError::Missing { command: program.display().to_string(), package },
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    let not_started = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => tool.missing(),
         _ => BatchError::Failed { command: line.clone(), status: "not started".into(), output: e.to_string() },
+    };
+    let mut child = cmd.spawn().map_err(not_started)?;
+    // Written from another thread, so that a command that prints before it has read all of
+    // its input cannot block both sides; a command that exits without reading it is
+    // reported by its exit status.
+    let writer = child.stdin.take().zip(input).map(|(mut stdin, data)| {
+        let data = data.to_vec();
+        std::thread::spawn(move || stdin.write_all(&data))
+    });
+    let out = child.wait_with_output().map_err(|e| BatchError::Failed {
+        command: line.clone(),
+        status: "not waited for".into(),
+        output: e.to_string(),
     })?;
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if out.status.success() {
         Ok(text)
@@ -119,325 +228,194 @@ fn run_in(program: &Path, args: &[&str], package: &'static str, cwd: Option<&Pat
     }
 }
 
-/// Submits `script` with `program flags… script`, run in the script's directory (some qsub
+/// The error of a submission that succeeded without printing a job id that `parse` reads.
+fn no_job_id(tool: Tool<'_>, args: &[&str], out: &str) -> BatchError {
+    BatchError::Failed { command: tool.line(args), status: "exit 0".into(), output: format!("no job id in: {out}") }
+}
+
+/// Submits `script` with `tool flags… script`, run in the script's directory (some qsub
 /// wrappers write the job's output files into the submitter's directory), and reads the job
 /// id from its output with `parse`.
-fn submit_with(
-    program: &Path,
+pub fn submit_with(
+    tool: Tool<'_>,
     flags: &[&str],
     script: &Path,
-    package: &'static str,
     parse: fn(&str) -> Option<String>,
 ) -> Result<String, BatchError> {
     let path = script.display().to_string();
     let args: Vec<&str> = flags.iter().copied().chain([path.as_str()]).collect();
-    let out = run_in(program, &args, package, script.parent())?;
-    parse(&out).ok_or_else(|| BatchError::Failed {
-        command: format!("{} {}", program.display(), args.join(" ")),
-        status: "exit 0".into(),
-        output: format!("no job id in: {out}"),
-    })
+    let out = run_with(tool, &args, script.parent(), None)?;
+    parse(&out).ok_or_else(|| no_job_id(tool, &args, &out))
 }
 
-/// Slurm: `sbatch --parsable`, `squeue`, `scancel`.
-#[derive(Clone, Debug)]
-pub struct Slurm(pub Commands);
-
-impl Default for Slurm {
-    fn default() -> Slurm {
-        Slurm(Commands { submit: "sbatch".into(), status: "squeue".into(), cancel: "scancel".into() })
-    }
-}
-
-const SLURM_PKG: &str = "the Slurm client (Debian: slurm-client)";
-
-impl BatchSystem for Slurm {
-    fn name(&self) -> &'static str {
-        "slurm"
-    }
-
-    fn submit(&self, script: &Path) -> Result<String, BatchError> {
-        submit_with(&self.0.submit, &["--parsable"], script, SLURM_PKG, parse_slurm_submit)
-    }
-
-    fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let list = ids.join(",");
-        let args = ["-h", "-t", "all", "-o", "%i %T", "-j", &list];
-        let out = match run(&self.0.status, &args, SLURM_PKG) {
-            Ok(o) => o,
-            // Every id purged: squeue fails with "Invalid job id specified".
-            Err(BatchError::Failed { output, .. }) if output.contains("Invalid job id") => String::new(),
-            Err(e) => return Err(e),
-        };
-        Ok(fill_gone(ids, parse_slurm_status(&out)))
-    }
-
-    fn cancel(&self, ids: &[String]) -> Result<(), BatchError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let args: Vec<&str> = ids.iter().map(String::as_str).collect();
-        match run(&self.0.cancel, &args, SLURM_PKG) {
-            Err(BatchError::Failed { output, .. }) if output.contains("Invalid job id") => Ok(()),
-            other => other.map(|_| ()),
-        }
-    }
-}
-
-/// `sbatch --parsable` prints `ID` or `ID;cluster`.
-pub fn parse_slurm_submit(out: &str) -> Option<String> {
-    let id = out.trim().split(';').next()?.trim();
-    (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit() || c == '_')).then(|| id.to_string())
-}
-
-/// `squeue -h -t all -o '%i %T'`: one `ID STATE` line per job (array tasks as `ID_N`).
-pub fn parse_slurm_status(out: &str) -> HashMap<String, JobState> {
-    let mut map: HashMap<String, JobState> = HashMap::new();
-    for line in out.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(id), Some(state)) = (it.next(), it.next()) else { continue };
-        let state = match state {
-            "PENDING" | "CONFIGURING" | "REQUEUED" | "RESIZING" => JobState::Pending,
-            "RUNNING" | "COMPLETING" | "SUSPENDED" | "STOPPED" | "SIGNALING" | "STAGE_OUT" => JobState::Running,
-            "COMPLETED" => JobState::Finished,
-            "CANCELLED" => JobState::Cancelled,
-            _ => JobState::Failed,
-        };
-        // An array job is as active as its most active task.
-        let base = id.split('_').next().unwrap_or(id).to_string();
-        let merged = match map.get(&base) {
-            Some(old) if old.is_active() && !state.is_active() => *old,
-            Some(JobState::Running) => JobState::Running,
-            _ => state,
-        };
-        map.insert(base, merged);
-    }
-    map
-}
-
-/// PBS (and the PBS-style wrappers of `slurm-wlm-torque`): `qsub`, `qstat`, `qdel`.
-#[derive(Clone, Debug)]
-pub struct Pbs(pub Commands);
-
-impl Default for Pbs {
-    fn default() -> Pbs {
-        Pbs(Commands { submit: "qsub".into(), status: "qstat".into(), cancel: "qdel".into() })
-    }
-}
-
-const PBS_PKG: &str = "the PBS client commands (OpenPBS/PBS Pro qsub, qstat, qdel)";
-
-impl BatchSystem for Pbs {
-    fn name(&self) -> &'static str {
-        "pbs"
-    }
-
-    fn submit(&self, script: &Path) -> Result<String, BatchError> {
-        submit_with(&self.0.submit, &[], script, PBS_PKG, parse_pbs_submit)
-    }
-
-    fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
-        table_status(&self.0.status, &[], PBS_PKG, ids, parse_pbs_status)
-    }
-
-    fn cancel(&self, ids: &[String]) -> Result<(), BatchError> {
-        cancel_each(&self.0.cancel, PBS_PKG, ids)
-    }
-}
-
-/// PBS `qsub` prints `ID` or `ID.server`.
-pub fn parse_pbs_submit(out: &str) -> Option<String> {
-    let id = out.trim().lines().last()?.trim();
-    let digits: String = id.chars().take_while(|c| c.is_ascii_digit()).collect();
-    (!digits.is_empty()).then_some(digits)
-}
-
-/// PBS `qstat`: a table whose first column is the id (`ID` or `ID.server`) and fifth the state letter.
-pub fn parse_pbs_status(out: &str) -> HashMap<String, JobState> {
-    let mut map = HashMap::new();
-    for line in out.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 5 || !cols[0].starts_with(|c: char| c.is_ascii_digit()) {
-            continue;
-        }
-        let id: String = cols[0].chars().take_while(|c| c.is_ascii_digit()).collect();
-        let state = match cols[4] {
-            "Q" | "H" | "W" | "T" => JobState::Pending,
-            "R" | "E" | "S" | "B" => JobState::Running,
-            "C" | "F" | "X" => JobState::Finished,
-            _ => JobState::Failed,
-        };
-        map.insert(id, state);
-    }
-    map
-}
-
-/// Son of Grid Engine: `qsub -terse`, `qstat`, `qdel`.
-#[derive(Clone, Debug)]
-pub struct Sge(pub Commands);
-
-impl Default for Sge {
-    fn default() -> Sge {
-        Sge(Commands { submit: "qsub".into(), status: "qstat".into(), cancel: "qdel".into() })
-    }
-}
-
-const SGE_PKG: &str = "the Grid Engine client (Debian: gridengine-client)";
-
-impl BatchSystem for Sge {
-    fn name(&self) -> &'static str {
-        "sge"
-    }
-
-    fn submit(&self, script: &Path) -> Result<String, BatchError> {
-        submit_with(&self.0.submit, &["-terse"], script, SGE_PKG, parse_sge_submit)
-    }
-
-    fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
-        table_status(&self.0.status, &["-u", "*"], SGE_PKG, ids, parse_sge_status)
-    }
-
-    fn cancel(&self, ids: &[String]) -> Result<(), BatchError> {
-        cancel_each(&self.0.cancel, SGE_PKG, ids)
-    }
-}
-
-/// `qsub -terse` prints `ID`, or `ID.1-10:1` for an array.
-pub fn parse_sge_submit(out: &str) -> Option<String> {
-    let id: String = out.trim().chars().take_while(|c| c.is_ascii_digit()).collect();
-    (!id.is_empty()).then_some(id)
-}
-
-/// SGE `qstat`: `job-ID prior name user state …`; finished jobs are not listed.
-pub fn parse_sge_status(out: &str) -> HashMap<String, JobState> {
-    let mut map: HashMap<String, JobState> = HashMap::new();
-    for line in out.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 5 || !cols[0].chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let s = cols[4];
-        // A job being deleted (`dr`, `dt`) still runs until SGE has killed it.
-        let state = if s.contains('E') {
-            JobState::Failed
-        } else if s.contains('d') && !s.contains('r') && !s.contains('t') {
-            JobState::Cancelled
-        } else if s.contains('r') || s.contains('t') || s.contains('s') || s.contains('S') || s.contains('T') {
-            JobState::Running
-        } else {
-            JobState::Pending
-        };
-        // Array tasks share the id: running wins.
-        let e = map.entry(cols[0].to_string()).or_insert(state);
-        if state == JobState::Running {
-            *e = state;
-        }
-    }
-    map
+/// Submits `script` as `tool flags… < script` does, with no shell: the script's text is written
+/// to the command's standard input. Run in the script's directory; the job id is read from
+/// the output with `parse`.
+pub fn submit_on_stdin(
+    tool: Tool<'_>,
+    flags: &[&str],
+    script: &Path,
+    parse: fn(&str) -> Option<String>,
+) -> Result<String, BatchError> {
+    let text = std::fs::read(script).map_err(|e| BatchError::Failed {
+        command: format!("{} < {}", tool.line(flags), script.display()),
+        status: "not started".into(),
+        output: format!("cannot read the job script: {e}"),
+    })?;
+    let out = run_with(tool, flags, script.parent(), Some(&text))?;
+    parse(&out).ok_or_else(|| no_job_id(tool, flags, &out))
 }
 
 /// States of `ids` from a `qstat`-style command that lists every job the server knows (ours are
 /// picked from it; a job it does not list has gone).
-fn table_status(
-    program: &Path,
+pub fn table_status(
+    tool: Tool<'_>,
     args: &[&str],
-    package: &'static str,
     ids: &[String],
     parse: fn(&str) -> HashMap<String, JobState>,
 ) -> Result<HashMap<String, JobState>, BatchError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let out = run(program, args, package)?;
+    let out = run(tool, args)?;
     Ok(fill_gone(ids, parse(&out)))
 }
 
 /// `qdel`-style cancellation, one id per call: a job that already ended makes it fail, and
-/// that is the state wanted anyway, so failures are not errors.
-fn cancel_each(program: &Path, package: &'static str, ids: &[String]) -> Result<(), BatchError> {
+/// that is the state wanted anyway, so failures are not errors (a missing command is).
+pub fn cancel_each(tool: Tool<'_>, ids: &[String]) -> Result<(), BatchError> {
     for id in ids {
-        let _ = run(program, &[id], package);
+        if let Err(e @ BatchError::Missing { .. }) = run(tool, &[id]) {
+            return Err(e);
+        }
     }
     Ok(())
 }
 
-fn fill_gone(ids: &[String], mut found: HashMap<String, JobState>) -> HashMap<String, JobState> {
+/// `found` for exactly `ids`: each id it lacks has gone.
+pub fn fill_gone(ids: &[String], mut found: HashMap<String, JobState>) -> HashMap<String, JobState> {
     ids.iter().map(|id| (id.clone(), found.remove(id).unwrap_or(JobState::Gone))).collect()
+}
+
+/// The state of a job array from the states of two of its tasks (`old`, seen first, and
+/// `new`): as active as its most active task; among ended ones, the later.
+pub fn most_active(old: JobState, new: JobState) -> JobState {
+    match (old, new) {
+        (old, new) if old.is_active() && !new.is_active() => old,
+        (JobState::Running, _) => JobState::Running,
+        (_, new) => new,
+    }
+}
+
+/// Checks that every one of `ids` is an id of `system` (`valid` says which are); the error
+/// names the first that is not.
+pub fn check_ids(system: &'static str, ids: &[String], valid: fn(&str) -> bool) -> Result<(), BatchError> {
+    match ids.iter().find(|id| !valid(id)) {
+        Some(id) => Err(BatchError::BadId { system, id: id.clone() }),
+        None => Ok(()),
+    }
+}
+
+/// Where `program` would be run from: itself if it names a path (it has a `/`), else the
+/// first executable file of that name in the directories of `path` (a `PATH` value).
+pub fn find_program(program: &Path, path: Option<&OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.as_os_str().is_empty() {
+        return None;
+    }
+    if program.to_string_lossy().contains('/') {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    std::env::split_paths(path?).map(|dir| dir.join(program)).find(|p| executable(p))
+}
+
+/// Checks that each of `commands` can be run (on this process's `PATH`), so that a missing one
+/// is reported before anything is started; the error names the package and the option.
+pub fn check_commands(commands: &Commands, package: &'static str) -> Result<(), BatchError> {
+    let path = std::env::var_os("PATH");
+    for role in Role::ALL {
+        let tool = commands.tool(role, package);
+        if find_program(tool.program, path.as_deref()).is_none() {
+            return Err(tool.missing());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn slurm_output() {
-        assert_eq!(parse_slurm_submit("12\n"), Some("12".into()));
-        assert_eq!(parse_slurm_submit("12;rdask\n"), Some("12".into()));
-        assert_eq!(parse_slurm_submit("Submitted batch job 12\n"), None);
-        let s = parse_slurm_status("12 RUNNING\n13 PENDING\n14 COMPLETED\n15 CANCELLED\n16 TIMEOUT\n17_1 COMPLETED\n17_2 RUNNING\n17_[3-4] PENDING\n");
-        assert_eq!(s["12"], JobState::Running);
-        assert_eq!(s["13"], JobState::Pending);
-        assert_eq!(s["14"], JobState::Finished);
-        assert_eq!(s["15"], JobState::Cancelled);
-        assert_eq!(s["16"], JobState::Failed);
-        assert_eq!(s["17"], JobState::Running);
+    fn commands(submit: &str) -> Commands {
+        Commands::named(submit, "/bin/true", "/bin/true")
     }
 
     #[test]
-    fn pbs_output() {
-        assert_eq!(parse_pbs_submit("55\n"), Some("55".into()));
-        assert_eq!(parse_pbs_submit("55.pbsserver\n"), Some("55".into()));
-        let table = "Job id              Name             Username        Time Use S Queue\n\
-                     ------------------- ---------------- --------------- -------- - ---------------\n\
-                     49                  rdask-pbs-b      root            00:00:00 R debug\n\
-                     50.srv              x                root            0        Q debug\n\
-                     51                  y                root            00:00:01 C debug\n";
-        let s = parse_pbs_status(table);
-        assert_eq!((s["49"], s["50"], s["51"]), (JobState::Running, JobState::Pending, JobState::Finished));
+    fn ids_a_job_lacks_are_gone_and_arrays_are_as_active_as_their_most_active_task() {
+        let found = HashMap::from([("3".to_string(), JobState::Running)]);
+        let all = fill_gone(&["3".into(), "99".into()], found);
+        assert_eq!((all["3"], all["99"], all.len()), (JobState::Running, JobState::Gone, 2));
+        use JobState::*;
+        assert_eq!(most_active(Pending, Running), Running);
+        assert_eq!(most_active(Running, Pending), Running);
+        assert_eq!(most_active(Running, Finished), Running);
+        assert_eq!(most_active(Finished, Pending), Pending);
+        assert_eq!(most_active(Finished, Failed), Failed);
     }
 
     #[test]
-    fn sge_output() {
-        assert_eq!(parse_sge_submit("3\n"), Some("3".into()));
-        assert_eq!(parse_sge_submit("5.1-10:1\n"), Some("5".into()));
-        let table = "job-ID  prior   name       user         state submit/start at     queue                          slots ja-task-ID\n\
-        -----------------------------------------------------------------------------------------------------------------\n\
-              3 0.50000 pend       root         r     11/25/2026 12:45:09 all.q@vm                           1\n\
-              4 0.00000 heldjob    root         hqw   11/25/2026 12:45:09                                    1\n\
-              5 0.00000 bad        root         Eqw   11/25/2026 12:45:09                                    1\n\
-              6 0.00000 del        root         dr    11/25/2026 12:45:09 all.q@vm                           1\n";
-        let s = parse_sge_status(table);
-        assert_eq!(s["3"], JobState::Running);
-        assert_eq!(s["4"], JobState::Pending);
-        assert_eq!(s["5"], JobState::Failed);
-        assert_eq!(s["6"], JobState::Running, "being deleted, still running");
-        let all = fill_gone(&["3".into(), "99".into()], s);
-        assert_eq!(all["99"], JobState::Gone);
+    fn a_missing_command_names_its_package_and_option() {
+        let e = check_commands(&commands("/nonexistent/bsub"), "the LSF client").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "`/nonexistent/bsub` not found: install the LSF client, or give its path with --submit-command \
+             (or `submit-command = \"/path/to/it\"` in rdask.toml)"
+        );
+        let c = Commands::named("/bin/true", "no-such-command-here", "/bin/true");
+        let e = check_commands(&c, "x").unwrap_err().to_string();
+        assert!(e.starts_with("`no-such-command-here` not found") && e.contains("--status-command"), "{e}");
+        check_commands(&Commands::named("true", "/bin/true", "sh"), "x").unwrap();
+        let e = run(c.tool(Role::Status, "pkg"), &[]).unwrap_err().to_string();
+        assert!(e.contains("install pkg") && e.contains("--status-command"), "{e}");
     }
 
     #[test]
-    fn a_missing_command_names_its_package() {
-        let sys = Slurm(Commands {
-            submit: "/nonexistent/sbatch".into(),
-            status: "/nonexistent/squeue".into(),
-            cancel: "/nonexistent/scancel".into(),
-        });
-        let e = sys.submit(Path::new("/tmp/x.sh")).unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/sbatch") && e.contains("slurm-client"), "{e}");
+    fn find_program_looks_on_the_path_only_for_bare_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("bjobs");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("plain"), "").unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
+        assert_eq!(find_program(Path::new("bjobs"), Some(&path)), Some(exe.clone()));
+        assert_eq!(find_program(Path::new("plain"), Some(&path)), None, "not executable");
+        assert_eq!(find_program(Path::new("bjobs"), None), None);
+        assert_eq!(find_program(&exe, None), Some(exe.clone()));
+        assert_eq!(find_program(Path::new("./bjobs"), Some(&path)), None, "a path is not looked up");
+        assert_eq!(find_program(Path::new(""), Some(&path)), None);
     }
 
-    proptest::proptest! {
-        #[test]
-        fn parsers_never_panic(s in ".*") {
-            let _ = parse_slurm_submit(&s);
-            let _ = parse_slurm_status(&s);
-            let _ = parse_pbs_submit(&s);
-            let _ = parse_pbs_status(&s);
-            let _ = parse_sge_submit(&s);
-            let _ = parse_sge_status(&s);
-        }
+    #[test]
+    fn input_reaches_the_command_and_failures_quote_its_output() {
+        let sh = Commands::named("/bin/sh", "/bin/sh", "/bin/sh");
+        let tool = sh.tool(Role::Submit, "sh");
+        let script = "echo read: $(cat)";
+        let big = format!("{}\n", "x".repeat(300_000));
+        let out = run_with(tool, &["-c", script], None, Some(big.as_bytes())).unwrap();
+        assert_eq!(out.len(), "read: \n".len() + 300_000, "all of a large input is read");
+        let out = run_with(tool, &["-c", "echo hi"], None, Some(big.as_bytes())).unwrap();
+        assert_eq!(out, "hi\n", "a command that does not read its input is not an error");
+        let e = run(tool, &["-c", "echo no such job >&2; exit 3"]).unwrap_err().to_string();
+        assert_eq!(e, "`/bin/sh -c echo no such job >&2; exit 3` failed (exit status: 3): no such job");
+        assert_eq!(run(tool, &["-c", "cat"]).unwrap(), "", "no input: an empty standard input");
+    }
+
+    #[test]
+    fn bad_ids_are_named() {
+        let digits = |id: &str| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+        check_ids("slurm", &["1".into(), "22".into()], digits).unwrap();
+        let e = check_ids("pbs", &["1".into(), "-u".into()], digits).unwrap_err().to_string();
+        assert!(e.starts_with("`-u` is not a pbs job id"), "{e}");
     }
 }

@@ -27,6 +27,7 @@ mod serve;
 pub mod spec;
 pub mod srun;
 pub mod state;
+pub mod systems;
 mod tasks;
 
 use std::io::IsTerminal;
@@ -101,6 +102,9 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
             backend::render(system, &p.params, &argv, spec.template.as_deref())
                 .with_context(|| format!("pool `{}`", p.name))?;
         }
+        // A missing batch command is named now, with the option that points at it, before
+        // anything is started.
+        jobs::check_commands(&commands_of(&spec, system), system.package())?;
     }
     if let Ok(f) = SchedulerFile::read(&state.path) {
         if process_alive(f.pid, "rdask") {
@@ -144,7 +148,7 @@ async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     cmd.arg("scheduler").arg("--spec-file").arg(&spec_file);
     if spec.scheduler.in_job {
         let Some(system) = batch else {
-            bail!("--scheduler-in-job needs a batch backend (--backend slurm|pbs|sge)");
+            bail!("--scheduler-in-job needs a batch backend (--backend {})", System::list("|"));
         };
         return scheduler_in_job(state, &a, &spec, system, &exe).await;
     }
@@ -460,7 +464,7 @@ fn expand_vars(s: &str) -> String {
 /// `job-script`: the script `up` would submit.
 fn job_script(state: &StateDir, spec: &ClusterSpec) -> Result<i32> {
     let Some(system) = batch_system_of(spec) else {
-        bail!("the local backend submits no job script; choose a batch system with --backend slurm|pbs|sge");
+        bail!("the local backend submits no job script; choose a batch system with --backend {}", System::list("|"));
     };
     let addresses = SchedulerFile::read(&state.path).map(|f| f.addresses).unwrap_or_default();
     print!(

@@ -93,7 +93,10 @@ pub(crate) async fn scale(state: &StateDir, a: cli::ScaleArgs) -> Result<i32> {
         let active: Vec<_> = p.jobs.iter().filter(|j| j.state.is_active()).collect();
         let workers: usize = active.iter().map(|j| j.workers.len()).sum();
         let want_jobs = p.target.unwrap_or(0) as usize;
-        if active.len() == want_jobs && workers == want_jobs * p.workers_per_job as usize {
+        // An allocation seen ended (its process or job gone) may still have a worker the
+        // scheduler has not yet seen leave: done only once the scheduler has.
+        let leaving = p.jobs.iter().any(|j| !j.state.is_active() && !j.workers.is_empty());
+        if active.len() == want_jobs && workers == want_jobs * p.workers_per_job as usize && !leaving {
             let total = client.status().await?.workers.len();
             println!("{total} workers ({workers} in pool `{}`)", a.pool);
             return Ok(0);

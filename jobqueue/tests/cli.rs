@@ -189,10 +189,83 @@ fn scale_adds_workers_and_retires_only_idle_ones() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(ok(h, &["scale", "3", "--wait"]).contains("3 workers"));
-    assert!(ok(h, &["scale", "1", "--wait"]).contains("1 workers"));
+    let three = ok(h, &["scale", "3", "--wait"]);
+    assert!(three.contains("3 workers"), "{three}\n{}", ok(h, &["status", "--output", "json"]));
+    let one = ok(h, &["scale", "1", "--wait"]);
+    assert!(one.contains("1 workers"), "{one}\n{}", ok(h, &["status", "--output", "json"]));
     let s: serde_json::Value = serde_json::from_str(&ok(h, &["status", "--output", "json"])).unwrap();
     assert_eq!(s["workers"][0]["info"]["pid"].as_u64(), Some(busy), "the busy worker is the one kept");
     assert!(ok(h, &["wait"]).contains("1 of 1 tasks finished, 0 failed"));
     ok(h, &["down"]);
+}
+
+/// `rdask-jobqueue ARGS` with `PATH` set to `path` only (no batch system's commands on it).
+fn rdask_with_path(home: &Path, path: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
+        .env("RDASK_HOME", home)
+        .env("RDASK_CONFIG", "/dev/null")
+        .env_remove("RDASK_CLUSTER")
+        .env("PATH", path)
+        .args(args)
+        .output()
+        .expect("rdask-jobqueue runs")
+}
+
+#[test]
+fn up_names_a_missing_batch_command_and_its_option_before_starting_anything() {
+    let home = common::Home::new();
+    let h = home.path();
+    // Whatever this machine has, the command finds no batch system on this PATH.
+    let bin = tempfile::tempdir().unwrap();
+    let o = rdask_with_path(h, bin.path(), &["up", "--backend", "slurm", "--cores", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("`sbatch` not found: install the Slurm client"), "{}", text(&o));
+    assert!(stderr.contains("--submit-command"), "{}", text(&o));
+    let o = rdask_with_path(h, bin.path(), &["up", "--backend", "sge", "--submit-command", "/bin/true"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("`qstat` not found") && stderr.contains("--status-command"), "{}", text(&o));
+    // Nothing was started, submitted or written.
+    for file in ["scheduler.json", "spec.json", "journal"] {
+        assert!(!h.join("default").join(file).exists(), "{file} left behind");
+    }
+    common::no_process_left(h);
+}
+
+#[test]
+fn lsf_job_scripts_print_and_up_without_lsf_names_the_missing_command_and_leaves_nothing() {
+    let home = common::Home::new();
+    let h = home.path();
+    let script = ok(h, &["job-script", "--backend", "lsf", "--cores", "8", "--memory", "28GB"]);
+    let head =
+        ["#BSUB -J rdask-worker", "#BSUB -n 8", "#BSUB -R \"span[hosts=1]\"", "#BSUB -M 28000000", "#BSUB -W 00:30"];
+    let directives: Vec<&str> = script
+        .lines()
+        .filter(|l| l.starts_with("#BSUB") && !l.starts_with("#BSUB -e") && !l.starts_with("#BSUB -o"))
+        .collect();
+    assert_eq!(directives, head, "{script}");
+    assert!(script.contains(&format!("#BSUB -e {}/default/logs/rdask-worker-%J.err", h.display())), "{script}");
+    assert!(ok(h, &["up", "--help"]).contains("lsf"), "--backend lists LSF");
+    let o = rdask(h, &["job-script", "--backend", "lsf", "--nodes-per-job", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("nodes > 1 is not supported on lsf") && text(&o).contains("blaunch"), "{}", text(&o));
+
+    // Whatever this machine has, the command finds no LSF on this PATH.
+    let bin = tempfile::tempdir().unwrap();
+    let o = rdask_with_path(h, bin.path(), &["up", "--backend", "lsf", "--cores", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("`bsub` not found") && stderr.contains("--submit-command"), "{}", text(&o));
+    // A bsub found, but no bjobs: that one is named, with its own option.
+    let bsub = bin.path().join("bsub");
+    std::fs::write(&bsub, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&bsub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = rdask_with_path(h, bin.path(), &["up", "--backend", "lsf", "--cores", "1"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("`bjobs` not found") && stderr.contains("--status-command"), "{}", text(&o));
+    // Nothing was started, submitted or written.
+    for file in ["scheduler.json", "spec.json", "journal"] {
+        assert!(!h.join("default").join(file).exists(), "{file} left behind");
+    }
+    common::no_process_left(h);
 }

@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use rdask_jobqueue::batch::{render, render_file, JobParams, RenderError, System};
 use serde_json::Value;
 
+/// The batch system named `name`.
+fn sys(name: &str) -> System {
+    name.parse().unwrap()
+}
+
 const EXE: &str = "/opt/rdask/bin/rdask-jobqueue";
 
 fn worker() -> Vec<String> {
@@ -47,12 +52,9 @@ fn same_directives_as_dask_jobqueue() {
     let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let mut checked = Vec::new();
     for (case, keywords) in cases["cases"].as_object().unwrap() {
-        let system = match keywords["_class"].as_str().unwrap() {
-            "SLURMJob" => System::Slurm,
-            "PBSJob" => System::Pbs,
-            "SGEJob" => System::Sge,
-            _ => continue,
-        };
+        // dask-jobqueue's class is its system's name in capitals, then `Job`.
+        let class = keywords["_class"].as_str().unwrap();
+        let Some(system) = class.strip_suffix("Job").and_then(|s| s.parse::<System>().ok()) else { continue };
         // dask-jobqueue's keywords, in kebab-case: the names of our configuration keys.
         let mut params = serde_json::Map::new();
         for (key, value) in keywords.as_object().unwrap() {
@@ -70,7 +72,9 @@ fn same_directives_as_dask_jobqueue() {
         check_golden(&format!("{case}.sh"), &script);
         checked.push(case.clone());
     }
-    for case in ["slurm-default", "slurm-custom", "pbs-default", "pbs-custom", "sge-default", "sge-custom"] {
+    for case in
+        ["slurm-default", "slurm-custom", "pbs-default", "pbs-custom", "sge-default", "sge-custom", "lsf-default"]
+    {
         assert!(checked.iter().any(|c| c == case), "case {case} not checked: {checked:?}");
     }
 }
@@ -94,21 +98,27 @@ fn features(system: System) -> JobParams {
         local_directory: Some("/tmp/rdask dir".into()),
         death_timeout: Some(120),
         processes: Some(4),
-        ..match system {
-            System::Slurm => JobParams { job_extra_directives: strings(&["--exclusive"]), ..Default::default() },
-            System::Pbs => JobParams { job_extra_directives: strings(&["-j oe"]), ..Default::default() },
-            System::Sge => JobParams {
+        ..match system.name() {
+            "slurm" => JobParams { job_extra_directives: strings(&["--exclusive"]), ..Default::default() },
+            "pbs" => JobParams { job_extra_directives: strings(&["-j oe"]), ..Default::default() },
+            "sge" => JobParams {
                 resource_spec: Some("h_vmem=4G".into()),
                 job_extra_directives: strings(&["-pe smp 16"]),
                 ..Default::default()
             },
+            "lsf" => JobParams {
+                project: Some("proj42".into()),
+                job_extra_directives: strings(&["-R \"select[mem>4000]\""]),
+                ..Default::default()
+            },
+            other => panic!("no features case for {other}; add one"),
         }
     }
 }
 
 #[test]
 fn rdask_scripts() {
-    for system in System::ALL {
+    for &system in System::ALL {
         let minimal = JobParams { cores: Some(8), ..Default::default() };
         check_golden(&format!("{system}-rdask-default.sh"), &render(system, &minimal, &worker(), None).unwrap());
         check_golden(&format!("{system}-features.sh"), &render(system, &features(system), &worker(), None).unwrap());
@@ -121,7 +131,7 @@ fn rdask_scripts() {
         walltime: Some("90".into()),
         ..Default::default()
     };
-    for system in [System::Slurm, System::Pbs] {
+    for system in [sys("slurm"), sys("pbs")] {
         check_golden(&format!("{system}-multinode.sh"), &render(system, &multi, &worker(), None).unwrap());
     }
 }
@@ -137,12 +147,12 @@ fn template_override_from_a_string_and_a_file() {
         worker().join(" ")
     )
             .replace("tcp://10.0.0.1:8786,tcp://[fd00::1]:8786", "'tcp://10.0.0.1:8786,tcp://[fd00::1]:8786'");
-    assert_eq!(render(System::Pbs, &params, &worker(), Some(template)).unwrap(), expected);
+    assert_eq!(render(sys("pbs"), &params, &worker(), Some(template)).unwrap(), expected);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mine.sh.tera");
     std::fs::write(&path, template).unwrap();
-    assert_eq!(render_file(System::Pbs, &params, &worker(), &path).unwrap(), expected);
-    let missing = render_file(System::Pbs, &params, &worker(), &dir.path().join("nope.tera")).unwrap_err();
+    assert_eq!(render_file(sys("pbs"), &params, &worker(), &path).unwrap(), expected);
+    let missing = render_file(sys("pbs"), &params, &worker(), &dir.path().join("nope.tera")).unwrap_err();
     assert!(matches!(missing, RenderError::Io { .. }) && missing.to_string().contains("nope.tera"), "{missing}");
 }
 
@@ -150,7 +160,7 @@ fn template_override_from_a_string_and_a_file() {
 fn template_errors_name_the_template_and_line() {
     let params = JobParams { cores: Some(4), ..Default::default() };
     let bad = "#!/bin/sh\n\n{% if cores %}\n{{ worker_command | shell_quote }} {{ cores | }}\n{% endif %}\n";
-    let e = render(System::Slurm, &params, &worker(), Some(bad)).unwrap_err();
+    let e = render(sys("slurm"), &params, &worker(), Some(bad)).unwrap_err();
     let message = e.to_string();
     assert!(matches!(e, RenderError::Syntax { .. }), "{e:?}");
     assert!(message.contains("custom slurm template") && message.contains("4:"), "{message}");
@@ -158,14 +168,14 @@ fn template_errors_name_the_template_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("site.sh.tera");
     std::fs::write(&path, bad).unwrap();
-    let message = render_file(System::Slurm, &params, &worker(), &path).unwrap_err().to_string();
+    let message = render_file(sys("slurm"), &params, &worker(), &path).unwrap_err().to_string();
     assert!(message.contains(&path.display().to_string()) && message.contains("4:"), "{message}");
 
     let unknown = "#!/bin/sh\n{{ worker_command | shell_quote }} {{ partition }}\n";
-    let e = render(System::Sge, &params, &worker(), Some(unknown)).unwrap_err();
+    let e = render(sys("sge"), &params, &worker(), Some(unknown)).unwrap_err();
     assert!(matches!(e, RenderError::Render { .. }) && e.to_string().contains("partition"), "{e}");
 
-    let e = render(System::Sge, &params, &worker(), Some("#!/bin/sh\necho {{ cores }}\n")).unwrap_err();
+    let e = render(sys("sge"), &params, &worker(), Some("#!/bin/sh\necho {{ cores }}\n")).unwrap_err();
     assert!(matches!(e, RenderError::NoWorkerCommand { .. }) && e.to_string().contains("worker_command"), "{e}");
 }
 
@@ -174,19 +184,24 @@ fn bad_parameters_are_named() {
     let ok = JobParams { cores: Some(8), ..Default::default() };
     let err = |system, params: JobParams| render(system, &params, &worker(), None).unwrap_err().to_string();
     let memory = JobParams { memory: Some("28 gigs".into()), ..ok.clone() };
-    assert_eq!(err(System::Slurm, memory), "unknown unit `gigs` in memory `28 gigs`; use e.g. 28GB or 28GiB");
+    assert_eq!(err(sys("slurm"), memory), "unknown unit `gigs` in memory `28 gigs`; use e.g. 28GB or 28GiB");
     let walltime = JobParams { walltime: Some("2h".into()), ..ok.clone() };
-    assert!(err(System::Pbs, walltime).contains("invalid walltime `2h`"));
-    assert_eq!(err(System::Slurm, JobParams::default()), "`cores` is required, e.g. --cores 8");
-    assert!(err(System::Sge, JobParams { nodes: Some(2), ..ok.clone() }).contains("not supported on sge"));
-    assert!(err(System::Slurm, JobParams { resource_spec: Some("x".into()), ..ok.clone() }).contains("resource-spec"));
-    assert!(err(System::Slurm, JobParams { environment: strings(&["1X=2"]), ..ok.clone() }).contains("`1X=2`"));
-    assert!(err(System::Slurm, JobParams { processes: Some(9), ..ok.clone() }).contains("9 processes for 8 cores"));
-    assert!(err(System::Slurm, JobParams { queue: Some("a\nb".into()), ..ok.clone() }).contains("line break"));
-    assert!(render(System::Slurm, &ok, &[], None).unwrap_err().to_string().contains("worker command"));
-    let unknown = "lsf".parse::<System>().unwrap_err().to_string();
-    assert_eq!(unknown, "unknown batch system `lsf`; expected one of slurm, pbs, sge");
-    assert_eq!("SLURM".parse::<System>().unwrap(), System::Slurm);
+    assert!(err(sys("pbs"), walltime).contains("invalid walltime `2h`"));
+    assert_eq!(err(sys("slurm"), JobParams::default()), "`cores` is required, e.g. --cores 8");
+    assert!(err(sys("sge"), JobParams { nodes: Some(2), ..ok.clone() }).contains("not supported on sge"));
+    assert!(err(sys("slurm"), JobParams { resource_spec: Some("x".into()), ..ok.clone() }).contains("resource-spec"));
+    assert!(err(sys("slurm"), JobParams { environment: strings(&["1X=2"]), ..ok.clone() }).contains("`1X=2`"));
+    assert!(err(sys("slurm"), JobParams { processes: Some(9), ..ok.clone() }).contains("9 processes for 8 cores"));
+    assert!(err(sys("slurm"), JobParams { queue: Some("a\nb".into()), ..ok.clone() }).contains("line break"));
+    assert!(render(sys("slurm"), &ok, &[], None).unwrap_err().to_string().contains("worker command"));
+    assert!(err(sys("lsf"), JobParams { nodes: Some(2), ..ok.clone() }).contains("nodes > 1 is not supported on lsf"));
+    assert!(err(sys("lsf"), JobParams { resource_spec: Some("x".into()), ..ok.clone() }).contains("resource-spec"));
+    let unknown = "htcondor".parse::<System>().unwrap_err().to_string();
+    let every: Vec<&str> = System::names().collect();
+    assert_eq!(unknown, format!("unknown batch system `htcondor`; expected one of {}", every.join(", ")));
+    assert_eq!(unknown, "unknown batch system `htcondor`; expected one of slurm, pbs, sge, lsf");
+    assert_eq!("SLURM".parse::<System>().unwrap(), sys("slurm"));
+    assert_eq!("lsf".parse::<System>().unwrap().name(), "lsf", "LSF is known");
 }
 
 /// Runs a rendered script with bash: the worker is a stand-in at a path with a space and a `'`,
@@ -210,7 +225,7 @@ fn worker_path_with_space_and_quote_runs() {
         worker_extra_args: strings(&["--extra", "a b"]),
         ..Default::default()
     };
-    for system in System::ALL {
+    for &system in System::ALL {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir(&out).unwrap();
         let script = render(system, &params, &argv, None).unwrap();

@@ -1,7 +1,7 @@
-//! Batch job scripts for Slurm, PBS and SGE, rendered from Tera templates.
+//! Batch job scripts, rendered from Tera templates.
 //!
-//! The default templates (`templates/*.sh.tera` at the workspace root) are embedded in the
-//! binary; any of them can be replaced by a template given at run time ([`render`] with
+//! The default templates (`templates/*.sh.tera` at the workspace root, one per batch system in
+//! [`crate::systems`]) are embedded in the binary; any of them can be replaced by a template given at run time ([`render`] with
 //! `Some(text)`, [`render_file`]). Parameters keep dask-jobqueue's names ([`JobParams`]) and,
 //! given the same values, the default templates render the same directive lines. What is
 //! rendered, value by value, is documented in `templates/README.md`.
@@ -9,54 +9,14 @@
 mod render;
 pub mod units;
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::systems::{System, UnknownSystem};
 pub use render::{default_template, render, render_file, shell_quote, EnvVar, Memory, TemplateContext};
 pub use units::UnitError;
-
-/// A batch system with a default template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum System {
-    Slurm,
-    Pbs,
-    Sge,
-}
-
-impl System {
-    pub const ALL: [System; 3] = [System::Slurm, System::Pbs, System::Sge];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            System::Slurm => "slurm",
-            System::Pbs => "pbs",
-            System::Sge => "sge",
-        }
-    }
-}
-
-impl fmt::Display for System {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A batch system name that is none of `slurm`, `pbs`, `sge`.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unknown batch system `{0}`; expected one of slurm, pbs, sge")]
-pub struct UnknownSystem(pub String);
-
-impl FromStr for System {
-    type Err = UnknownSystem;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        System::ALL.into_iter().find(|b| b.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| UnknownSystem(s.into()))
-    }
-}
 
 /// Parameters of one worker job, named as dask-jobqueue's (kebab-case in configuration files:
 /// `job-extra-directives`, …). `None` and empty lists mean what they mean in dask-jobqueue,
@@ -78,10 +38,10 @@ pub struct JobParams {
     /// Queue (Slurm partition).
     #[arg(long, short = 'q', help_heading = "Batch jobs")]
     pub queue: Option<String>,
-    /// Account (Slurm `-A`, PBS `-A`); SGE uses `project`, falling back to this.
+    /// Account (Slurm `-A`, PBS `-A`); SGE and LSF use `project`, falling back to this.
     #[arg(long, help_heading = "Batch jobs")]
     pub account: Option<String>,
-    /// Project (SGE `-P`); on Slurm and PBS a fallback for `account`, as in dask-jobqueue.
+    /// Project (SGE and LSF `-P`); on Slurm and PBS a fallback for `account`, as in dask-jobqueue.
     #[arg(long, help_heading = "Batch jobs")]
     pub project: Option<String>,
     /// `HH:MM:SS`, `D-HH:MM:SS` or minutes. `None`: `00:30:00` (dask-jobqueue's default).
@@ -90,7 +50,7 @@ pub struct JobParams {
     /// `None`: `rdask-worker`.
     #[arg(long, help_heading = "Batch jobs")]
     pub job_name: Option<String>,
-    /// Extra directive lines, prefixed with `#SBATCH` / `#PBS` / `#$`, inserted verbatim after
+    /// Extra directive lines, prefixed with `#SBATCH` / `#PBS` / `#$` / `#BSUB`, inserted verbatim after
     /// the generated ones and never skipped.
     #[arg(long, help_heading = "Batch jobs", allow_hyphen_values = true)]
     pub job_extra_directives: Vec<String>,
@@ -103,7 +63,7 @@ pub struct JobParams {
     /// Shell lines after the worker command (verbatim).
     #[arg(long, help_heading = "Batch jobs", allow_hyphen_values = true)]
     pub job_script_epilogue: Vec<String>,
-    /// PBS: replaces the generated `select=…` (`-l`); SGE: `-l` line. Refused for Slurm.
+    /// PBS: replaces the generated `select=…` (`-l`); SGE: `-l` line. Refused for Slurm and LSF.
     #[arg(long, help_heading = "Batch jobs")]
     pub resource_spec: Option<String>,
     /// Appended to the worker command, each argument shell-quoted.
@@ -127,7 +87,7 @@ pub struct JobParams {
     /// `NAME=VALUE` pairs, exported after the prologue (rdask addition).
     #[arg(long = "env", help_heading = "Batch jobs", value_name = "NAME=VALUE")]
     pub environment: Vec<String>,
-    /// Nodes per job, one worker per node (rdask addition). `None`: 1. SGE: only 1.
+    /// Nodes per job, one worker per node (rdask addition). `None`: 1. SGE and LSF: only 1.
     #[arg(long = "nodes-per-job", id = "nodes_per_job", help_heading = "Batch jobs")]
     pub nodes: Option<u32>,
     /// GPUs per job (per node) (rdask addition). `None` or 0: no request.
@@ -160,7 +120,7 @@ pub enum RenderError {
 }
 
 impl RenderError {
-    fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
         RenderError::Invalid { key, reason: reason.into() }
     }
 }

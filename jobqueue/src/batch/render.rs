@@ -1,37 +1,43 @@
 //! The template context, the Tera set-up (filters `shell_quote` and `directives`) and rendering.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::error::Error as _;
 use std::path::Path;
 
 use serde::Serialize;
 use tera::{Context, Tera, Value};
 
-use super::units::{format_walltime, parse_memory, parse_walltime, pbs_memory, slurm_memory};
+use super::units::{parse_memory, parse_walltime};
 use super::{JobParams, RenderError, System};
-
-const SLURM: &str = include_str!("../../../templates/slurm.sh.tera");
-const PBS: &str = include_str!("../../../templates/pbs.sh.tera");
-const SGE: &str = include_str!("../../../templates/sge.sh.tera");
 
 /// The embedded default template of `system`.
 pub fn default_template(system: System) -> &'static str {
-    match system {
-        System::Slurm => SLURM,
-        System::Pbs => PBS,
-        System::Sge => SGE,
-    }
+    system.template()
 }
 
-/// A job's memory request, pre-formatted for each batch system.
+/// A job's memory request, pre-formatted for each batch system that has a format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Memory {
     /// Bytes, as parsed (`28GB` → 28000000000).
     pub bytes: u64,
-    /// Slurm `--mem` value: whole GiB/MiB/KiB rounded up (`27G`).
-    pub slurm: String,
-    /// PBS `mem=` value: as dask-jobqueue (`27GB`, `4769MB`).
-    pub pbs: String,
+    /// By system name, as its directives want it ([`crate::systems::SystemDef::memory`]):
+    /// `slurm` `--mem` (`27G`), `pbs` `mem=` (`27GB`), `lsf` `-M` (`28000000`). Templates see
+    /// them as `memory.slurm`, `memory.pbs`, `memory.lsf`.
+    #[serde(flatten)]
+    pub formats: BTreeMap<&'static str, String>,
+}
+
+impl Memory {
+    /// `bytes`, formatted by every batch system that has a memory format.
+    pub fn new(bytes: u64) -> Memory {
+        let formats = System::ALL.iter().filter_map(|s| Some((s.name(), s.memory(bytes)?))).collect();
+        Memory { bytes, formats }
+    }
+
+    /// The request as `system` writes it, if it has a format.
+    pub fn format(&self, system: System) -> Option<&str> {
+        self.formats.get(system.name()).map(String::as_str)
+    }
 }
 
 /// One `environment` entry, `NAME=VALUE` split at the first `=`.
@@ -41,13 +47,13 @@ pub struct EnvVar {
     pub value: String,
 }
 
-/// What a template sees: [`JobParams`] validated, defaulted and converted. Every field is a
-/// top-level variable (`{{ cores }}`, `{{ memory.slurm }}`). Filters: `shell_quote` (a string, or
+/// What a template sees: [`JobParams`] validated, defaulted and converted for one batch system.
+/// Every field is a top-level variable (`{{ cores }}`, `{{ memory.slurm }}`). Filters: `shell_quote` (a string, or
 /// a list quoted word by word and joined by spaces) and `directives(skip=list)` (a filter section
 /// keeping its non-blank lines, trimmed, that contain none of the `skip` strings).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TemplateContext {
-    /// `slurm`, `pbs` or `sge`.
+    /// The batch system's name (`slurm`, `pbs`, `sge`, `lsf`).
     pub system: System,
     /// First line (default `#!/usr/bin/env bash`).
     pub shebang: String,
@@ -61,14 +67,14 @@ pub struct TemplateContext {
     pub slots: u32,
     /// Memory per job (per node); absent when not given.
     pub memory: Option<Memory>,
-    /// Normalised `HH:MM:SS` (default `00:30:00`).
+    /// As the system writes it (default 30 minutes): `HH:MM:SS` (`00:30:00`); LSF `HH:MM`.
     pub walltime: String,
     /// The walltime in seconds.
     pub walltime_seconds: u64,
     pub queue: Option<String>,
-    /// Slurm/PBS: `account`, else `project`. SGE: `project`, else `account`.
+    /// Slurm/PBS: `account`, else `project`. SGE/LSF: `project`, else `account`.
     pub account: Option<String>,
-    /// The same value as `account` (for SGE templates).
+    /// The same value as `account` (for SGE and LSF templates).
     pub project: Option<String>,
     pub resource_spec: Option<String>,
     pub job_extra_directives: Vec<String>,
@@ -98,7 +104,8 @@ fn no_line_break(key: &'static str, value: &str) -> Result<(), RenderError> {
 }
 
 impl TemplateContext {
-    /// Validates `params` for `system`; `worker_command` is the worker's argv before the arguments
+    /// Validates `params` for `system` (the shared checks, then [`crate::systems::SystemDef::validate`]);
+    /// `worker_command` is the worker's argv before the arguments
     /// derived from `params` (see [`TemplateContext::worker_command`]).
     pub fn new(system: System, params: &JobParams, worker_command: &[String]) -> Result<Self, RenderError> {
         let p = params;
@@ -115,27 +122,9 @@ impl TemplateContext {
             return Err(RenderError::invalid("processes", "must be 1 when nodes > 1 (one worker per node)"));
         }
         let (gpus, array) = (p.gpus.unwrap_or(0), p.array.unwrap_or(0));
-        let account = match system {
-            System::Sge => p.project.clone().or_else(|| p.account.clone()),
-            _ => p.account.clone().or_else(|| p.project.clone()),
-        };
-        match system {
-            System::Slurm if p.resource_spec.is_some() => {
-                let hint = "use job-extra-directives, e.g. --constraint=…";
-                return Err(RenderError::Unsupported { system, what: "resource-spec", hint });
-            }
-            System::Pbs if p.resource_spec.is_some() && (gpus > 0 || nodes > 1) => {
-                let reason = "it replaces the generated select=…; write the node and GPU counts into it";
-                return Err(RenderError::invalid("resource-spec", reason));
-            }
-            System::Sge if nodes > 1 => {
-                let hint = "submit one job per node, or request a parallel environment with job-extra-directives";
-                return Err(RenderError::Unsupported { system, what: "nodes > 1", hint });
-            }
-            _ => {}
-        }
+        let account = system.account(p);
         let memory = p.memory.as_deref().map(parse_memory).transpose()?;
-        let memory = memory.map(|bytes| Memory { bytes, slurm: slurm_memory(bytes), pbs: pbs_memory(bytes) });
+        let memory = memory.map(Memory::new);
         let walltime_seconds = parse_walltime(p.walltime.as_deref().unwrap_or(DEFAULT_WALLTIME))?;
         let shebang = p.shebang.clone().unwrap_or_else(|| "#!/usr/bin/env bash".into());
         let job_name = p.job_name.clone().unwrap_or_else(|| "rdask-worker".into());
@@ -173,7 +162,7 @@ impl TemplateContext {
             argv.extend(["--lifetime".into(), lifetime.to_string(), "--lifetime-stagger".into(), stagger.to_string()]);
         }
         let non_empty = |lines: &[String]| lines.iter().filter(|l| !l.is_empty()).cloned().collect();
-        Ok(TemplateContext {
+        let context = TemplateContext {
             system,
             shebang,
             job_name,
@@ -181,7 +170,7 @@ impl TemplateContext {
             processes,
             slots,
             memory,
-            walltime: format_walltime(walltime_seconds),
+            walltime: system.walltime(walltime_seconds),
             walltime_seconds,
             queue: p.queue.clone(),
             project: account.clone(),
@@ -197,7 +186,9 @@ impl TemplateContext {
             gpus,
             array,
             worker_command: argv,
-        })
+        };
+        system.validate(&context)?;
+        Ok(context)
     }
 }
 

@@ -196,6 +196,8 @@ pub struct Provisioner {
     observing: bool,
     shutting_down: bool,
     actions: Vec<Action>,
+    /// Answers to requests, sent after the state they changed is published.
+    replies: Vec<Action>,
     published: Option<ProvisioningStatus>,
 }
 
@@ -239,6 +241,7 @@ impl Provisioner {
             observing: false,
             shutting_down: false,
             actions: Vec::new(),
+            replies: Vec::new(),
             published: None,
         }
     }
@@ -303,6 +306,9 @@ impl Provisioner {
         }
         self.step(now);
         self.publish(now, tick);
+        // After the new state: a client that is answered and then asks for `status` (as
+        // `scale --wait` does) sees what its request changed, not the state before it.
+        self.actions.append(&mut self.replies);
     }
 
     fn notice(&mut self, now: Instant, n: Notice) {
@@ -342,7 +348,7 @@ impl Provisioner {
                     Ok(text) => Reply::Control(text),
                     Err(r) => Reply::Refused(r),
                 };
-                self.actions.push(Action::Scheduler(Control::Reply { conn, req, reply }));
+                self.replies.push(Action::Scheduler(Control::Reply { conn, req, reply }));
             }
             Notice::Retired { token, result } => {
                 let Some(a) = self.allocs.values_mut().find(|a| a.retire_token == Some(token)) else { return };

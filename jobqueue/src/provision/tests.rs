@@ -17,10 +17,11 @@ use super::launch::{BatchLauncher, Launcher};
 use super::{Action, Config, Input, PoolConfig, Provisioner, FIXED_MAX_FAILURES};
 use crate::adapt::{AdaptSpec, JobShape};
 use crate::backend::{self, BatchBackend};
-use crate::batch::{JobParams, System};
+use crate::batch::JobParams;
 use crate::fake::FakeBatch;
 use crate::jobs::JobState;
 use crate::state::StateDir;
+use crate::systems::slurm;
 
 const TICK: Duration = Duration::from_millis(500);
 
@@ -41,6 +42,8 @@ struct Sim {
     next_req: u64,
     replies: HashMap<u64, Reply>,
     published: Option<ProvisioningStatus>,
+    /// What the scheduler had been given to show when each reply reached the client.
+    published_at_reply: HashMap<u64, Option<ProvisioningStatus>>,
 }
 
 fn pool(name: &str, workers: u32, initial: u32) -> PoolConfig {
@@ -60,7 +63,7 @@ impl Sim {
         let params = JobParams { cores: Some(1), memory: Some("100MB".into()), ..JobParams::default() };
         let specs: Vec<(String, JobParams)> = pools.iter().map(|p| (p.name.clone(), params.clone())).collect();
         let argv: Vec<String> = ["rdask-jobqueue", "worker"].map(String::from).to_vec();
-        let system = System::Slurm;
+        let system = slurm::SYSTEM;
         let backend = BatchBackend::new(
             &state,
             system,
@@ -90,6 +93,7 @@ impl Sim {
             next_req: 1,
             replies: HashMap::new(),
             published: None,
+            published_at_reply: HashMap::new(),
         };
         sim.client = sim.connect();
         sim.sched.handle(now, Event::Message(sim.client, ToScheduler::RegisterClient(ClientInfo::default())));
@@ -122,7 +126,14 @@ impl Sim {
                         self.published = Some(p.clone());
                         self.sched.handle(self.now, Event::Control(rdask::scheduler::Control::Provisioning(p)));
                     }
-                    Action::Scheduler(c) => self.sched.handle(self.now, Event::Control(c)),
+                    Action::Scheduler(c) => {
+                        // What it says goes out at once (a reply is on the client's socket
+                        // before the provisioner's next action reaches the scheduler).
+                        self.sched.handle(self.now, Event::Control(c));
+                        for c in self.sched.take_commands() {
+                            self.command(c);
+                        }
+                    }
                     other => {
                         let input = execute(&mut self.launcher, other).expect("an answer");
                         self.prov.handle(self.now, input);
@@ -147,6 +158,7 @@ impl Sim {
                 self.sched.handle(self.now, Event::Disconnected(conn, "exited".into()));
             }
             Command::ToClient(_, ToClient::Reply { req, body }) => {
+                self.published_at_reply.insert(req, self.published.clone());
                 self.replies.insert(req, body);
             }
             _ => {}
@@ -303,6 +315,16 @@ fn each_pool_starts_its_jobs_and_scales_up_and_down_on_its_own() {
     assert!(sim.fake.cancelled().contains(&started[1]), "the newest job went: {:?}", sim.fake.cancelled());
 }
 
+#[test]
+fn a_client_answered_sees_the_state_its_request_changed() {
+    let mut sim = Sim::new(vec![pool("default", 1, 2)], None);
+    let req = sim.next_req;
+    sim.scale("default", 5);
+    // `scale --wait` asks for `status` as soon as it is answered: it must see the new target.
+    let shown = sim.published_at_reply[&req].clone().expect("published before the reply");
+    assert_eq!(shown.pools[0].target, Some(5), "{shown:?}");
+}
+
 /// The same guarantee through `scale` and `adapt`: a worker with a task is never stopped,
 /// and its job is never cancelled; the idle job goes instead, and the busy one once idle.
 #[test]
@@ -457,8 +479,8 @@ fn down_after_a_crash_cancels_every_journalled_job() {
     // The scheduler is gone without cancelling anything; `down` reads the journal.
     let Sim { state, fake, _home, .. } = sim;
     let n = backend::cancel_journalled(&state, |system, commands| {
-        assert_eq!(system, System::Slurm);
-        assert_eq!(commands, backend::default_commands(System::Slurm), "the journalled commands");
+        assert_eq!(system, slurm::SYSTEM);
+        assert_eq!(commands, backend::default_commands(slurm::SYSTEM), "the journalled commands");
         Box::new(fake.clone())
     })
     .unwrap();

@@ -133,7 +133,7 @@ fn the_spec_says_what_the_scheduler_options_mean() {
     assert_eq!(s.adapt, Some(AdaptSettings { min: 1, max: 4, target_duration: 9.0 }));
     assert_eq!(s.initial_local_workers(), 1);
     let s = spec(&["--backend", "sge", "--status-command", "/x/qstat", "--job-array", "--nodes", "3"]).unwrap();
-    assert_eq!(s.backend, Backend::Batch(System::Sge));
+    assert_eq!(s.backend, Backend::Batch(crate::systems::sge::SYSTEM));
     let c = s.commands.clone().unwrap();
     assert_eq!((c.submit.to_str(), c.status.to_str()), (Some("qsub"), Some("/x/qstat")));
     assert_eq!(s.main_pool().params.array, Some(3));
