@@ -3,8 +3,8 @@
 //! [`Policy::decide`] is a pure function of an [`Observation`] (unfinished work per kind with
 //! measured durations, the cluster's jobs and their workers) and the time, plus the little
 //! state the policy keeps between intervals (how long a surplus has lasted, submission
-//! failures). It performs no I/O: the scheduler's manager loop ([`crate::manager`]) observes,
-//! calls it, and carries the [`Decision`] out. Tests drive it with a simulated clock.
+//! failures). It performs no I/O: the provisioner ([`crate::provision`]) observes at each
+//! adaptive interval, calls it, and carries the [`Decision`] out. Tests drive it with a simulated clock.
 //!
 //! Rules:
 //! - it counts in whole jobs: a job holding several workers is added and removed as one;
@@ -61,7 +61,7 @@ impl JobView {
     }
 }
 
-/// What the manager observed this interval.
+/// What the provisioner observed this interval.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observation {
     /// Unfinished work per kind.

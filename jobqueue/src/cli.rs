@@ -1,4 +1,7 @@
 //! Command-line arguments (clap).
+//!
+//! The doc comments here are clap's `--help` text, written for a terminal, not for rustdoc.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 
