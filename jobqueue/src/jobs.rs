@@ -266,19 +266,28 @@ pub fn submit_on_stdin(
     parse(&out).ok_or_else(|| no_job_id(tool, flags, &out))
 }
 
-/// States of `ids` from a `qstat`-style command that lists every job the server knows (ours are
-/// picked from it; a job it does not list has gone).
-pub fn table_status(
+/// States of `ids` from a command that prints every job the server knows in a machine format
+/// (XML, JSON, `key = value` blocks), read by `parse`. Output that does not parse is an error,
+/// so that it is never taken for "every job has gone".
+pub fn parsed_status(
     tool: Tool<'_>,
     args: &[&str],
     ids: &[String],
-    parse: fn(&str) -> HashMap<String, JobState>,
+    parse: fn(&str) -> Result<HashMap<String, JobState>, String>,
 ) -> Result<HashMap<String, JobState>, BatchError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     let out = run(tool, args)?;
-    Ok(fill_gone(ids, parse(&out)))
+    let found = parse(&out).map_err(|why| {
+        let shown: String = out.chars().take(400).collect();
+        BatchError::Failed {
+            command: tool.line(args),
+            status: "exit status 0".into(),
+            output: format!("its output could not be read ({why}): {shown}"),
+        }
+    })?;
+    Ok(fill_gone(ids, found))
 }
 
 /// `qdel`-style cancellation, one id per call: a job that already ended makes it fail, and

@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::{System, SystemDef};
 use crate::batch::{RenderError, TemplateContext};
 use crate::jobs::{
-    cancel_each, check_ids, submit_with, table_status, BatchError, BatchSystem, Commands, JobState, Role,
+    cancel_each, check_ids, parsed_status, submit_with, BatchError, BatchSystem, Commands, JobState, Role,
 };
 
 /// PBS's entry in [`super::SYSTEMS`].
@@ -60,7 +62,7 @@ impl SystemDef for Def {
     }
 
     fn connect(&self, commands: Commands) -> Box<dyn BatchSystem> {
-        Box::new(Pbs(commands))
+        Box::new(Pbs::new(commands))
     }
 }
 
@@ -85,12 +87,26 @@ pub fn is_job_id(id: &str) -> bool {
 }
 
 /// PBS (and the PBS-style wrappers of `slurm-wlm-torque`): `qsub`, `qstat`, `qdel`.
+///
+/// Job states are read from `qstat -f -F json` (PBS Pro, OpenPBS); where that is refused
+/// (Torque, the wrappers of `slurm-wlm-torque`), from `qstat -f`'s `key = value` blocks, and
+/// from then on only from those.
 #[derive(Clone, Debug)]
-pub struct Pbs(pub Commands);
+pub struct Pbs {
+    commands: Commands,
+    no_json: Arc<AtomicBool>,
+}
+
+impl Pbs {
+    /// PBS through these commands.
+    pub fn new(commands: Commands) -> Pbs {
+        Pbs { commands, no_json: Arc::new(AtomicBool::new(false)) }
+    }
+}
 
 impl Default for Pbs {
     fn default() -> Pbs {
-        Pbs(Def.default_commands())
+        Pbs::new(Def.default_commands())
     }
 }
 
@@ -100,17 +116,28 @@ impl BatchSystem for Pbs {
     }
 
     fn submit(&self, script: &Path) -> Result<String, BatchError> {
-        submit_with(self.0.tool(Role::Submit, PACKAGE), &[], script, parse_submit)
+        submit_with(self.commands.tool(Role::Submit, PACKAGE), &[], script, parse_submit)
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
         check_ids("pbs", ids, is_job_id)?;
-        table_status(self.0.tool(Role::Status, PACKAGE), &[], ids, parse_status)
+        let qstat = self.commands.tool(Role::Status, PACKAGE);
+        if !self.no_json.load(Ordering::Relaxed) {
+            match parsed_status(qstat, &["-f", "-F", "json"], ids, parse_status_json) {
+                Err(BatchError::Failed { command, output, .. }) => {
+                    let why = output.lines().next().unwrap_or("");
+                    tracing::info!("`{command}` is not understood ({why}); reading `qstat -f` instead");
+                    self.no_json.store(true, Ordering::Relaxed);
+                }
+                done => return done,
+            }
+        }
+        parsed_status(qstat, &["-f"], ids, parse_status_full)
     }
 
     fn cancel(&self, ids: &[String]) -> Result<(), BatchError> {
         check_ids("pbs", ids, is_job_id)?;
-        cancel_each(self.0.tool(Role::Cancel, PACKAGE), ids)
+        cancel_each(self.commands.tool(Role::Cancel, PACKAGE), ids)
     }
 }
 
@@ -121,24 +148,64 @@ pub fn parse_submit(out: &str) -> Option<String> {
     (!digits.is_empty()).then_some(digits)
 }
 
-/// PBS `qstat`: a table whose first column is the id (`ID` or `ID.server`) and fifth the state letter.
-pub fn parse_status(out: &str) -> HashMap<String, JobState> {
+/// PBS Pro's `qstat -f -F json`: `{"Jobs": {"ID.server": {"job_state": "R", …}, …}, …}`, with
+/// no `Jobs` when there are none; an array is `ID[].server`.
+pub fn parse_status_json(out: &str) -> Result<HashMap<String, JobState>, String> {
+    let doc: serde_json::Value = serde_json::from_str(out).map_err(|e| format!("not JSON: {e}"))?;
+    let doc = doc.as_object().ok_or("not a JSON object")?;
+    let Some(jobs) = doc.get("Jobs") else { return Ok(HashMap::new()) };
+    let jobs = jobs.as_object().ok_or("`Jobs` is not an object")?;
     let mut map = HashMap::new();
-    for line in out.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 5 || !cols[0].starts_with(|c: char| c.is_ascii_digit()) {
-            continue;
-        }
-        let id: String = cols[0].chars().take_while(|c| c.is_ascii_digit()).collect();
-        let state = match cols[4] {
-            "Q" | "H" | "W" | "T" => JobState::Pending,
-            "R" | "E" | "S" | "B" => JobState::Running,
-            "C" | "F" | "X" => JobState::Finished,
-            _ => JobState::Failed,
-        };
-        map.insert(id, state);
+    for (name, job) in jobs {
+        let id = job_id(name).ok_or_else(|| format!("`{name}` is not a job id"))?;
+        let letter =
+            job.get("job_state").and_then(|s| s.as_str()).ok_or_else(|| format!("job {name} has no job_state"))?;
+        map.insert(id, state(letter));
     }
-    map
+    Ok(map)
+}
+
+/// `qstat -f`: a block per job, `Job Id: ID[.server]` then indented `key = value` lines, one of
+/// them `job_state = R`.
+pub fn parse_status_full(out: &str) -> Result<HashMap<String, JobState>, String> {
+    let mut map = HashMap::new();
+    let mut current: Option<String> = None;
+    for line in out.lines() {
+        if let Some(name) = line.trim().strip_prefix("Job Id:") {
+            if let Some(id) = current.take() {
+                return Err(format!("job {id} has no job_state"));
+            }
+            let name = name.trim();
+            current = Some(job_id(name).ok_or_else(|| format!("`{name}` is not a job id"))?);
+        } else if let Some((key, value)) = line.split_once('=') {
+            if key.trim() == "job_state" {
+                let id = current.take().ok_or("a job_state outside a job")?;
+                map.insert(id, state(value.trim()));
+            }
+        }
+    }
+    match current {
+        Some(id) => Err(format!("job {id} has no job_state")),
+        None => Ok(map),
+    }
+}
+
+/// The job id in `ID`, `ID.server` or `ID[].server`.
+fn job_id(name: &str) -> Option<String> {
+    let digits: String = name.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let rest = &name[digits.len()..];
+    (is_job_id(&digits) && (rest.is_empty() || rest.starts_with('.') || rest.starts_with("[]"))).then_some(digits)
+}
+
+/// What PBS's one-letter job states mean here.
+fn state(letter: &str) -> JobState {
+    match letter {
+        "Q" | "H" | "W" | "T" => JobState::Pending,
+        // E: exiting; S, U: suspended; B: an array whose subjobs have begun.
+        "R" | "E" | "S" | "U" | "B" => JobState::Running,
+        "C" | "F" | "X" => JobState::Finished,
+        _ => JobState::Failed,
+    }
 }
 
 #[cfg(test)]
@@ -151,13 +218,18 @@ mod tests {
     fn pbs_output() {
         assert_eq!(parse_submit("55\n"), Some("55".into()));
         assert_eq!(parse_submit("55.pbsserver\n"), Some("55".into()));
-        let table = "Job id              Name             Username        Time Use S Queue\n\
-                     ------------------- ---------------- --------------- -------- - ---------------\n\
-                     49                  rdask-pbs-b      root            00:00:00 R debug\n\
-                     50.srv              x                root            0        Q debug\n\
-                     51                  y                root            00:00:01 C debug\n";
-        let s = parse_status(table);
+        let full = include_str!("testdata/pbs-qstat-f.txt");
+        let s = parse_status_full(full).unwrap();
         assert_eq!((s["49"], s["50"], s["51"]), (JobState::Running, JobState::Pending, JobState::Finished));
+        assert_eq!(s.len(), 3);
+        let json = include_str!("testdata/pbs-qstat-f.json");
+        let s = parse_status_json(json).unwrap();
+        assert_eq!((s["1234"], s["1235"], s["1236"]), (JobState::Running, JobState::Pending, JobState::Running));
+        assert_eq!(s.len(), 3);
+        assert!(parse_status_json(r#"{"timestamp": 1, "pbs_server": "srv"}"#).unwrap().is_empty(), "no jobs");
+        assert!(parse_status_full("").unwrap().is_empty());
+        assert!(parse_status_json("Unknown option: F").is_err());
+        assert!(parse_status_full("Job Id: 7\n\tJob_Name = x\n").is_err(), "a job without a state is not read as gone");
         assert!(Def.is_stderr_file("rdask-worker.e49", "49") && !Def.is_stderr_file("rdask-worker.e149", "49"));
     }
 
@@ -182,7 +254,22 @@ mod tests {
         #[test]
         fn parsers_never_panic(s in ".*") {
             let _ = parse_submit(&s);
-            let _ = parse_status(&s);
+            let _ = parse_status_json(&s);
+            let _ = parse_status_full(&s);
+        }
+
+        #[test]
+        fn listed_jobs_are_read_back(jobs in proptest::collection::btree_map(1u64..10_000_000, "[QHWTRESUBCFX]", 0..20), server in "[a-z][a-z0-9-]{0,12}") {
+            let want: HashMap<String, JobState> = jobs.iter().map(|(id, l)| (id.to_string(), state(l))).collect();
+            let mut full = String::new();
+            let mut json = serde_json::Map::new();
+            for (id, letter) in &jobs {
+                full += &format!("Job Id:\t{id}.{server}\n\tJob_Name = a = b\n\tjob_state = {letter}\n\tqueue = debug\n\n");
+                json.insert(format!("{id}[].{server}"), serde_json::json!({"Job_Name": "x", "job_state": letter}));
+            }
+            let json = serde_json::json!({"timestamp": 1, "pbs_version": "19.1.3", "Jobs": json}).to_string();
+            prop_assert_eq!(parse_status_full(&full).unwrap(), want.clone());
+            prop_assert_eq!(parse_status_json(&json).unwrap(), want);
         }
 
         #[test]

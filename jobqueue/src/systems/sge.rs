@@ -1,4 +1,4 @@
-//! Son of Grid Engine: `qsub -terse`, `qstat`, `qdel`, and `templates/sge.sh.tera`.
+//! Son of Grid Engine: `qsub -terse`, `qstat -xml`, `qdel`, and `templates/sge.sh.tera`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -6,7 +6,7 @@ use std::path::Path;
 use super::{System, SystemDef};
 use crate::batch::{JobParams, RenderError, TemplateContext};
 use crate::jobs::{
-    cancel_each, check_ids, submit_with, table_status, BatchError, BatchSystem, Commands, JobState, Role,
+    cancel_each, check_ids, parsed_status, submit_with, BatchError, BatchSystem, Commands, JobState, Role,
 };
 
 /// SGE's entry in [`super::SYSTEMS`].
@@ -69,7 +69,7 @@ pub fn is_job_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Son of Grid Engine: `qsub -terse`, `qstat`, `qdel`.
+/// Son of Grid Engine: `qsub -terse`, `qstat -xml`, `qdel`.
 #[derive(Clone, Debug)]
 pub struct Sge(pub Commands);
 
@@ -90,7 +90,7 @@ impl BatchSystem for Sge {
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, JobState>, BatchError> {
         check_ids("sge", ids, is_job_id)?;
-        table_status(self.0.tool(Role::Status, PACKAGE), &["-u", "*"], ids, parse_status)
+        parsed_status(self.0.tool(Role::Status, PACKAGE), &["-xml", "-u", "*"], ids, parse_status)
     }
 
     fn cancel(&self, ids: &[String]) -> Result<(), BatchError> {
@@ -105,32 +105,44 @@ pub fn parse_submit(out: &str) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
-/// SGE `qstat`: `job-ID prior name user state …`; finished jobs are not listed.
-pub fn parse_status(out: &str) -> HashMap<String, JobState> {
+/// SGE `qstat -xml -u '*'`: a `<job_list>` per job (per task of an array, which share the job
+/// number) under `<queue_info>` (running) and `<job_info>` (pending), each with its
+/// `<JB_job_number>` and `<state>` letters; finished jobs are not listed.
+pub fn parse_status(out: &str) -> Result<HashMap<String, JobState>, String> {
+    let doc = roxmltree::Document::parse(out).map_err(|e| format!("not XML: {e}"))?;
+    let root = doc.root_element().tag_name().name();
+    if root != "job_info" {
+        return Err(format!("<{root}> where <job_info> was expected"));
+    }
     let mut map: HashMap<String, JobState> = HashMap::new();
-    for line in out.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 5 || !cols[0].chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let s = cols[4];
-        // A job being deleted (`dr`, `dt`) still runs until SGE has killed it.
-        let state = if s.contains('E') {
-            JobState::Failed
-        } else if s.contains('d') && !s.contains('r') && !s.contains('t') {
-            JobState::Cancelled
-        } else if s.contains('r') || s.contains('t') || s.contains('s') || s.contains('S') || s.contains('T') {
-            JobState::Running
-        } else {
-            JobState::Pending
+    for job in doc.descendants().filter(|n| n.has_tag_name("job_list")) {
+        let field = |name: &str| {
+            job.children().find(|c| c.has_tag_name(name)).map(|c| c.text().unwrap_or("").trim().to_string())
         };
+        let id = field("JB_job_number").filter(|id| is_job_id(id)).ok_or("a <job_list> without a job number")?;
+        let state = state(&field("state").ok_or_else(|| format!("job {id} without a <state>"))?);
         // Array tasks share the id: running wins.
-        let e = map.entry(cols[0].to_string()).or_insert(state);
+        let e = map.entry(id).or_insert(state);
         if state == JobState::Running {
             *e = state;
         }
     }
-    map
+    Ok(map)
+}
+
+/// What SGE's state letters (`qw`, `hqw`, `r`, `t`, `Eqw`, `dr`, …) mean here.
+fn state(letters: &str) -> JobState {
+    let has = |c: char| letters.contains(c);
+    // A job being deleted (`dr`, `dt`) still runs until SGE has killed it.
+    if has('E') {
+        JobState::Failed
+    } else if has('d') && !has('r') && !has('t') {
+        JobState::Cancelled
+    } else if has('r') || has('t') || has('s') || has('S') || has('T') {
+        JobState::Running
+    } else {
+        JobState::Pending
+    }
 }
 
 #[cfg(test)]
@@ -143,18 +155,19 @@ mod tests {
     fn sge_output() {
         assert_eq!(parse_submit("3\n"), Some("3".into()));
         assert_eq!(parse_submit("5.1-10:1\n"), Some("5".into()));
-        let table = "job-ID  prior   name       user         state submit/start at     queue                          slots ja-task-ID\n\
-        -----------------------------------------------------------------------------------------------------------------\n\
-              3 0.50000 pend       root         r     11/25/2026 12:45:09 all.q@vm                           1\n\
-              4 0.00000 heldjob    root         hqw   11/25/2026 12:45:09                                    1\n\
-              5 0.00000 bad        root         Eqw   11/25/2026 12:45:09                                    1\n\
-              6 0.00000 del        root         dr    11/25/2026 12:45:09 all.q@vm                           1\n";
-        let s = parse_status(table);
-        assert_eq!(s["3"], JobState::Running);
-        assert_eq!(s["4"], JobState::Pending);
-        assert_eq!(s["5"], JobState::Failed);
-        assert_eq!(s["6"], JobState::Running, "being deleted, still running");
-        let all = fill_gone(&["3".into(), "99".into()], s);
+        let xml = include_str!("testdata/sge-qstat.xml");
+        let s = parse_status(xml).unwrap();
+        assert_eq!(s["41"], JobState::Running);
+        assert_eq!(s["42"], JobState::Running, "an array whose tasks run");
+        assert_eq!(s["43"], JobState::Pending, "held");
+        assert_eq!(s["44"], JobState::Failed);
+        assert_eq!(s["45"], JobState::Running, "being deleted, still running");
+        assert_eq!(s.len(), 5);
+        let none = "<?xml version='1.0'?>\n<job_info><queue_info></queue_info><job_info></job_info></job_info>";
+        assert!(parse_status(none).unwrap().is_empty());
+        assert!(parse_status("error: commlib error: got select error").is_err(), "an error text is not 'no jobs'");
+        assert!(parse_status("<job_info><job_list><state>r</state></job_list></job_info>").is_err());
+        let all = fill_gone(&["41".into(), "99".into()], s);
         assert_eq!(all["99"], JobState::Gone);
         assert!(Def.is_stderr_file("rdask-worker.e3", "3") && !Def.is_stderr_file("rdask-worker.e33", "3"));
     }
@@ -164,6 +177,23 @@ mod tests {
         fn parsers_never_panic(s in ".*") {
             let _ = parse_submit(&s);
             let _ = parse_status(&s);
+        }
+
+        #[test]
+        fn listed_jobs_are_read_back(jobs in proptest::collection::vec((1u64..1_000_000, "(qw|hqw|r|t|Eqw|dr|s|Rr)"), 0..20)) {
+            let mut xml = String::from("<?xml version='1.0'?>\n<job_info xmlns:xsd=\"x\">\n  <queue_info>\n");
+            for (id, letters) in &jobs {
+                xml += &format!("    <job_list state=\"x\">\n      <JB_job_number>{id}</JB_job_number>\n      <JB_name>a&amp;b</JB_name>\n      <state>{letters}</state>\n    </job_list>\n");
+            }
+            xml += "  </queue_info>\n  <job_info>\n  </job_info>\n</job_info>\n";
+            let parsed = parse_status(&xml).unwrap();
+            for (id, _) in &jobs {
+                // Array tasks share an id: the job runs if any task runs, else it is as its first task.
+                let states: Vec<JobState> = jobs.iter().filter(|(i, _)| i == id).map(|(_, l)| state(l)).collect();
+                let want = if states.contains(&JobState::Running) { JobState::Running } else { states[0] };
+                prop_assert_eq!(parsed[&id.to_string()], want);
+            }
+            prop_assert_eq!(parsed.len(), jobs.iter().map(|j| j.0).collect::<std::collections::HashSet<_>>().len());
         }
 
         #[test]
