@@ -437,7 +437,8 @@ fn loopback(size: usize, reps: usize, fresh: bool) -> R<f64> {
 
 /// A job of one function task, with `deps` from earlier jobs.
 fn one_task(func: &str, args: Bytes, deps: Vec<TaskRef>, cpus: u16) -> JobSpec {
-    let task = TaskSpec { body: TaskBody::Function { func: 0, args }, deps, keep: true, cpus };
+    let task =
+        TaskSpec { body: TaskBody::Function { func: 0, args }, deps, keep: true, cpus, needs: Default::default() };
     let (functions, tasks) = (vec![func.to_string()], JobTasks::Graph(vec![task]));
     JobSpec { name: func.into(), functions, command: None, tasks, max_attempts: 1, release_on_disconnect: true }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
-    self, ClientInfo, ClusterStatus, CommandSpec, Counts, JobId, JobOutcome, JobSpec, JobTasks, Refusal, Reply,
+    self, ClientInfo, ClusterStatus, CommandSpec, Counts, JobId, JobOutcome, JobSpec, JobTasks, Needs, Refusal, Reply,
     Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, WorkerId,
 };
 use crate::worker::FetchPool;
@@ -147,9 +147,24 @@ impl Graph {
             self.has_dependents[h.0 as usize] = true;
         }
         let deps = inputs.iter().map(|h| TaskRef::Local(h.0)).collect();
-        self.tasks.push(TaskSpec { body: TaskBody::Function { func, args }, deps, keep: false, cpus: 1 });
+        self.tasks.push(TaskSpec {
+            body: TaskBody::Function { func, args },
+            deps,
+            keep: false,
+            cpus: 1,
+            needs: Needs::default(),
+        });
         self.has_dependents.push(false);
         TaskHandle(self.tasks.len() as u32 - 1)
+    }
+
+    /// Asks for CPUs, GPUs, memory or named resources for a task: it runs only on a worker that
+    /// has them free, and holds them while it runs. A need that no worker and no pool could
+    /// ever meet makes [`Client::submit`] fail with the reason.
+    pub fn needs(&mut self, h: TaskHandle, cpus: u16, needs: Needs) {
+        let t = &mut self.tasks[h.0 as usize];
+        t.cpus = cpus.max(1);
+        t.needs = needs;
     }
 
     /// Keeps a task's result for the client even though other tasks use it.
@@ -288,11 +303,23 @@ impl Client {
         ranges: Vec<(u32, u32)>,
         cpus: u16,
     ) -> Result<JobId, ClientError> {
+        self.submit_array_needing(name, command, ranges, cpus, Needs::default()).await
+    }
+
+    /// [`Client::submit_array`], each task also needing `needs` (GPUs, memory, named resources).
+    pub async fn submit_array_needing(
+        &self,
+        name: &str,
+        command: CommandSpec,
+        ranges: Vec<(u32, u32)>,
+        cpus: u16,
+        needs: Needs,
+    ) -> Result<JobId, ClientError> {
         let spec = JobSpec {
             name: name.to_string(),
             functions: Vec::new(),
             command: Some(command),
-            tasks: JobTasks::Array { ranges, cpus },
+            tasks: JobTasks::Array { ranges, cpus, needs },
             max_attempts: 3,
             release_on_disconnect: false,
         };

@@ -27,7 +27,8 @@ pub const ROLE_VAR: &str = "RDASK_ROLE";
 /// The worker reads `RDASK_SCHEDULER` and `RDASK_SECRET` (or `RDASK_SECRET_FILE`, or
 /// `RDASK_STATE_DIR`), `RDASK_SLOTS`, `RDASK_DEATH_TIMEOUT` (seconds), and, where a batch
 /// job starts it (`rdask-jobqueue worker --program`), `RDASK_LIFETIME_MS` (it retires when
-/// that time is up) and `RDASK_LISTEN_HOST` (its data server's address).
+/// that time is up), `RDASK_LISTEN_HOST` (its data server's address) and `RDASK_OFFER` (the GPUs,
+/// memory and named resources it offers, see [`crate::protocol::Offer::to_text`]).
 pub fn worker_main_if_requested(registry: &Registry) {
     if std::env::var(ROLE_VAR).as_deref() != Ok("worker") {
         return;
@@ -57,6 +58,15 @@ pub fn worker_main(registry: Registry) -> i32 {
     }
     if let Ok(host) = std::env::var("RDASK_LISTEN_HOST") {
         config.listen_host = host;
+    }
+    if let Ok(text) = std::env::var(crate::protocol::OFFER_VAR) {
+        match crate::protocol::Offer::from_text(&text) {
+            Ok(offer) => config.offer = offer,
+            Err(e) => {
+                eprintln!("rdask worker: {}: {e}", crate::protocol::OFFER_VAR);
+                return 2;
+            }
+        }
     }
     // A thread of its own, so this also works when called inside the program's
     // runtime (`#[tokio::main]`), where starting another runtime would panic.

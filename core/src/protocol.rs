@@ -95,6 +95,143 @@ pub struct TaskSpec {
     pub keep: bool,
     /// CPUs (worker slots) the task occupies.
     pub cpus: u16,
+    /// What else it needs: GPUs, memory, named resources.
+    pub needs: Needs,
+}
+
+/// What a task needs besides CPUs; the default needs nothing more. The scheduler places a task
+/// only on a worker whose [`Offer`] has all of it free, holds it for the task while the task is
+/// assigned, and never gives it to two tasks at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Needs {
+    /// GPUs; the worker binds that many of its devices to the task (`CUDA_VISIBLE_DEVICES`).
+    pub gpus: u16,
+    /// Memory in bytes; only workers that declared their memory take a task that asks for it.
+    pub memory: u64,
+    /// Named resources (`license=1`), sorted by name, each name once.
+    pub named: Vec<(String, u32)>,
+}
+
+impl Needs {
+    /// Whether it asks for nothing besides CPUs.
+    pub fn is_empty(&self) -> bool {
+        self.gpus == 0 && self.memory == 0 && self.named.is_empty()
+    }
+}
+
+impl fmt::Display for Needs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.gpus > 0 {
+            parts.push(format!("{} GPU{}", self.gpus, if self.gpus == 1 { "" } else { "s" }));
+        }
+        if self.memory > 0 {
+            parts.push(format!("{} MB of memory", self.memory.div_ceil(1_000_000)));
+        }
+        for (name, n) in &self.named {
+            parts.push(format!("{name}={n}"));
+        }
+        if parts.is_empty() {
+            parts.push("nothing besides CPUs".into());
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// What a worker offers besides its slots, said at registration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Its GPUs, as `CUDA_VISIBLE_DEVICES` names them (indices or UUIDs).
+    pub gpus: Vec<String>,
+    /// Memory for tasks in bytes; 0 when not declared.
+    pub memory: u64,
+    /// Named resources and how many of each, sorted by name.
+    pub named: Vec<(String, u32)>,
+}
+
+impl Offer {
+    /// Whether `needs` could ever fit on a worker offering this (all of it free).
+    pub fn could_hold(&self, needs: &Needs) -> Result<(), String> {
+        if usize::from(needs.gpus) > self.gpus.len() {
+            return Err(format!("{} GPUs asked, {} offered", needs.gpus, self.gpus.len()));
+        }
+        if needs.memory > 0 && needs.memory > self.memory {
+            return Err(format!(
+                "{} MB of memory asked, {} MB offered",
+                needs.memory.div_ceil(1_000_000),
+                self.memory / 1_000_000
+            ));
+        }
+        for (name, n) in &needs.named {
+            let have = self.named.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v);
+            if *n > have {
+                return Err(format!("{name}={n} asked, {have} offered"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The environment variable that carries a worker's [`Offer`] in its text form
+/// ([`Offer::to_text`]), set by whoever starts the worker.
+pub const OFFER_VAR: &str = "RDASK_OFFER";
+
+impl Offer {
+    /// The text form: comma-separated `gpus=ID:ID…`, `memory=BYTES` and `NAME=COUNT` items
+    /// (`gpus=0:1,memory=8000000000,license=2`); empty for an empty offer.
+    pub fn to_text(&self) -> String {
+        let mut items = Vec::new();
+        if !self.gpus.is_empty() {
+            items.push(format!("gpus={}", self.gpus.join(":")));
+        }
+        if self.memory > 0 {
+            items.push(format!("memory={}", self.memory));
+        }
+        items.extend(self.named.iter().map(|(k, v)| format!("{k}={v}")));
+        items.join(",")
+    }
+
+    /// Reads [`Offer::to_text`]'s form back; the error says which item is wrong.
+    pub fn from_text(text: &str) -> Result<Offer, String> {
+        let mut offer = Offer::default();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item.split_once('=').ok_or_else(|| format!("`{item}` is not NAME=VALUE"))?;
+            let bad = || format!("`{item}`: `{value}` is not a whole number");
+            match key {
+                "gpus" => offer.gpus = value.split(':').filter(|g| !g.is_empty()).map(str::to_string).collect(),
+                "memory" => offer.memory = value.parse().map_err(|_| bad())?,
+                _ if !is_resource_name(key) => {
+                    return Err(format!("`{key}` is not a resource name (letters, digits, `_`, `-`, `.`)"))
+                }
+                _ => offer.named.push((key.to_string(), value.parse().map_err(|_| bad())?)),
+            }
+        }
+        offer.named.sort();
+        if let Some(w) = offer.named.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(format!("`{}` is given twice", w[0].0));
+        }
+        Ok(offer)
+    }
+}
+
+/// Whether `name` can name a resource: a letter, then letters, digits, `_`, `-` or `.`.
+pub fn is_resource_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+impl fmt::Display for Offer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = vec![format!("{} GPUs", self.gpus.len())];
+        if self.memory > 0 {
+            parts.push(format!("{} MB of memory", self.memory / 1_000_000));
+        }
+        for (name, n) in &self.named {
+            parts.push(format!("{name}={n}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
 }
 
 /// A submission.
@@ -123,6 +260,8 @@ pub enum JobTasks {
         ranges: Vec<(u32, u32)>,
         /// CPUs each task occupies.
         cpus: u16,
+        /// What else each task needs.
+        needs: Needs,
     },
     /// A task graph.
     Graph(Vec<TaskSpec>),
@@ -194,6 +333,8 @@ pub struct WorkerInfo {
     /// Milliseconds left, at registration, before the worker must be gone (its batch job's
     /// walltime less a grace period); `None` when it has no end.
     pub lifetime_ms: Option<u64>,
+    /// GPUs, memory and named resources it offers.
+    pub offer: Offer,
 }
 
 /// A task handed to a worker.
@@ -207,6 +348,9 @@ pub struct Assignment {
     pub inputs: Vec<(TaskId, WorkerId)>,
     /// CPUs it occupies.
     pub cpus: u16,
+    /// The worker's GPUs bound to it (from its [`Offer`]); set as `CUDA_VISIBLE_DEVICES` and
+    /// the ROCm and oneAPI equivalents for a command.
+    pub gpus: Vec<String>,
 }
 
 /// A task's work as the worker sees it.
@@ -458,6 +602,8 @@ pub struct PoolStatus {
     pub workers_per_job: u32,
     /// Slots of each worker.
     pub slots: u32,
+    /// What each of its workers offers besides slots.
+    pub offer: Offer,
     /// The size asked for by `scale` (in jobs), when not adapting.
     pub target: Option<u32>,
     /// Adaptive scaling, when on.
@@ -580,6 +726,8 @@ pub struct JobStatus {
     pub name: String,
     /// Its task counts.
     pub counts: Counts,
+    /// While tasks wait for resources no worker has free: what they need and who could give it.
+    pub waiting_for: Option<String>,
 }
 
 /// The cluster as the scheduler sees it.
@@ -777,6 +925,33 @@ pub fn parse_array(s: &str) -> Result<Vec<(u32, u32)>, String> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn offers_round_trip_through_their_text(
+            gpus in proptest::collection::vec("[0-9a-zA-Z-]{1,12}", 0..8),
+            memory in proptest::option::of(1u64..u64::MAX),
+            named in proptest::collection::btree_map("[a-z][a-z0-9_.-]{0,10}", 0u32..u32::MAX, 0..5),
+        ) {
+            let named: Vec<(String, u32)> = named.into_iter().filter(|(k, _)| k != "gpus" && k != "memory").collect();
+            let offer = Offer { gpus, memory: memory.unwrap_or(0), named };
+            proptest::prop_assert_eq!(Offer::from_text(&offer.to_text()).unwrap(), offer);
+        }
+
+        #[test]
+        fn offer_text_never_panics(s in ".*") {
+            let _ = Offer::from_text(&s);
+        }
+    }
+
+    #[test]
+    fn bad_offer_text_says_which_item() {
+        assert!(Offer::from_text("license").unwrap_err().contains("`license`"));
+        assert!(Offer::from_text("license=x").unwrap_err().contains("not a whole number"));
+        assert!(Offer::from_text("a=1,a=2").unwrap_err().contains("twice"));
+        assert!(Offer::from_text("9x=1").unwrap_err().contains("resource name"));
+        assert_eq!(Offer::from_text("").unwrap(), Offer::default());
+    }
+
     #[test]
     fn messages_round_trip() {
         let msg = ToScheduler::Request {
@@ -790,6 +965,7 @@ mod tests {
                     deps: vec![TaskRef::Local(0), TaskRef::Global(TaskId { job: JobId(3), index: 9 })],
                     keep: true,
                     cpus: 1,
+                    needs: Needs { gpus: 2, memory: 4_000_000_000, named: vec![("license".into(), 1)] },
                 }]),
                 max_attempts: 3,
                 release_on_disconnect: true,

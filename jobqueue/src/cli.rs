@@ -253,6 +253,11 @@ pub struct SchedulerArgs {
     /// Task slots (CPUs) per worker.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub slots: u16,
+    /// A resource each worker offers to tasks, NAME=COUNT (repeatable): `gpu=4` offers GPUs
+    /// 0-3 (set as each GPU task's CUDA_VISIBLE_DEVICES), `license=2` two licences. Batch
+    /// workers also find the GPUs their job was given.
+    #[arg(long = "resource", value_name = "NAME=COUNT")]
+    pub resources: Vec<String>,
     /// Address to listen on; 0.0.0.0 listens everywhere and gives workers every local address to try.
     #[arg(long, default_value = "0.0.0.0", conflicts_with = "interface")]
     pub host: String,
@@ -361,6 +366,9 @@ pub struct WorkerArgs {
     /// --worker-program` puts it in the job scripts).
     #[arg(long)]
     pub program: Option<PathBuf>,
+    /// The GPUs, memory and named resources it offers to tasks.
+    #[command(flatten)]
+    pub offer: crate::resources::OfferArgs,
 }
 
 /// Options of `submit`.
@@ -374,6 +382,9 @@ pub struct SubmitArgs {
     /// CPUs (worker slots) each task occupies.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub cpus: u16,
+    /// GPUs, memory and named resources each task needs.
+    #[command(flatten)]
+    pub needs: crate::resources::NeedArgs,
     /// File for each task's standard output, or `none` [default: <state>/jobs/%{JOB_ID}/%{TASK_ID}.out].
     #[arg(long)]
     pub stdout: Option<String>,

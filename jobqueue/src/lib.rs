@@ -22,6 +22,7 @@ pub mod mpi;
 pub mod net;
 mod pools;
 pub mod provision;
+pub mod resources;
 pub(crate) mod scaling;
 mod serve;
 pub mod spec;
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rdask::cluster::{ClusterInfo, SchedulerFile, SECRET_FILE};
-use rdask::protocol::{parse_array, ClusterStatus, CommandSpec, JobId};
+use rdask::protocol::{parse_array, ClusterStatus, CommandSpec, JobId, Offer};
 use rdask::{Client, Secret};
 
 use crate::backend::BatchBackend;
@@ -338,6 +339,18 @@ async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
     if let Some(life) = a.lifetime {
         config.ends_at = Some(Instant::now() + Duration::from_secs(life) - stagger(a.lifetime_stagger.min(life)));
     }
+    let env = |k: &str| std::env::var(k).ok();
+    config.offer = match std::env::var(rdask::protocol::OFFER_VAR) {
+        // Set by whoever started this worker (the local backend, from `up --resource`).
+        Ok(text) if a.offer.gpus.is_none() && a.offer.resources.is_empty() && a.offer.memory.is_none() => {
+            let mut offer = Offer::from_text(&text).map_err(|e| anyhow!("{}: {e}", rdask::protocol::OFFER_VAR))?;
+            if offer.gpus.is_empty() {
+                offer.gpus = resources::detect_gpus(&env);
+            }
+            offer
+        }
+        _ => a.offer.offer(&env).map_err(|e| anyhow!("{e}"))?,
+    };
     if let Some(program) = &a.program {
         return Err(exec_worker_program(program, &config, secret_file.as_deref()));
     }
@@ -360,7 +373,8 @@ fn exec_worker_program(
         .env("RDASK_SCHEDULER", addresses.join(","))
         .env("RDASK_SLOTS", config.slots.to_string())
         .env("RDASK_DEATH_TIMEOUT", config.death_timeout.as_secs().to_string())
-        .env("RDASK_LISTEN_HOST", &config.listen_host);
+        .env("RDASK_LISTEN_HOST", &config.listen_host)
+        .env(rdask::protocol::OFFER_VAR, config.offer.to_text());
     match secret_file {
         Some(f) => cmd.env("RDASK_SECRET_FILE", f).env_remove("RDASK_SECRET"),
         None => cmd.env("RDASK_SECRET", config.cluster.secret.to_hex()),

@@ -757,6 +757,7 @@ mod tests {
             launch: None,
             data_address: String::new(),
             lifetime_ms: None,
+            offer: Default::default(),
         };
         assert!(is_rank(&w, &(7, host.clone())));
         assert!(!is_rank(&w, &(8, host)));

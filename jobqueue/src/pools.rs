@@ -42,5 +42,9 @@ pub(crate) fn worker_argv(spec: &ClusterSpec, state: &StateDir, addresses: &[Str
         })?;
         v.extend(["--program".into(), abs.display().to_string()]);
     }
+    // GPUs are found in the job's environment; named resources are passed on.
+    for (name, n) in &spec.workers.resources {
+        v.extend(["--resource".into(), format!("{name}={n}")]);
+    }
     Ok(v)
 }

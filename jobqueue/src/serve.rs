@@ -64,6 +64,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
                 ("RDASK_SECRET_FILE".to_string(), state.file(SECRET_FILE).display().to_string()),
                 ("RDASK_SLOTS".to_string(), a.workers.slots.to_string()),
                 ("RDASK_DEATH_TIMEOUT".to_string(), a.workers.death_timeout.to_string()),
+                (rdask::protocol::OFFER_VAR.to_string(), local_offer(&a).to_text()),
             ];
             let launcher = LocalLauncher::new(state, program, args, env);
             Driver::start(provisioner_of(&a, None), launcher, control.clone(), Duration::from_secs(5)).await
@@ -131,6 +132,25 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     }
 }
 
+/// What each local worker offers: `up --resource` (`gpu=N` is GPUs 0..N-1).
+fn local_offer(a: &ClusterSpec) -> rdask::protocol::Offer {
+    let mut named = a.workers.resources.clone();
+    let gpus = named.iter().position(|(k, _)| k == "gpu").map_or(0, |i| named.remove(i).1);
+    rdask::protocol::Offer { gpus: (0..gpus).map(|i| i.to_string()).collect(), memory: 0, named }
+}
+
+/// What each worker of a batch pool will offer: its share of the job's GPUs and memory
+/// (their device names are only known inside the job), and `up --resource`.
+fn batch_offer(a: &ClusterSpec, p: &crate::spec::PoolSpec) -> rdask::protocol::Offer {
+    let processes = p.params.processes.unwrap_or(1).max(1);
+    let gpus = p.params.gpus.unwrap_or(0) / processes;
+    let memory = p.params.memory.as_deref().and_then(|m| batch::units::parse_memory(m).ok()).unwrap_or(0);
+    let mut offer = local_offer(a);
+    offer.gpus = (0..gpus).map(|i| i.to_string()).collect();
+    offer.memory = memory / u64::from(processes);
+    offer
+}
+
 /// The provisioner of a spec: its pools, whether the main one adapts, how often to poll.
 pub(crate) fn provisioner_of(a: &ClusterSpec, system: Option<batch::System>) -> Provisioner {
     let local = system.is_none();
@@ -141,6 +161,7 @@ pub(crate) fn provisioner_of(a: &ClusterSpec, system: Option<batch::System>) -> 
             nodes_per_job: 1,
             initial: a.initial_local_workers() as u32,
             scalable: true,
+            offer: local_offer(a),
         }]
     } else {
         a.pools
@@ -151,6 +172,7 @@ pub(crate) fn provisioner_of(a: &ClusterSpec, system: Option<batch::System>) -> 
                 nodes_per_job: p.per_job(),
                 initial: if a.job_array { 1 } else { p.jobs() as u32 },
                 scalable: !a.job_array,
+                offer: batch_offer(a, p),
             })
             .collect()
     };

@@ -48,6 +48,8 @@ pub enum SpecError {
     AdaptMinAboveMax { min: u32, max: u32 },
     #[error("--adapt-max must be at least 1")]
     AdaptMaxZero,
+    #[error("{0}")]
+    Resource(String),
     #[error("--pool `{item}` must start with a name (letters, digits, - and _), e.g. --pool 'gpu nodes=2 queue=gpu'")]
     PoolName { item: String },
     #[error("two pools are named `{name}`; give each --pool its own name (`default` is the main pool's)")]
@@ -165,6 +167,9 @@ pub struct WorkerSpec {
     pub program: Option<PathBuf>,
     /// Batch jobs: the rdask-jobqueue path they run [default: this program's].
     pub command: Option<PathBuf>,
+    /// Named resources each worker offers (`gpu` counts GPUs), sorted by name.
+    #[serde(default)]
+    pub resources: Vec<(String, u32)>,
 }
 
 /// Adaptive scaling from the start: between `min` and `max` jobs (local: workers).
@@ -320,6 +325,7 @@ impl ClusterSpec {
                 death_timeout: args.death_timeout,
                 program: args.worker_program.clone(),
                 command: args.worker_command.clone(),
+                resources: crate::resources::parse_named_list(&args.resources).map_err(SpecError::Resource)?,
             },
             pools,
             adapt,

@@ -35,10 +35,11 @@ pub(crate) async fn submit(state: &StateDir, a: SubmitArgs) -> Result<i32> {
         stdout: stream(&a.stdout, "out"),
         stderr: stream(&a.stderr, "err"),
     };
+    let needs = a.needs.needs().map_err(|e| anyhow!("{e}"))?;
     let client = connect(state).await?;
     let name = a.job_name.clone().unwrap_or_else(|| a.command[0].clone());
     let n: u64 = ranges.iter().map(|&(x, y)| u64::from(y - x) + 1).sum();
-    let job = client.submit_array(&name, spec, ranges, a.cpus).await?;
+    let job = client.submit_array_needing(&name, spec, ranges, a.cpus, needs).await?;
     std::fs::write(state.file("last-job"), job.0.to_string())?;
     println!("submitted job {job} ({n} task{})", if n == 1 { "" } else { "s" });
     if a.wait {
@@ -258,6 +259,9 @@ pub(crate) fn render_status(state: &StateDir, s: &ClusterStatus) -> String {
                 c.finished,
                 c.failed
             );
+        }
+        for j in s.jobs.iter().filter(|j| j.waiting_for.is_some()) {
+            let _ = writeln!(out, "  job {} waits for {}", j.id, j.waiting_for.as_deref().unwrap_or_default());
         }
     }
     out

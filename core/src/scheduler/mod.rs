@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{
     Assignment, ClientInfo, ClusterStatus, ControlRequest, Counts, ErrorKind, Finished, Holding, JobId, JobOutcome,
-    JobSpec, JobStatus, JobTasks, KindLoad, ProvisioningStatus, Refusal, RefusalKind, Reply, Request, TaskBody,
+    JobSpec, JobStatus, JobTasks, KindLoad, Needs, ProvisioningStatus, Refusal, RefusalKind, Reply, Request, TaskBody,
     TaskError, TaskId, TaskRef, ToClient, ToScheduler, ToWorker, Work, WorkerId, WorkerInfo, WorkerStatus,
 };
 
@@ -189,6 +189,8 @@ struct Task {
     attempts: u8,
     keep: bool,
     cpus: u16,
+    /// What else it needs: an index into `Scheduler::needs` (0: nothing).
+    needs: u32,
     /// Inputs not yet available, while `Waiting`.
     unfinished: u32,
     /// While `Assigned`: where it runs. While `Finished`: where its result is.
@@ -263,6 +265,18 @@ struct Worker {
     handed_over: bool,
     /// It has been told to stop.
     stop_sent: bool,
+    /// What its assigned tasks hold of its offer.
+    held: Held,
+}
+
+/// What a worker's assigned tasks hold of its [`crate::protocol::Offer`].
+#[derive(Debug, Default)]
+struct Held {
+    /// Per GPU of the offer, whether a task holds it.
+    gpus: Vec<bool>,
+    memory: u64,
+    /// Per named resource of the offer, in its order.
+    named: Vec<u32>,
 }
 
 impl Worker {
@@ -273,6 +287,57 @@ impl Worker {
     /// The CPUs a task occupies on this worker: one wider than the worker takes all of it.
     fn charge(&self, cpus: u32) -> u32 {
         cpus.min(self.slots())
+    }
+
+    /// Whether `needs` is free on this worker now.
+    fn has_free(&self, needs: &Needs) -> bool {
+        let offer = &self.info.offer;
+        let free_gpus = self.held.gpus.iter().filter(|h| !**h).count();
+        usize::from(needs.gpus) <= free_gpus
+            && (needs.memory == 0 || self.held.memory + needs.memory <= offer.memory)
+            && needs.named.iter().all(|(name, n)| {
+                offer
+                    .named
+                    .iter()
+                    .position(|(k, _)| k == name)
+                    .is_some_and(|i| self.held.named[i] + n <= offer.named[i].1)
+            })
+    }
+
+    /// Takes `needs` (free, see [`Worker::has_free`]); returns the GPUs bound, as indices of its offer.
+    fn take(&mut self, needs: &Needs) -> Vec<u16> {
+        let mut bound = Vec::with_capacity(usize::from(needs.gpus));
+        for (i, held) in self.held.gpus.iter_mut().enumerate() {
+            if bound.len() == usize::from(needs.gpus) {
+                break;
+            }
+            if !*held {
+                *held = true;
+                bound.push(i as u16);
+            }
+        }
+        self.held.memory += needs.memory;
+        for (name, n) in &needs.named {
+            if let Some(i) = self.info.offer.named.iter().position(|(k, _)| k == name) {
+                self.held.named[i] += n;
+            }
+        }
+        bound
+    }
+
+    /// Gives back what a task took.
+    fn give(&mut self, needs: &Needs, gpus: &[u16]) {
+        for g in gpus {
+            if let Some(h) = self.held.gpus.get_mut(usize::from(*g)) {
+                *h = false;
+            }
+        }
+        self.held.memory = self.held.memory.saturating_sub(needs.memory);
+        for (name, n) in &needs.named {
+            if let Some(i) = self.info.offer.named.iter().position(|(k, _)| k == name) {
+                self.held.named[i] = self.held.named[i].saturating_sub(*n);
+            }
+        }
     }
 }
 
@@ -308,6 +373,11 @@ pub struct Scheduler {
     retiring: usize,
     /// What the provisioner last reported.
     provisioning: Option<ProvisioningStatus>,
+    /// The distinct [`Needs`] of tasks, interned; index 0 needs nothing.
+    needs: Vec<Needs>,
+    needs_index: HashMap<Needs, u32>,
+    /// The GPUs (indices of its worker's offer) held by each assigned task that needs any.
+    bound: HashMap<TaskId, Vec<u16>>,
 }
 
 #[derive(Debug)]
@@ -346,6 +416,9 @@ impl Scheduler {
             kind_index: HashMap::new(),
             retiring: 0,
             provisioning: None,
+            needs: vec![Needs::default()],
+            needs_index: HashMap::from([(Needs::default(), 0)]),
+            bound: HashMap::new(),
         }
     }
 
@@ -487,6 +560,7 @@ impl Scheduler {
         }
         self.conns.insert(conn, Peer::Worker(id));
         let ends_at = info.lifetime_ms.map(|ms| now + Duration::from_millis(ms));
+        let held = Held { gpus: vec![false; info.offer.gpus.len()], memory: 0, named: vec![0; info.offer.named.len()] };
         let heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64;
         self.commands.push(Command::ToWorker(conn, ToWorker::Welcome { id, heartbeat_ms }));
         if !peers.is_empty() {
@@ -508,6 +582,7 @@ impl Scheduler {
                 handover: None,
                 handed_over: false,
                 stop_sent: false,
+                held,
             },
         );
     }
@@ -538,6 +613,7 @@ impl Scheduler {
                 k.mean_us = Some(k.mean_us.map_or(d, |m| 0.9 * m + 0.1 * d));
             }
             self.set_state(f.id, State::Finished);
+            self.unbind(f.id, w);
             let now = self.now;
             if let Some(worker) = self.workers.get_mut(&w) {
                 worker.used -= worker.charge(cpus);
@@ -626,6 +702,9 @@ impl Scheduler {
             if task.state == State::Assigned {
                 // The task's worker is told nothing: it reported the failure, or it is gone.
                 let (holder, cpus) = (task.worker, u32::from(task.cpus));
+                if let Some(w) = holder {
+                    self.unbind(t, w);
+                }
                 let now = self.now;
                 if let Some(w) = holder.and_then(|w| self.workers.get_mut(&w)) {
                     w.used -= w.charge(cpus);
@@ -668,6 +747,7 @@ impl Scheduler {
         }
         tracing::info!(task = %id, input = %input, worker = %w, "input missing; recomputing it");
         let cpus = u32::from(task.cpus);
+        self.unbind(id, w);
         let now = self.now;
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.used -= worker.charge(cpus);
@@ -764,6 +844,8 @@ impl Scheduler {
             }
         }
         for id in rerun {
+            // What it held went with the worker.
+            self.bound.remove(&id);
             let max = self.jobs[&id.job].max_attempts;
             let t = self.task_mut(id).expect("exists");
             t.attempts = t.attempts.saturating_add(1);
@@ -1079,15 +1161,17 @@ impl Scheduler {
         let id = JobId(self.next_job);
         let mut references = Vec::new();
         let (tasks, array) = match spec.tasks {
-            JobTasks::Array { ranges, cpus } => {
+            JobTasks::Array { ranges, cpus, needs } => {
                 if spec.command.is_none() {
                     return Err("an array job needs a command".into());
                 }
+                let needs = self.intern(needs)?;
                 let n: u64 = ranges.iter().map(|&(a, b)| u64::from(b.saturating_sub(a)) + 1).sum();
                 if ranges.is_empty() || ranges.iter().any(|&(a, b)| a > b) || n > u64::from(u32::MAX) {
                     return Err("the array's index ranges are empty or invalid".into());
                 }
-                let tasks = (0..n).map(|_| new_task(TaskBody::Command, Box::new([]), false, cpus.max(1))).collect();
+                let tasks =
+                    (0..n).map(|_| new_task(TaskBody::Command, Box::new([]), false, cpus.max(1), needs)).collect();
                 (tasks, Some(ranges))
             }
             JobTasks::Graph(specs) => {
@@ -1128,7 +1212,8 @@ impl Scheduler {
                             }
                         }
                     }
-                    tasks.push(new_task(s.body, deps.into_boxed_slice(), s.keep, s.cpus.max(1)));
+                    let needs = self.intern(s.needs).map_err(|e| format!("task {i}: {e}"))?;
+                    tasks.push(new_task(s.body, deps.into_boxed_slice(), s.keep, s.cpus.max(1), needs));
                 }
                 (tasks, None)
             }
@@ -1298,7 +1383,12 @@ impl Scheduler {
         let mut jobs: Vec<JobStatus> = self
             .jobs
             .iter()
-            .map(|(id, j)| JobStatus { id: *id, name: j.spec_name.clone(), counts: j.counts })
+            .map(|(id, j)| JobStatus {
+                id: *id,
+                name: j.spec_name.clone(),
+                counts: j.counts,
+                waiting_for: self.waiting_for(j),
+            })
             .collect();
         jobs.sort_by_key(|j| j.id);
         let clients = self.conns.values().filter(|p| matches!(p, Peer::Client(_))).count() as u32;
@@ -1375,6 +1465,8 @@ impl Scheduler {
                 continue;
             }
             let cpus = u32::from(t.cpus);
+            let needs = &self.needs[t.needs as usize];
+            let has = |w: &WorkerId| t.needs == 0 || self.workers[w].has_free(needs);
             // A worker that must leave before the task is expected to end does not get it.
             // Tasks queued on it are assumed to be like this one.
             let lives = |w: &WorkerId| {
@@ -1389,7 +1481,7 @@ impl Scheduler {
             if !t.deps.is_empty() {
                 let mut best_bytes = 0u64;
                 for (k, (w, r, slots)) in room.iter().enumerate() {
-                    if *r < cpus.min(*slots) || !lives(w) {
+                    if *r < cpus.min(*slots) || !lives(w) || !has(w) {
                         continue;
                     }
                     let bytes: u64 = t
@@ -1405,7 +1497,7 @@ impl Scheduler {
                     }
                 }
             }
-            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2) && lives(&room[k].0);
+            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2) && lives(&room[k].0) && has(&room[k].0);
             let slot = best.or_else(|| (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| fits(k)));
             let Some(k) = slot else {
                 // No worker has room for this many CPUs now; keep it for later.
@@ -1465,13 +1557,95 @@ impl Scheduler {
             .map(|d| (*d, self.task(*d).and_then(|dt| dt.worker).unwrap_or(WorkerId(0))))
             .collect();
         let cpus = t.cpus;
+        let needs = t.needs;
         let worker = self.workers.get_mut(&w).expect("exists");
+        let mut gpus = Vec::new();
+        if needs != 0 {
+            let bound = worker.take(&self.needs[needs as usize]);
+            gpus = bound.iter().map(|g| worker.info.offer.gpus[usize::from(*g)].clone()).collect();
+            if !bound.is_empty() {
+                self.bound.insert(id, bound);
+            }
+        }
         worker.used += worker.charge(u32::from(cpus));
         worker.assigned += 1;
         worker.idle_since = None;
         self.task_mut(id).expect("exists").worker = Some(w);
         self.set_state(id, State::Assigned);
-        Assignment { id, work, inputs, cpus }
+        Assignment { id, work, inputs, cpus, gpus }
+    }
+
+    /// Why a job's waiting tasks wait, when they need what no worker has free (the needs of
+    /// its first waiting task stand for all: an array's tasks all need the same).
+    fn waiting_for(&self, j: &Job) -> Option<String> {
+        if j.counts.waiting == 0 {
+            return None;
+        }
+        let t = j.tasks.iter().find(|t| matches!(t.state, State::Ready | State::Waiting) && t.needs != 0)?;
+        let needs = &self.needs[t.needs as usize];
+        if self.workers.values().any(|w| w.has_free(needs)) {
+            return None;
+        }
+        let offered = self.workers.values().any(|w| w.info.offer.could_hold(needs).is_ok());
+        let pools: Vec<&str> = self
+            .provisioning
+            .iter()
+            .flat_map(|p| &p.pools)
+            .filter(|p| p.offer.could_hold(needs).is_ok())
+            .map(|p| p.name.as_str())
+            .collect();
+        Some(match (offered, pools.is_empty()) {
+            (true, _) => format!("{needs}: busy on every worker that offers it"),
+            (false, false) => format!("{needs}: no worker offers it yet; pool `{}` does", pools.join("`, `")),
+            (false, true) => format!("{needs}: no worker offers it yet"),
+        })
+    }
+
+    /// Gives back what assigned task `id` held on worker `w`.
+    fn unbind(&mut self, id: TaskId, w: WorkerId) {
+        let Some(needs) = self.task(id).map(|t| t.needs).filter(|n| *n != 0) else { return };
+        let gpus = self.bound.remove(&id).unwrap_or_default();
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.give(&self.needs[needs as usize], &gpus);
+        }
+    }
+
+    /// The index of `needs` in `self.needs`, after checking that some worker or pool could ever
+    /// hold it. Refused: the reason, naming each pool and what it offers.
+    fn intern(&mut self, mut needs: Needs) -> Result<u32, String> {
+        needs.named.sort();
+        if needs.named.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err("a named resource is asked for twice".into());
+        }
+        needs.named.retain(|(_, n)| *n > 0);
+        if let Some(i) = self.needs_index.get(&needs) {
+            return Ok(*i);
+        }
+        self.could_run(&needs)?;
+        let i = self.needs.len() as u32;
+        self.needs.push(needs.clone());
+        self.needs_index.insert(needs, i);
+        Ok(i)
+    }
+
+    /// Whether a task needing `needs` could ever run: on a worker now, or on one a pool would
+    /// start. With no pools declared (no provisioner) it may wait for workers to come.
+    fn could_run(&self, needs: &Needs) -> Result<(), String> {
+        if needs.is_empty() || self.workers.values().any(|w| w.info.offer.could_hold(needs).is_ok()) {
+            return Ok(());
+        }
+        let Some(p) = self.provisioning.as_ref().filter(|p| !p.pools.is_empty()) else { return Ok(()) };
+        let mut why = Vec::new();
+        for pool in &p.pools {
+            match pool.offer.could_hold(needs) {
+                Ok(()) => return Ok(()),
+                Err(e) => why.push(format!("pool `{}`: {e}", pool.name)),
+            }
+        }
+        Err(format!(
+            "no worker and no pool could ever run a task that needs {needs} ({}); ask for less, or add a pool that offers it (--pool)",
+            why.join("; ")
+        ))
     }
 
     fn set_state(&mut self, id: TaskId, to: State) {
@@ -1500,12 +1674,13 @@ fn count_of(c: &mut Counts, state: State) -> &mut u32 {
     }
 }
 
-fn new_task(body: TaskBody, deps: Box<[TaskId]>, keep: bool, cpus: u16) -> Task {
+fn new_task(body: TaskBody, deps: Box<[TaskId]>, keep: bool, cpus: u16, needs: u32) -> Task {
     Task {
         state: State::Waiting,
         attempts: 0,
         keep,
         cpus,
+        needs,
         unfinished: 0,
         worker: None,
         size: 0,

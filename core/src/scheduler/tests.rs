@@ -17,9 +17,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::{Command, Config, ConnId, Control, Event, Notice, Scheduler, DEPTH_LONG, DEPTH_SHORT};
 use crate::protocol::{
     self, AdaptSpec, Assignment, ClientInfo, ClusterStatus, CommandSpec, ControlRequest, Counts, ErrorKind, Finished,
-    Holding, JobId, JobOutcome, JobSpec, JobTasks, ProvisioningStatus, Refusal, RefusalKind, Reply, Request,
-    ScaleTarget, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, ToWorker, Work, WorkerId,
-    WorkerInfo,
+    Holding, JobId, JobOutcome, JobSpec, JobTasks, Needs, Offer, ProvisioningStatus, Refusal, RefusalKind, Reply,
+    Request, ScaleTarget, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, ToWorker, Work,
+    WorkerId, WorkerInfo,
 };
 
 /// Encodes and decodes a message, as the transport would.
@@ -110,7 +110,15 @@ impl Sim {
         let conn = self.connect();
         let data_address = format!("tcp://node:{conn}");
         let lifetime_ms = lifetime.map(|d| d.as_millis() as u64);
-        let info = WorkerInfo { slots, host: "node".into(), pid: 1, launch: None, data_address, lifetime_ms };
+        let info = WorkerInfo {
+            slots,
+            host: "node".into(),
+            pid: 1,
+            launch: None,
+            data_address,
+            lifetime_ms,
+            offer: Offer::default(),
+        };
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);
         let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
@@ -209,6 +217,7 @@ impl Sim {
             launch: Some(launch.into()),
             data_address: format!("tcp://node:{conn}"),
             lifetime_ms: None,
+            offer: Offer::default(),
         };
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);
@@ -293,6 +302,7 @@ fn task(deps: &[u32], keep: bool) -> TaskSpec {
         deps: deps.iter().map(|&d| TaskRef::Local(d)).collect(),
         keep,
         cpus: 1,
+        needs: Needs::default(),
     }
 }
 
@@ -312,7 +322,11 @@ fn command() -> CommandSpec {
 }
 
 fn array(ranges: Vec<(u32, u32)>, cpus: u16) -> JobSpec {
-    JobSpec { command: Some(command()), tasks: JobTasks::Array { ranges, cpus }, ..graph(vec![]) }
+    JobSpec {
+        command: Some(command()),
+        tasks: JobTasks::Array { ranges, cpus, needs: Needs::default() },
+        ..graph(vec![])
+    }
 }
 
 fn tid(job: JobId, index: u32) -> TaskId {
@@ -649,6 +663,7 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
                 launch: None,
                 data_address: "tcp://127.0.0.1:1".into(),
                 lifetime_ms: None,
+                offer: Offer::default(),
             })
         }),
         ("worker", |_, _| ToScheduler::Request { req: 1, body: Request::Shutdown }),
@@ -1221,3 +1236,6 @@ fn only_a_client_that_ends_the_cluster_is_reported_and_an_orderly_shutdown_is_no
     sim.disconnect(again);
     assert!(!sim.notices().iter().any(|n| matches!(n, Notice::ClientLeft { .. })), "a shutdown is not a departure");
 }
+
+#[path = "tests_resources.rs"]
+mod resources;

@@ -153,7 +153,9 @@ fn run(job: Job, children: &Mutex<Vec<i32>>) -> TaskDone {
     let id = job.assignment.id;
     let (result, keep) = match (&job.run, &job.assignment.work) {
         (Runner::Function(f), Work::Function { args, .. }) => (call(f.as_ref(), args, &job.inputs), true),
-        (Runner::Command(spec), Work::Command { array_id }) => (run_command(spec, id, *array_id, children), false),
+        (Runner::Command(spec), Work::Command { array_id }) => {
+            (run_command(spec, id, *array_id, &job.assignment.gpus, children), false)
+        }
         _ => (Err(TaskError { kind: ErrorKind::Spawn, message: "task and runner disagree".into() }), false),
     };
     TaskDone { id, result, duration: start.elapsed(), keep }
@@ -179,7 +181,16 @@ pub fn substitute(s: &str, job: JobId, array_id: u32) -> String {
     s.replace("%{TASK_ID}", &array_id.to_string()).replace("%{JOB_ID}", &job.0.to_string())
 }
 
-fn run_command(spec: &CommandSpec, id: TaskId, array_id: u32, children: &Mutex<Vec<i32>>) -> Result<Bytes, TaskError> {
+/// The variables that name the GPUs a process may use: CUDA, ROCm, oneAPI Level Zero.
+pub const GPU_VARS: [&str; 3] = ["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK"];
+
+fn run_command(
+    spec: &CommandSpec,
+    id: TaskId,
+    array_id: u32,
+    gpus: &[String],
+    children: &Mutex<Vec<i32>>,
+) -> Result<Bytes, TaskError> {
     use std::io::Read;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let sub = |s: &str| substitute(s, id.job, array_id);
@@ -190,6 +201,13 @@ fn run_command(spec: &CommandSpec, id: TaskId, array_id: u32, children: &Mutex<V
     cmd.env("RDASK_TASK_ID", array_id.to_string()).env("RDASK_JOB_ID", id.job.0.to_string());
     for (k, v) in &spec.env {
         cmd.env(k, v);
+    }
+    // Exactly the GPUs bound to it, whatever the worker's environment or the command's says.
+    if !gpus.is_empty() {
+        let list = gpus.join(",");
+        for v in GPU_VARS {
+            cmd.env(v, &list);
+        }
     }
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(sub(cwd));

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
-    self, Assignment, CommandSpec, DataReply, DataRequest, ErrorKind, Finished, JobId, TaskError, TaskId, ToScheduler,
-    ToWorker, Work, WorkerId, WorkerInfo,
+    self, Assignment, CommandSpec, DataReply, DataRequest, ErrorKind, Finished, JobId, Offer, TaskError, TaskId,
+    ToScheduler, ToWorker, Work, WorkerId, WorkerInfo,
 };
 use crate::registry::Registry;
 
@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     /// The launch tag to echo at registration (see [`crate::protocol::WorkerInfo::launch`]);
     /// [`WorkerConfig::new`] takes it from `RDASK_LAUNCH_TAG`, which whoever starts the worker sets.
     pub launch: Option<String>,
+    /// GPUs, memory and named resources it offers to tasks (nothing by default).
+    pub offer: Offer,
 }
 
 /// The environment variable that carries a worker's launch tag.
@@ -61,6 +63,7 @@ impl WorkerConfig {
             listen_host: "0.0.0.0".into(),
             ends_at: None,
             launch: std::env::var(LAUNCH_TAG_VAR).ok().filter(|t| !t.is_empty()),
+            offer: Offer::default(),
         }
     }
 }
@@ -192,6 +195,7 @@ async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, 
                 lifetime_ms: config
                     .ends_at
                     .map(|e| e.saturating_duration_since(Instant::now()).as_millis().min(u128::from(u64::MAX)) as u64),
+                offer: config.offer.clone(),
             };
             conn.send_now(protocol::frame(&ToScheduler::RegisterWorker(info))).await.map_err(|e| e.to_string())?;
             let f = conn.recv_some().await.map_err(|e| e.to_string())?;

@@ -57,6 +57,8 @@ pub struct PoolConfig {
     pub initial: u32,
     /// Whether its size can change (a `--job-array` cluster's cannot).
     pub scalable: bool,
+    /// What each of its workers offers besides slots (GPUs, memory, named resources).
+    pub offer: rdask::protocol::Offer,
 }
 
 /// How the provisioner runs.
@@ -795,6 +797,7 @@ impl Provisioner {
                     unit: self.unit.to_string(),
                     workers_per_job: p.config.shape.workers,
                     slots: p.config.shape.slots,
+                    offer: p.config.offer.clone(),
                     target,
                     adapt,
                     jobs,

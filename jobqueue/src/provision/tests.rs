@@ -47,7 +47,14 @@ struct Sim {
 }
 
 fn pool(name: &str, workers: u32, initial: u32) -> PoolConfig {
-    PoolConfig { name: name.into(), shape: JobShape { workers, slots: 1 }, nodes_per_job: 1, initial, scalable: true }
+    PoolConfig {
+        name: name.into(),
+        shape: JobShape { workers, slots: 1 },
+        nodes_per_job: 1,
+        initial,
+        scalable: true,
+        offer: Default::default(),
+    }
 }
 
 impl Sim {
@@ -201,6 +208,7 @@ impl Sim {
                 launch: Some(launch.clone()),
                 data_address: format!("tcp://node:{c}"),
                 lifetime_ms: None,
+                offer: Default::default(),
             };
             self.sched.handle(self.now, Event::Message(c, ToScheduler::RegisterWorker(info)));
             self.pump();
@@ -250,7 +258,7 @@ impl Sim {
             name: "long".into(),
             functions: vec![],
             command: Some(command),
-            tasks: JobTasks::Array { ranges: vec![(1, n)], cpus: 1 },
+            tasks: JobTasks::Array { ranges: vec![(1, n)], cpus: 1, needs: Default::default() },
             max_attempts: 3,
             release_on_disconnect: false,
         };

@@ -1,0 +1,70 @@
+//! Resources and GPUs through the CLI: workers offer them, tasks ask for them, and the
+//! scheduler binds concrete GPUs and never gives one to two running tasks.
+
+mod common;
+
+use common::{no_process_left, ok, rdask, text};
+
+/// 40 command tasks of `--gpus 1` on a worker with 8 slots and `--resource gpu=4`: each takes
+/// a lock named after its CUDA_VISIBLE_DEVICES for its whole run (`mkdir` fails if another
+/// running task holds the same GPU) and records what it saw.
+#[test]
+fn gpu_tasks_each_see_exactly_one_gpu_that_no_other_running_task_holds() {
+    let home = common::Home::new();
+    let h = home.path();
+    ok(h, &["up", "--workers", "1", "--slots", "8", "--resource", "gpu=4", "--wait"]);
+    let s = common::status(h);
+    assert_eq!(s["workers"][0]["info"]["offer"]["gpus"], serde_json::json!(["0", "1", "2", "3"]), "{s:#}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir(dir.path().join("locks")).unwrap();
+    let script = format!(
+        r#"g="${{CUDA_VISIBLE_DEVICES-unset}}"
+echo "$g $ROCR_VISIBLE_DEVICES $ZE_AFFINITY_MASK" > {d}/seen-$RDASK_TASK_ID
+mkdir {d}/locks/"$g" 2>/dev/null || echo "$RDASK_TASK_ID" >> {d}/clashes
+ls {d}/locks | wc -l >> {d}/concurrent
+sleep 0.2
+rmdir {d}/locks/"$g""#
+    );
+    let out = ok(h, &["submit", "--array", "1-40", "--gpus", "1", "--wait", "--", "sh", "-c", &script]);
+    assert!(out.contains("submitted job"), "{out}");
+    assert!(
+        !dir.path().join("clashes").exists(),
+        "a GPU held by two running tasks: tasks {}",
+        std::fs::read_to_string(dir.path().join("clashes")).unwrap()
+    );
+    for i in 1..=40 {
+        let seen = std::fs::read_to_string(dir.path().join(format!("seen-{i}"))).unwrap();
+        let vars: Vec<&str> = seen.split_whitespace().collect();
+        assert_eq!(vars.len(), 3, "task {i} saw {seen:?}");
+        assert!(["0", "1", "2", "3"].contains(&vars[0]), "task {i}: CUDA_VISIBLE_DEVICES={}", vars[0]);
+        assert!(
+            vars.iter().all(|v| *v == vars[0]),
+            "task {i}: the ROCm and oneAPI variables name the same GPU: {seen:?}"
+        );
+    }
+    let concurrent: Vec<usize> = std::fs::read_to_string(dir.path().join("concurrent"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(concurrent.len(), 40);
+    assert!(concurrent.iter().all(|n| *n <= 4), "more than 4 GPU tasks at once: {concurrent:?}");
+    ok(h, &["down"]);
+    no_process_left(h);
+}
+
+#[test]
+fn a_request_no_pool_can_meet_is_refused_at_submit_naming_the_pool_and_its_limit() {
+    let home = common::Home::new();
+    let h = home.path();
+    ok(h, &["up", "--workers", "1", "--resource", "gpu=2", "--wait"]);
+    let o = rdask(h, &["submit", "--gpus", "3", "--", "true"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pool `default`: 3 GPUs asked, 2 offered"), "{}", text(&o));
+    let o = rdask(h, &["submit", "--resource", "license", "--", "true"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NAME=COUNT"), "{}", text(&o));
+    ok(h, &["down"]);
+    no_process_left(h);
+}
