@@ -102,7 +102,7 @@ pub struct TaskSpec {
 /// What a task needs besides CPUs; the default needs nothing more. The scheduler places a task
 /// only on a worker whose [`Offer`] has all of it free, holds it for the task while the task is
 /// assigned, and never gives it to two tasks at once.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Needs {
     /// GPUs; the worker binds that many of its devices to the task (`CUDA_VISIBLE_DEVICES`).
     pub gpus: u16,
@@ -715,6 +715,9 @@ pub struct KindLoad {
     pub running: u64,
     /// Measured mean duration in microseconds; `None` until one has finished.
     pub mean_us: Option<u64>,
+    /// What these tasks need besides CPUs (the load of a kind is split by need), so that only
+    /// pools whose workers could run them grow for them.
+    pub needs: Needs,
 }
 
 /// One job in [`ClusterStatus`].

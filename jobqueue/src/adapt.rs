@@ -261,7 +261,13 @@ mod tests {
     use super::*;
 
     fn load(queued: u64, running: u64, mean_ms: Option<u64>) -> Vec<KindLoad> {
-        vec![KindLoad { kind: "f".into(), queued, running, mean_us: mean_ms.map(|m| m * 1000) }]
+        vec![KindLoad {
+            kind: "f".into(),
+            queued,
+            running,
+            mean_us: mean_ms.map(|m| m * 1000),
+            needs: Default::default(),
+        }]
     }
 
     fn worker(id: u32, busy: bool) -> WorkerView {

@@ -237,7 +237,8 @@ pub struct SchedulerArgs {
     /// Seconds between polls of the batch system.
     #[arg(long, default_value_t = 2.0)]
     pub poll_interval: f64,
-    /// Adapt between --adapt-min and this many jobs (local backend: workers) from the start,
+    /// Adapt between --adapt-min and this many jobs (local backend: workers) from the start, every
+    /// pool from the work its workers could run (GPU tasks grow only pools with GPUs),
     /// instead of --nodes (--workers); see `rdask-jobqueue adapt --help`.
     #[arg(long)]
     pub adapt_max: Option<u32>,

@@ -222,6 +222,8 @@ struct Job {
     /// The kind (index into `Scheduler::kinds`) of each function the job names, and of its command.
     func_kinds: Vec<u32>,
     command_kind: u32,
+    /// The needs of all its tasks, when they all need the same (an array's always do).
+    uniform_needs: Option<u32>,
 }
 
 impl Job {
@@ -1223,6 +1225,8 @@ impl Scheduler {
         }
         self.next_job += 1;
         let total = tasks.len() as u32;
+        let first = tasks[0].needs;
+        let uniform_needs = tasks.iter().all(|t| t.needs == first).then_some(first);
         let func_kinds = spec.functions.iter().map(|f| self.kind_named(f.clone())).collect();
         let command_kind =
             if spec.command.is_some() { self.kind_named(format!("command:{}", spec.name)) } else { NO_KIND };
@@ -1243,6 +1247,7 @@ impl Scheduler {
             references: references.clone(),
             func_kinds,
             command_kind,
+            uniform_needs,
         };
         self.jobs.insert(id, job);
         for r in references {
@@ -1398,15 +1403,16 @@ impl Scheduler {
     /// Queued and running tasks per kind. A job with one kind counts from its counts; only jobs
     /// mixing functions are looked at task by task.
     fn load(&self) -> Vec<KindLoad> {
-        let mut by_kind: HashMap<u32, (u64, u64)> = HashMap::new();
+        // By (kind, needs).
+        let mut by_kind: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
         for (jid, j) in &self.jobs {
             let kinds = j.func_kinds.len() + usize::from(j.command_kind != NO_KIND);
             if j.counts.waiting + j.counts.running == 0 {
                 continue;
             }
-            if kinds <= 1 {
+            if let (true, Some(needs)) = (kinds <= 1, j.uniform_needs) {
                 let k = j.func_kinds.first().copied().unwrap_or(j.command_kind);
-                let e = by_kind.entry(k).or_default();
+                let e = by_kind.entry((k, needs)).or_default();
                 e.0 += u64::from(j.counts.waiting);
                 e.1 += u64::from(j.counts.running);
                 continue;
@@ -1414,7 +1420,7 @@ impl Scheduler {
             for (i, t) in j.tasks.iter().enumerate() {
                 let queued = matches!(t.state, State::Waiting | State::Ready);
                 if queued || t.state == State::Assigned {
-                    let e = by_kind.entry(self.kind_of(TaskId { job: *jid, index: i as u32 })).or_default();
+                    let e = by_kind.entry((self.kind_of(TaskId { job: *jid, index: i as u32 }), t.needs)).or_default();
                     if queued {
                         e.0 += 1;
                     } else {
@@ -1425,12 +1431,18 @@ impl Scheduler {
         }
         let mut load: Vec<KindLoad> = by_kind
             .into_iter()
-            .filter_map(|(k, (queued, running))| {
+            .filter_map(|((k, n), (queued, running))| {
                 let stats = self.kinds.get(k as usize)?;
-                Some(KindLoad { kind: stats.name.clone(), queued, running, mean_us: stats.mean_us.map(|m| m as u64) })
+                Some(KindLoad {
+                    kind: stats.name.clone(),
+                    queued,
+                    running,
+                    mean_us: stats.mean_us.map(|m| m as u64),
+                    needs: self.needs[n as usize].clone(),
+                })
             })
             .collect();
-        load.sort_by(|a, b| a.kind.cmp(&b.kind));
+        load.sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.needs.cmp(&b.needs)));
         load
     }
 

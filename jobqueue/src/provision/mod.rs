@@ -70,7 +70,7 @@ pub struct Config {
     pub unit: &'static str,
     /// The pools, the main one first.
     pub pools: Vec<PoolConfig>,
-    /// The main pool adapts from the start.
+    /// Every pool adapts from the start (each from the work its workers could run).
     pub adapt: Option<AdaptSpec>,
     /// Between two polls of the allocations' states.
     pub poll_interval: Duration,
@@ -209,11 +209,11 @@ impl Provisioner {
         let pools = config
             .pools
             .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mode = match (&config.adapt, i) {
-                    (Some(spec), 0) => Mode::Adaptive(Box::new(Policy::new(spec.clone(), c.shape))),
-                    _ => Mode::Fixed(c.initial),
+            .map(|c| {
+                // `up --adapt-max` makes every pool adapt, each from the work it could run.
+                let mode = match &config.adapt {
+                    Some(spec) => Mode::Adaptive(Box::new(Policy::new(spec.clone(), c.shape))),
+                    None => Mode::Fixed(c.initial),
                 };
                 let next_decision = matches!(mode, Mode::Adaptive(_)).then_some(now);
                 Pool {
@@ -726,7 +726,8 @@ impl Provisioner {
                         .collect(),
                 })
                 .collect();
-            let obs = Observation { load: status.load.clone(), jobs };
+            let load = pool_load(&self.pools, i, &status.load);
+            let obs = Observation { load, jobs };
             let Mode::Adaptive(policy) = &mut self.pools[i].mode else { continue };
             let d = policy.decide(now, &obs);
             let interval = Duration::from_secs_f64(policy.spec.interval.max(0.01));
@@ -824,4 +825,23 @@ impl Provisioner {
             self.actions.push(Action::Scheduler(Control::Provisioning(st)));
         }
     }
+}
+
+/// The work pool `i` adapts to: what its workers could run, and of the work that needs nothing
+/// special (no GPU, memory or named resource), only what pools without GPUs are there for. So
+/// GPU tasks grow the GPU pool alone, and CPU tasks grow the CPU pools, not the GPU pool, when
+/// there is a CPU pool.
+fn pool_load(pools: &[Pool], i: usize, load: &[rdask::protocol::KindLoad]) -> Vec<rdask::protocol::KindLoad> {
+    let offer = &pools[i].config.offer;
+    let cpu_pool_exists = pools.iter().any(|p| p.config.offer.gpus.is_empty());
+    load.iter()
+        .filter(|l| {
+            if l.needs.is_empty() {
+                offer.gpus.is_empty() || !cpu_pool_exists
+            } else {
+                offer.could_hold(&l.needs).is_ok()
+            }
+        })
+        .cloned()
+        .collect()
 }

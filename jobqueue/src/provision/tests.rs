@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdask::protocol::{
-    AllocationState, ClientInfo, CommandSpec, ControlRequest, Finished, JobSpec, JobTasks, ProvisioningStatus,
+    AllocationState, ClientInfo, CommandSpec, ControlRequest, Finished, JobSpec, JobTasks, Offer, ProvisioningStatus,
     RefusalKind, Reply, Request, ScaleTarget, TaskId, ToClient, ToScheduler, ToWorker, WorkerId, WorkerInfo,
 };
 use rdask::scheduler::{Command, ConnId, Event, Scheduler};
@@ -198,6 +198,9 @@ impl Sim {
     fn start(&mut self, id: &str, n: u32) {
         self.fake.set_state(id, JobState::Running);
         let launch = self.launch_of(id);
+        // Its workers offer what their pool says they will.
+        let pool = launch.split('/').next().unwrap_or_default().to_string();
+        let offer = self.status().pools.iter().find(|p| p.name == pool).map(|p| p.offer.clone()).unwrap_or_default();
         for _ in 0..n {
             let c = self.connect();
             self.workers.insert(c, (launch.clone(), None));
@@ -208,7 +211,7 @@ impl Sim {
                 launch: Some(launch.clone()),
                 data_address: format!("tcp://node:{c}"),
                 lifetime_ms: None,
-                offer: Default::default(),
+                offer: offer.clone(),
             };
             self.sched.handle(self.now, Event::Message(c, ToScheduler::RegisterWorker(info)));
             self.pump();
@@ -247,6 +250,11 @@ impl Sim {
 
     /// Submits `n` long command tasks; they run until [`Sim::finish_all`].
     fn submit_tasks(&mut self, n: u32) {
+        self.submit_needing(n, Default::default());
+    }
+
+    /// [`Sim::submit_tasks`], each task needing `needs`.
+    fn submit_needing(&mut self, n: u32, needs: rdask::protocol::Needs) {
         let command = CommandSpec {
             argv: vec!["sleep".into(), "1000".into()],
             env: vec![],
@@ -258,7 +266,7 @@ impl Sim {
             name: "long".into(),
             functions: vec![],
             command: Some(command),
-            tasks: JobTasks::Array { ranges: vec![(1, n)], cpus: 1, needs: Default::default() },
+            tasks: JobTasks::Array { ranges: vec![(1, n)], cpus: 1, needs },
             max_attempts: 3,
             release_on_disconnect: false,
         };
@@ -510,4 +518,44 @@ fn ending_the_cluster_cancels_what_is_still_being_submitted_too() {
     // No new submission once shutting down, whatever the target.
     let r = sim.control(ControlRequest::Scale { pool: None, target: ScaleTarget::Jobs(5) }).unwrap_err();
     assert_eq!(r.kind, RefusalKind::ShuttingDown);
+}
+
+fn gpu_pool() -> PoolConfig {
+    PoolConfig { offer: Offer { gpus: vec!["0".into()], ..Offer::default() }, ..pool("gpu", 1, 0) }
+}
+
+#[test]
+fn gpu_tasks_grow_only_the_gpu_pool() {
+    let spec = AdaptSpec { interval: 0.5, ..AdaptSpec::new(0, 2) };
+    let mut sim = Sim::new(vec![pool("default", 1, 0), gpu_pool()], Some(spec));
+    sim.advance(Duration::from_secs(2));
+    assert!(sim.fake.active().is_empty(), "no work, no job");
+    sim.submit_needing(20, rdask::protocol::Needs { gpus: 1, ..Default::default() });
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.active("default").len(), 0, "the CPU pool does not grow for GPU tasks");
+    assert_eq!(sim.active("gpu").len(), 2, "the GPU pool grows to its maximum");
+    // Its workers join, each with one GPU: one GPU task each.
+    sim.start_all(1);
+    sim.advance(TICK);
+    assert_eq!(sim.busy_workers().len(), 2, "both GPU workers run a GPU task");
+    assert_eq!(sim.running.values().map(Vec::len).sum::<usize>(), 2, "one task per GPU");
+}
+
+#[test]
+fn cpu_tasks_grow_only_the_cpu_pool() {
+    let spec = AdaptSpec { interval: 0.5, ..AdaptSpec::new(0, 2) };
+    let mut sim = Sim::new(vec![pool("default", 1, 0), gpu_pool()], Some(spec));
+    sim.submit_tasks(20);
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.active("default").len(), 2, "the CPU pool grows for CPU tasks");
+    assert_eq!(sim.active("gpu").len(), 0, "the GPU pool does not");
+}
+
+#[test]
+fn a_gpu_pool_alone_also_runs_cpu_work() {
+    let spec = AdaptSpec { interval: 0.5, ..AdaptSpec::new(0, 1) };
+    let mut sim = Sim::new(vec![gpu_pool()], Some(spec));
+    sim.submit_tasks(5);
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.active("gpu").len(), 1, "with no CPU pool, the GPU pool is there for CPU work too");
 }
