@@ -68,3 +68,73 @@ fn a_request_no_pool_can_meet_is_refused_at_submit_naming_the_pool_and_its_limit
     ok(h, &["down"]);
     no_process_left(h);
 }
+
+/// On the real Slurm with GPU GRES (`ci/setup-slurm.sh` gives each node 2 fake GPUs): a burst
+/// of `--gpus 1` tasks grows only the GPU pool; each task sees one of the GPUs Slurm gave its
+/// job; afterwards no job is left.
+#[test]
+fn slurm_gpu_tasks_grow_only_the_gpu_pool_and_see_the_gpus_slurm_gave() {
+    if !common::available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let gres = std::process::Command::new("sinfo").args(["-h", "-o", "%G"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&gres.stdout).contains("gpu:"),
+        "Slurm has no GPU GRES: run ci/setup-slurm.sh (it configures 2 fake GPUs per node)"
+    );
+    let home = common::Home::new();
+    let h = home.path();
+    let up = [
+        "up",
+        "--backend",
+        "slurm",
+        "--cores",
+        "1",
+        "--memory",
+        "100MB",
+        "--pool",
+        "gpu gpus=2 cores=2 memory=200MB",
+        "--adapt-max",
+        "2",
+        "--poll-interval",
+        "0.5",
+    ];
+    ok(h, &up);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let script =
+        format!(r#"echo "$CUDA_VISIBLE_DEVICES $SLURM_JOB_ID $SLURM_JOB_GPUS" > {d}/$RDASK_TASK_ID; sleep 0.5"#);
+    ok(h, &["submit", "--array", "1-12", "--gpus", "1", "--", "sh", "-c", &script]);
+    // Sample the pools while the work runs.
+    let mut pools_seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let s = common::status(h);
+        for j in s["batch_jobs"].as_array().unwrap() {
+            pools_seen.insert(j["pool"].as_str().unwrap().to_string());
+        }
+        let done = s["jobs"].as_array().unwrap().iter().all(|j| j["counts"]["finished"] == 12);
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the GPU tasks did not finish:\n{s:#}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(pools_seen.into_iter().collect::<Vec<_>>(), ["gpu"], "only the GPU pool had batch jobs");
+    for i in 1..=12 {
+        let seen = std::fs::read_to_string(dir.path().join(i.to_string())).unwrap();
+        let f: Vec<&str> = seen.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "task {i}: {seen:?}");
+        let given: Vec<&str> = f[2].split(',').collect();
+        assert!(
+            given.contains(&f[0]) && !f[0].contains(','),
+            "task {i} saw CUDA_VISIBLE_DEVICES={} in a job given GPUs {}",
+            f[0],
+            f[2]
+        );
+    }
+    let ids = common::batch_ids(&common::status(h));
+    ok(h, &["down"]);
+    assert!(common::active_in("slurm", &ids).is_empty(), "jobs left after down");
+    no_process_left(h);
+}
