@@ -259,6 +259,10 @@ pub struct SchedulerArgs {
     /// workers also find the GPUs their job was given.
     #[arg(long = "resource", value_name = "NAME=COUNT")]
     pub resources: Vec<String>,
+    /// One worker per GPU (local workers and batch jobs), each pinned to its GPU, as
+    /// dask-cuda's LocalCUDACluster does.
+    #[arg(long)]
+    pub worker_per_gpu: bool,
     /// Address to listen on; 0.0.0.0 listens everywhere and gives workers every local address to try.
     #[arg(long, default_value = "0.0.0.0", conflicts_with = "interface")]
     pub host: String,
@@ -370,6 +374,10 @@ pub struct WorkerArgs {
     /// The GPUs, memory and named resources it offers to tasks.
     #[command(flatten)]
     pub offer: crate::resources::OfferArgs,
+    /// Start one worker process per GPU, each pinned to its GPU (CUDA_VISIBLE_DEVICES) with an
+    /// equal share of the slots, memory and resources, as dask-cuda's LocalCUDACluster does.
+    #[arg(long)]
+    pub worker_per_gpu: bool,
 }
 
 /// Options of `submit`.

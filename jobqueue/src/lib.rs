@@ -351,6 +351,32 @@ async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
         }
         _ => a.offer.offer(&env).map_err(|e| anyhow!("{e}"))?,
     };
+    if a.worker_per_gpu {
+        if config.offer.gpus.is_empty() {
+            bail!(
+                "--worker-per-gpu: this worker has no GPU (none found; give them with --gpus 0,1 or --resource gpu=N)"
+            );
+        }
+        let mut args = vec!["--name".to_string(), state.name.clone()];
+        if let Some(h) = state.path.parent() {
+            args.extend(["--home".into(), h.display().to_string()]);
+        }
+        args.push("worker".into());
+        let mut opt = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                args.extend([k.to_string(), v]);
+            }
+        };
+        opt("--scheduler", a.scheduler.clone());
+        opt("--secret-file", a.secret_file.as_ref().map(|f| f.display().to_string()));
+        opt("--death-timeout", Some(config.death_timeout.as_secs().to_string()));
+        opt("--local-directory", a.local_directory.clone());
+        opt("--interface", a.interface.clone());
+        opt("--lifetime", a.lifetime.map(|l| l.to_string()));
+        opt("--lifetime-stagger", a.lifetime.map(|_| a.lifetime_stagger.to_string()));
+        opt("--program", a.program.as_ref().map(|p| p.display().to_string()));
+        return Ok(resources::worker_per_gpu(&args, &config.offer, config.slots).await?);
+    }
     if let Some(program) = &a.program {
         return Err(exec_worker_program(program, &config, secret_file.as_deref()));
     }

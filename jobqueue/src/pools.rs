@@ -46,5 +46,8 @@ pub(crate) fn worker_argv(spec: &ClusterSpec, state: &StateDir, addresses: &[Str
     for (name, n) in &spec.workers.resources {
         v.extend(["--resource".into(), format!("{name}={n}")]);
     }
+    if spec.workers.per_gpu {
+        v.push("--worker-per-gpu".into());
+    }
     Ok(v)
 }

@@ -154,6 +154,63 @@ impl OfferArgs {
     }
 }
 
+/// `worker --worker-per-gpu`: one worker process per GPU of `offer`, as dask-cuda's
+/// `LocalCUDACluster` does: each is this program again with `args` (the worker's own options,
+/// without `--worker-per-gpu`) and `--gpus ID`, pinned to its device by `CUDA_VISIBLE_DEVICES`
+/// (and the ROCm and oneAPI equivalents), with an equal share of the slots, memory and named
+/// resources. They share the launch tag. SIGTERM and SIGINT are passed on; the exit status is
+/// the first failure's, else 0.
+pub async fn worker_per_gpu(args: &[String], offer: &Offer, slots: u16) -> std::io::Result<i32> {
+    let n = offer.gpus.len().max(1);
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for (i, gpu) in offer.gpus.iter().enumerate() {
+        let share = |total: u64| total / n as u64 + u64::from((i as u64) < total % n as u64);
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(args).args(["--gpus", gpu]);
+        cmd.args(["--slots", &(slots as usize / n).max(1).to_string()]);
+        if offer.memory > 0 {
+            cmd.args(["--memory", &format!("{}B", share(offer.memory))]);
+        }
+        for (name, count) in &offer.named {
+            let mine = share(u64::from(*count));
+            if mine > 0 {
+                cmd.args(["--resource", &format!("{name}={mine}")]);
+            }
+        }
+        for var in rdask::worker::GPU_VARS {
+            cmd.env(var, gpu);
+        }
+        cmd.env_remove(rdask::protocol::OFFER_VAR);
+        children.push(cmd.spawn()?);
+    }
+    let pids: Vec<i32> = children.iter().filter_map(|c| c.id()).map(|p| p as i32).collect();
+    let forward = tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        loop {
+            let sig = tokio::select! {
+                _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+                _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+            };
+            for p in &pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+            }
+        }
+    });
+    let mut code = 0;
+    for mut c in children {
+        let status = c.wait().await?;
+        if code == 0 && !status.success() {
+            code = status.code().unwrap_or(1);
+        }
+    }
+    forward.abort();
+    Ok(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

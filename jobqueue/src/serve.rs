@@ -52,10 +52,18 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     let rdask::server::Controller { notices, control } = controller;
     let started = match batch {
         None => {
-            let (program, args) = match &a.workers.program {
-                Some(p) => (p.clone(), Vec::new()),
-                None => {
-                    (std::env::current_exe()?, vec!["--name".to_string(), state.name.clone(), "worker".to_string()])
+            let ours = vec!["--name".to_string(), state.name.clone(), "worker".to_string()];
+            let (program, args) = match (&a.workers.program, a.workers.per_gpu) {
+                (Some(p), false) => (p.clone(), Vec::new()),
+                (None, false) => (std::env::current_exe()?, ours),
+                // `worker --worker-per-gpu` starts the pinned workers (running the program, if any).
+                (program, true) => {
+                    let mut args = ours;
+                    args.push("--worker-per-gpu".into());
+                    if let Some(p) = program {
+                        args.extend(["--program".into(), p.display().to_string()]);
+                    }
+                    (std::env::current_exe()?, args)
                 }
             };
             let env = vec![
@@ -132,6 +140,25 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     }
 }
 
+/// A local unit: one worker process, or with --worker-per-gpu one per GPU, sharing the slots.
+fn local_shape(a: &ClusterSpec) -> adapt::JobShape {
+    let slots = u32::from(a.workers.slots);
+    let gpus = local_offer(a).gpus.len() as u32;
+    match a.workers.per_gpu && gpus > 0 {
+        true => adapt::JobShape { workers: gpus, slots: (slots / gpus).max(1) },
+        false => adapt::JobShape { workers: 1, slots },
+    }
+}
+
+/// A batch pool's jobs: as `--processes` says, or with --worker-per-gpu one worker per GPU.
+fn batch_shape(a: &ClusterSpec, p: &crate::spec::PoolSpec) -> adapt::JobShape {
+    let gpus = p.params.gpus.unwrap_or(0);
+    match a.workers.per_gpu && gpus > 0 {
+        true => adapt::JobShape { workers: p.per_job() * gpus, slots: (p.params.cores.unwrap_or(1) / gpus).max(1) },
+        false => p.shape(),
+    }
+}
+
 /// What each local worker offers: `up --resource` (`gpu=N` is GPUs 0..N-1).
 fn local_offer(a: &ClusterSpec) -> rdask::protocol::Offer {
     let mut named = a.workers.resources.clone();
@@ -139,11 +166,23 @@ fn local_offer(a: &ClusterSpec) -> rdask::protocol::Offer {
     rdask::protocol::Offer { gpus: (0..gpus).map(|i| i.to_string()).collect(), memory: 0, named }
 }
 
+/// What each of the workers `--worker-per-gpu` makes of `offer` offers: one GPU, and its share
+/// (rounded down) of the memory and named resources.
+fn per_gpu_share(offer: &rdask::protocol::Offer) -> rdask::protocol::Offer {
+    let n = offer.gpus.len().max(1);
+    rdask::protocol::Offer {
+        gpus: offer.gpus.iter().take(1).cloned().collect(),
+        memory: offer.memory / n as u64,
+        named: offer.named.iter().map(|(k, v)| (k.clone(), v / n as u32)).collect(),
+    }
+}
+
 /// What each worker of a batch pool will offer: its share of the job's GPUs and memory
 /// (their device names are only known inside the job), and `up --resource`.
 fn batch_offer(a: &ClusterSpec, p: &crate::spec::PoolSpec) -> rdask::protocol::Offer {
-    let processes = p.params.processes.unwrap_or(1).max(1);
-    let gpus = p.params.gpus.unwrap_or(0) / processes;
+    let gpus = p.params.gpus.unwrap_or(0);
+    let processes = if a.workers.per_gpu && gpus > 0 { gpus } else { p.params.processes.unwrap_or(1).max(1) };
+    let gpus = gpus / processes;
     let memory = p.params.memory.as_deref().and_then(|m| batch::units::parse_memory(m).ok()).unwrap_or(0);
     let mut offer = local_offer(a);
     offer.gpus = (0..gpus).map(|i| i.to_string()).collect();
@@ -157,18 +196,18 @@ pub(crate) fn provisioner_of(a: &ClusterSpec, system: Option<batch::System>) -> 
     let pools = if local {
         vec![provision::PoolConfig {
             name: backend::DEFAULT_POOL.to_string(),
-            shape: adapt::JobShape { workers: 1, slots: u32::from(a.workers.slots) },
+            shape: local_shape(a),
             nodes_per_job: 1,
             initial: a.initial_local_workers() as u32,
             scalable: true,
-            offer: local_offer(a),
+            offer: if a.workers.per_gpu { per_gpu_share(&local_offer(a)) } else { local_offer(a) },
         }]
     } else {
         a.pools
             .iter()
             .map(|p| provision::PoolConfig {
                 name: p.name.clone(),
-                shape: p.shape(),
+                shape: batch_shape(a, p),
                 nodes_per_job: p.per_job(),
                 initial: if a.job_array { 1 } else { p.jobs() as u32 },
                 scalable: !a.job_array,

@@ -170,6 +170,9 @@ pub struct WorkerSpec {
     /// Named resources each worker offers (`gpu` counts GPUs), sorted by name.
     #[serde(default)]
     pub resources: Vec<(String, u32)>,
+    /// One worker process per GPU, each pinned to it.
+    #[serde(default)]
+    pub per_gpu: bool,
 }
 
 /// Adaptive scaling from the start: between `min` and `max` jobs (local: workers).
@@ -326,6 +329,7 @@ impl ClusterSpec {
                 program: args.worker_program.clone(),
                 command: args.worker_command.clone(),
                 resources: crate::resources::parse_named_list(&args.resources).map_err(SpecError::Resource)?,
+                per_gpu: args.worker_per_gpu,
             },
             pools,
             adapt,

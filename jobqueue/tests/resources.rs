@@ -138,3 +138,32 @@ fn slurm_gpu_tasks_grow_only_the_gpu_pool_and_see_the_gpus_slurm_gave() {
     assert!(common::active_in("slurm", &ids).is_empty(), "jobs left after down");
     no_process_left(h);
 }
+
+/// `--worker-per-gpu`: one worker per GPU, each pinned to its own, as dask-cuda does.
+#[test]
+fn worker_per_gpu_starts_one_pinned_worker_per_gpu() {
+    let home = common::Home::new();
+    let h = home.path();
+    ok(h, &["up", "--workers", "1", "--slots", "4", "--resource", "gpu=2", "--worker-per-gpu"]);
+    let s = common::wait_for(h, "two workers", |s| s["workers"].as_array().unwrap().len() == 2);
+    let mut offers: Vec<String> =
+        s["workers"].as_array().unwrap().iter().map(|w| w["info"]["offer"]["gpus"].to_string()).collect();
+    offers.sort();
+    assert_eq!(offers, [r#"["0"]"#, r#"["1"]"#], "each worker offers its own GPU: {s:#}");
+    assert!(s["workers"].as_array().unwrap().iter().all(|w| w["info"]["slots"] == 2), "slots shared: {s:#}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // Tasks that ask for no GPU still run in the worker's pinned environment.
+    let script = format!(r#"echo "$CUDA_VISIBLE_DEVICES" > {d}/$RDASK_TASK_ID"#);
+    ok(h, &["submit", "--array", "1-8", "--wait", "--", "sh", "-c", &script]);
+    let mut seen: Vec<String> =
+        (1..=8).map(|i| std::fs::read_to_string(dir.path().join(i.to_string())).unwrap().trim().to_string()).collect();
+    seen.sort();
+    seen.dedup();
+    assert!(
+        seen.iter().all(|g| g == "0" || g == "1"),
+        "a task saw CUDA_VISIBLE_DEVICES other than its worker's: {seen:?}"
+    );
+    ok(h, &["down"]);
+    no_process_left(h);
+}

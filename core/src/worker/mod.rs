@@ -25,7 +25,7 @@ use crate::registry::Registry;
 
 mod exec;
 
-pub use exec::substitute;
+pub use exec::{substitute, GPU_VARS};
 use exec::{Job, Runner, Slots, TaskDone};
 
 /// How a worker runs.
