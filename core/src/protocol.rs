@@ -110,12 +110,14 @@ pub struct Needs {
     pub memory: u64,
     /// Named resources (`license=1`), sorted by name, each name once.
     pub named: Vec<(String, u32)>,
+    /// Only workers of this pool (see [`Offer::pool`]).
+    pub pool: Option<String>,
 }
 
 impl Needs {
     /// Whether it asks for nothing besides CPUs.
     pub fn is_empty(&self) -> bool {
-        self.gpus == 0 && self.memory == 0 && self.named.is_empty()
+        self.gpus == 0 && self.memory == 0 && self.named.is_empty() && self.pool.is_none()
     }
 }
 
@@ -130,6 +132,9 @@ impl fmt::Display for Needs {
         }
         for (name, n) in &self.named {
             parts.push(format!("{name}={n}"));
+        }
+        if let Some(pool) = &self.pool {
+            parts.push(format!("a worker of pool `{pool}`"));
         }
         if parts.is_empty() {
             parts.push("nothing besides CPUs".into());
@@ -147,11 +152,18 @@ pub struct Offer {
     pub memory: u64,
     /// Named resources and how many of each, sorted by name.
     pub named: Vec<(String, u32)>,
+    /// The pool it belongs to, for tasks that name one (from whoever started it).
+    pub pool: Option<String>,
 }
 
 impl Offer {
     /// Whether `needs` could ever fit on a worker offering this (all of it free).
     pub fn could_hold(&self, needs: &Needs) -> Result<(), String> {
+        if let Some(pool) = &needs.pool {
+            if self.pool.as_ref() != Some(pool) {
+                return Err(format!("not pool `{pool}`"));
+            }
+        }
         if usize::from(needs.gpus) > self.gpus.len() {
             return Err(format!("{} GPUs asked, {} offered", needs.gpus, self.gpus.len()));
         }
@@ -178,7 +190,7 @@ pub const OFFER_VAR: &str = "RDASK_OFFER";
 
 impl Offer {
     /// The text form: comma-separated `gpus=ID:ID…`, `memory=BYTES` and `NAME=COUNT` items
-    /// (`gpus=0:1,memory=8000000000,license=2`); empty for an empty offer.
+    /// (`gpus=0:1,memory=8000000000,license=2`), and `pool=NAME`; empty for an empty offer.
     pub fn to_text(&self) -> String {
         let mut items = Vec::new();
         if !self.gpus.is_empty() {
@@ -188,6 +200,9 @@ impl Offer {
             items.push(format!("memory={}", self.memory));
         }
         items.extend(self.named.iter().map(|(k, v)| format!("{k}={v}")));
+        if let Some(pool) = &self.pool {
+            items.push(format!("pool={pool}"));
+        }
         items.join(",")
     }
 
@@ -200,6 +215,8 @@ impl Offer {
             match key {
                 "gpus" => offer.gpus = value.split(':').filter(|g| !g.is_empty()).map(str::to_string).collect(),
                 "memory" => offer.memory = value.parse().map_err(|_| bad())?,
+                "pool" if is_resource_name(value) => offer.pool = Some(value.to_string()),
+                "pool" => return Err(format!("`{item}`: `{value}` is not a pool name")),
                 _ if !is_resource_name(key) => {
                     return Err(format!("`{key}` is not a resource name (letters, digits, `_`, `-`, `.`)"))
                 }
@@ -935,8 +952,9 @@ mod tests {
             memory in proptest::option::of(1u64..u64::MAX),
             named in proptest::collection::btree_map("[a-z][a-z0-9_.-]{0,10}", 0u32..u32::MAX, 0..5),
         ) {
-            let named: Vec<(String, u32)> = named.into_iter().filter(|(k, _)| k != "gpus" && k != "memory").collect();
-            let offer = Offer { gpus, memory: memory.unwrap_or(0), named };
+            let named: Vec<(String, u32)> =
+                named.into_iter().filter(|(k, _)| k != "gpus" && k != "memory" && k != "pool").collect();
+            let offer = Offer { gpus, memory: memory.unwrap_or(0), named, pool: Some("gpu-a100".into()) };
             proptest::prop_assert_eq!(Offer::from_text(&offer.to_text()).unwrap(), offer);
         }
 
@@ -968,7 +986,12 @@ mod tests {
                     deps: vec![TaskRef::Local(0), TaskRef::Global(TaskId { job: JobId(3), index: 9 })],
                     keep: true,
                     cpus: 1,
-                    needs: Needs { gpus: 2, memory: 4_000_000_000, named: vec![("license".into(), 1)] },
+                    needs: Needs {
+                        gpus: 2,
+                        memory: 4_000_000_000,
+                        named: vec![("license".into(), 1)],
+                        pool: Some("gpu".into()),
+                    },
                 }]),
                 max_attempts: 3,
                 release_on_disconnect: true,

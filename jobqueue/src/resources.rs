@@ -21,6 +21,9 @@ pub struct NeedArgs {
     /// A named resource each task needs, NAME=COUNT (repeatable), e.g. license=1.
     #[arg(long = "resource", value_name = "NAME=COUNT", help_heading = "Resources")]
     pub resources: Vec<String>,
+    /// Run only on workers of this pool (`up --pool NAME …`; the main one is `default`).
+    #[arg(long, help_heading = "Resources")]
+    pub pool: Option<String>,
 }
 
 impl NeedArgs {
@@ -37,7 +40,10 @@ impl NeedArgs {
             let (_, n) = named.remove(i);
             gpus = gpus.max(u16::try_from(n).map_err(|_| "--resource gpu=N: at most 65535 GPUs".to_string())?);
         }
-        Ok(Needs { gpus, memory, named })
+        if let Some(p) = self.pool.as_deref().filter(|p| !is_resource_name(p)) {
+            return Err(format!("--pool `{p}` is not a pool name"));
+        }
+        Ok(Needs { gpus, memory, named, pool: self.pool.clone() })
     }
 }
 
@@ -65,10 +71,10 @@ pub fn parse_named_list(items: &[String]) -> Result<Vec<(String, u32)>, String> 
             .split_once('=')
             .ok_or_else(|| format!("--resource `{item}`: write it as NAME=COUNT, e.g. license=1"))?;
         let (k, v) = (k.trim(), v.trim());
-        if !is_resource_name(k) || k == "gpus" || k == "memory" {
+        if !is_resource_name(k) || k == "gpus" || k == "memory" || k == "pool" {
             return Err(format!(
                 "--resource `{item}`: `{k}` is not a resource name (a letter, then letters, digits, _ - .; \
-                 use --gpus and --memory for those)"
+                 use --gpus, --memory and --pool for those)"
             ));
         }
         let n: u32 = v.parse().map_err(|_| format!("--resource `{item}`: `{v}` is not a whole number"))?;
@@ -150,7 +156,11 @@ impl OfferArgs {
             Some(m) => parse_memory(m).map_err(|e| format!("--memory: {e}"))?,
             None => 0,
         };
-        Ok(Offer { gpus, memory, named })
+        // The pool, from the launch tag (`<pool>/<n>`) whoever started the worker gave it.
+        let pool = env(rdask::worker::LAUNCH_TAG_VAR)
+            .and_then(|t| t.split_once('/').map(|(p, _)| p.to_string()))
+            .filter(|p| is_resource_name(p));
+        Ok(Offer { gpus, memory, named, pool })
     }
 }
 
@@ -232,7 +242,7 @@ mod tests {
 
     #[test]
     fn worker_options_win_over_the_environment() {
-        let e = env(&[("CUDA_VISIBLE_DEVICES", "0,1")]);
+        let e = env(&[("CUDA_VISIBLE_DEVICES", "0,1"), ("RDASK_LAUNCH_TAG", "gpu/7")]);
         let o = |gpus: Option<&str>, res: &[&str]| {
             OfferArgs {
                 gpus: gpus.map(str::to_string),
@@ -247,7 +257,8 @@ mod tests {
             Offer {
                 gpus: vec!["0".into(), "1".into(), "2".into(), "3".into()],
                 memory: 0,
-                named: vec![("license".into(), 2)]
+                named: vec![("license".into(), 2)],
+                pool: Some("gpu".into()),
             }
         );
         assert!(o(Some("none"), &[]).unwrap().gpus.is_empty());
@@ -265,7 +276,9 @@ mod tests {
         assert!(n(&["1x=2"]).unwrap_err().contains("not a resource name"));
         assert!(n(&["memory=2"]).unwrap_err().contains("--memory"));
         assert!(n(&["a=1", "a=2"]).unwrap_err().contains("twice"));
-        let need = NeedArgs { gpus: 0, memory: Some("4GB".into()), resources: vec!["gpu=2".into()] }.needs().unwrap();
+        let need = NeedArgs { gpus: 0, memory: Some("4GB".into()), resources: vec!["gpu=2".into()], pool: None }
+            .needs()
+            .unwrap();
         assert_eq!((need.gpus, need.memory, need.named.len()), (2, 4_000_000_000, 0));
         assert!(NeedArgs { memory: Some("lots".into()), ..NeedArgs::default() }
             .needs()

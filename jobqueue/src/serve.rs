@@ -163,7 +163,8 @@ fn batch_shape(a: &ClusterSpec, p: &crate::spec::PoolSpec) -> adapt::JobShape {
 fn local_offer(a: &ClusterSpec) -> rdask::protocol::Offer {
     let mut named = a.workers.resources.clone();
     let gpus = named.iter().position(|(k, _)| k == "gpu").map_or(0, |i| named.remove(i).1);
-    rdask::protocol::Offer { gpus: (0..gpus).map(|i| i.to_string()).collect(), memory: 0, named }
+    let pool = Some(backend::DEFAULT_POOL.to_string());
+    rdask::protocol::Offer { gpus: (0..gpus).map(|i| i.to_string()).collect(), memory: 0, named, pool }
 }
 
 /// What each of the workers `--worker-per-gpu` makes of `offer` offers: one GPU, and its share
@@ -174,6 +175,7 @@ fn per_gpu_share(offer: &rdask::protocol::Offer) -> rdask::protocol::Offer {
         gpus: offer.gpus.iter().take(1).cloned().collect(),
         memory: offer.memory / n as u64,
         named: offer.named.iter().map(|(k, v)| (k.clone(), v / n as u32)).collect(),
+        pool: offer.pool.clone(),
     }
 }
 
@@ -187,6 +189,7 @@ fn batch_offer(a: &ClusterSpec, p: &crate::spec::PoolSpec) -> rdask::protocol::O
     let mut offer = local_offer(a);
     offer.gpus = (0..gpus).map(|i| i.to_string()).collect();
     offer.memory = memory / u64::from(processes);
+    offer.pool = Some(p.name.clone());
     offer
 }
 

@@ -296,6 +296,7 @@ impl Worker {
         let offer = &self.info.offer;
         let free_gpus = self.held.gpus.iter().filter(|h| !**h).count();
         usize::from(needs.gpus) <= free_gpus
+            && needs.pool.as_ref().is_none_or(|p| offer.pool.as_ref() == Some(p))
             && (needs.memory == 0 || self.held.memory + needs.memory <= offer.memory)
             && needs.named.iter().all(|(name, n)| {
                 offer

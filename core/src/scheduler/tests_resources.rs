@@ -151,3 +151,27 @@ fn a_need_no_worker_and_no_pool_could_meet_is_refused_naming_the_pool_and_its_li
     let c = plain.connect_client();
     plain.submit(c, needing(vec![(1, 1)], Needs { gpus: 8, ..Needs::default() }));
 }
+
+#[test]
+fn a_task_that_names_a_pool_runs_only_on_its_workers() {
+    let mut sim = Sim::controlled();
+    let client = sim.connect_client();
+    let pool = |name: &str| crate::protocol::PoolStatus {
+        name: name.into(),
+        offer: Offer { pool: Some(name.into()), ..Offer::default() },
+        ..Default::default()
+    };
+    let p = ProvisioningStatus { backend: "slurm".into(), pools: vec![pool("default"), pool("big")] };
+    sim.handle(Event::Control(Control::Provisioning(p)));
+    let (small, _) = sim.connect_offering(4, Offer { pool: Some("default".into()), ..Offer::default() });
+    let (big, _) = sim.connect_offering(4, Offer { pool: Some("big".into()), ..Offer::default() });
+    let job = sim.submit(client, needing(vec![(1, 3)], Needs { pool: Some("big".into()), ..Needs::default() }));
+    assert!(sim.computes(small).is_empty(), "a task for pool `big` went to pool `default`");
+    assert_eq!(sim.computes(big).len(), 3);
+    let _ = job;
+    let nosuch = Needs { pool: Some("nosuch".into()), ..Needs::default() };
+    let Reply::Refused(r) = sim.request(client, Request::Submit(needing(vec![(1, 1)], nosuch).into())) else {
+        panic!("a pool that does not exist is accepted")
+    };
+    assert!(r.message.contains("pool `big`: not pool `nosuch`"), "{}", r.message);
+}

@@ -521,7 +521,10 @@ fn ending_the_cluster_cancels_what_is_still_being_submitted_too() {
 }
 
 fn gpu_pool() -> PoolConfig {
-    PoolConfig { offer: Offer { gpus: vec!["0".into()], ..Offer::default() }, ..pool("gpu", 1, 0) }
+    PoolConfig {
+        offer: Offer { gpus: vec!["0".into()], pool: Some("gpu".into()), ..Offer::default() },
+        ..pool("gpu", 1, 0)
+    }
 }
 
 #[test]
@@ -558,4 +561,14 @@ fn a_gpu_pool_alone_also_runs_cpu_work() {
     sim.submit_tasks(5);
     sim.advance(Duration::from_secs(3));
     assert_eq!(sim.active("gpu").len(), 1, "with no CPU pool, the GPU pool is there for CPU work too");
+}
+
+#[test]
+fn tasks_that_name_a_pool_grow_that_pool_only() {
+    let spec = AdaptSpec { interval: 0.5, ..AdaptSpec::new(0, 2) };
+    let big = PoolConfig { offer: Offer { pool: Some("big".into()), ..Offer::default() }, ..pool("big", 1, 0) };
+    let mut sim = Sim::new(vec![pool("default", 1, 0), big], Some(spec));
+    sim.submit_needing(20, rdask::protocol::Needs { pool: Some("big".into()), ..Default::default() });
+    sim.advance(Duration::from_secs(3));
+    assert_eq!((sim.active("default").len(), sim.active("big").len()), (0, 2));
 }
