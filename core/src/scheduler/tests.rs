@@ -5,7 +5,8 @@
 //! wire codec (`protocol::encode` then `protocol::decode`), so a codec regression breaks these tests too. The
 //! helpers (`computes`, `releases`, `replies`, `closes`, ...) *remove* what they return from the recorded output,
 //! so each assertion sees only what is new. After every event the harness checks that `next_deadline()` is never
-//! later than a live worker's last message plus the heartbeat timeout. Time only moves with `advance`.
+//! later than a live worker's last message plus the heartbeat timeout, and that the scheduler's indexes and counts
+//! match a full scan of its tasks (`check.rs`). Time only moves with `advance`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{Command, Config, ConnId, Control, Event, Notice, Scheduler, DEPTH_LONG, DEPTH_SHORT};
+use super::placement::{DEPTH_LONG, DEPTH_SHORT};
+use super::{Command, Config, ConnId, Control, Event, Notice, Scheduler};
 use crate::protocol::{
     self, AdaptSpec, Assignment, ClientInfo, ClusterStatus, CommandSpec, ControlRequest, Counts, ErrorKind, Finished,
     Holding, JobId, JobOutcome, JobSpec, JobTasks, ProvisioningStatus, Refusal, RefusalKind, Reply, Request,
@@ -51,6 +53,8 @@ impl Sim {
         Sim::with(Config { controlled: true, ..Config::default() })
     }
 
+    // The simulated clock starts at a real instant: `Instant` has no other constructor.
+    #[allow(clippy::disallowed_methods)]
     fn with(config: Config) -> Sim {
         let timeout = config.heartbeat_timeout;
         let sched = Scheduler::new(config);
@@ -72,6 +76,7 @@ impl Sim {
             other => other,
         };
         self.sched.handle(self.now, event);
+        self.sched.check_invariants();
         for cmd in self.sched.take_commands() {
             self.out.push(match cmd {
                 Command::ToWorker(c, m) => Command::ToWorker(c, wire(m)),
