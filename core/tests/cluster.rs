@@ -2,6 +2,8 @@
 //!
 //! The workers are this test binary started again with `RDASK_ROLE=worker`, so the
 //! harness is our own (`harness = false`): `main` must turn into a worker first.
+// Allowed: tests wait with real deadlines. The sans-IO modules deny it (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Configuration files and RDASK_<OPTION> variables, through the real binary: each test has its
 //! own home, user configuration directory, project directory and environment.
+// Allowed: tests wait with real deadlines. The sans-IO modules deny it (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
