@@ -8,7 +8,7 @@
 //! results: released when nobody needs them, recomputed when lost and still wanted, forgotten with
 //! their job.
 //!
-//! Tasks are reached only through [`Tasks`]' accessors; in tests each access is counted per
+//! Tasks are reached only through the accessors of [`Tasks`]; in tests each access is counted per
 //! thread (`visits`), so a test can show that an operation touches only the tasks it should.
 
 use crate::protocol::{Counts, ErrorKind, Finished, JobId, TaskBody, TaskError, TaskId, ToWorker, WorkerId};
@@ -74,7 +74,7 @@ impl Task {
     }
 }
 
-/// A job's tasks, by index. Every access is counted in tests (see [`visits`]).
+/// A job's tasks, by index. Every access is counted in tests (see `visits`).
 #[derive(Debug)]
 pub(super) struct Tasks(Vec<Task>);
 

@@ -71,7 +71,7 @@ pub struct Config {
     /// The expected duration of a task of a kind that has never finished.
     pub default_duration: Duration,
     /// Whether an embedding (a provisioner) takes the [`Notice`]s and answers
-    /// [`Request::Control`]; without one, those requests are refused.
+    /// [`Request::Control`](crate::protocol::Request::Control); without one, those requests are refused.
     pub controlled: bool,
 }
 
@@ -105,7 +105,7 @@ pub enum Event {
 /// process, or the rank-0 driver of `srun … run` and `mpirun … mpi`.
 #[derive(Debug)]
 pub enum Control {
-    /// Answer a client's [`Request::Control`] (from [`Notice::Request`]).
+    /// Answer a client's [`Request::Control`](crate::protocol::Request::Control) (from [`Notice::Request`]).
     Reply {
         /// The client.
         conn: ConnId,
@@ -114,7 +114,7 @@ pub enum Control {
         /// The answer.
         reply: Reply,
     },
-    /// Retire these workers, all or none, as [`Request::Retire`] does; answered with
+    /// Retire these workers, all or none, as [`Request::Retire`](crate::protocol::Request::Retire) does; answered with
     /// [`Notice::Retired`] of the same `token`.
     Retire {
         /// Chosen by the embedding to match the answer.
@@ -126,7 +126,7 @@ pub enum Control {
     Observe,
     /// What status replies carry as [`ClusterStatus::provisioning`] from now on.
     Provisioning(ProvisioningStatus),
-    /// Stop the workers and exit, as [`Request::Shutdown`] does.
+    /// Stop the workers and exit, as [`Request::Shutdown`](crate::protocol::Request::Shutdown) does.
     Shutdown,
 }
 
@@ -157,7 +157,7 @@ pub enum Notice {
         /// What it said about itself.
         info: ClientInfo,
     },
-    /// A client's connection closed without a [`Request::Shutdown`].
+    /// A client's connection closed without a [`Request::Shutdown`](crate::protocol::Request::Shutdown).
     ClientLeft {
         /// Its connection.
         conn: ConnId,
