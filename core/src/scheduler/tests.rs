@@ -5,7 +5,8 @@
 //! wire codec (`protocol::encode` then `protocol::decode`), so a codec regression breaks these tests too. The
 //! helpers (`computes`, `releases`, `replies`, `closes`, ...) *remove* what they return from the recorded output,
 //! so each assertion sees only what is new. After every event the harness checks that `next_deadline()` is never
-//! later than a live worker's last message plus the heartbeat timeout. Time only moves with `advance`.
+//! later than a live worker's last message plus the heartbeat timeout, and that the scheduler's indexes and counts
+//! match a full scan of its tasks (`check.rs`). Time only moves with `advance`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{Command, Config, ConnId, Control, Event, Notice, Scheduler, DEPTH_LONG, DEPTH_SHORT};
+use super::placement::{DEPTH_LONG, DEPTH_SHORT};
+use super::{Command, Config, ConnId, Control, Event, Notice, Scheduler};
 use crate::protocol::{
     self, AdaptSpec, Assignment, ClientInfo, ClusterStatus, CommandSpec, ControlRequest, Counts, ErrorKind, Finished,
     Holding, JobId, JobOutcome, JobSpec, JobTasks, Needs, Offer, ProvisioningStatus, Refusal, RefusalKind, Reply,
@@ -51,6 +53,8 @@ impl Sim {
         Sim::with(Config { controlled: true, ..Config::default() })
     }
 
+    // The simulated clock starts at a real instant: `Instant` has no other constructor.
+    #[allow(clippy::disallowed_methods)]
     fn with(config: Config) -> Sim {
         let timeout = config.heartbeat_timeout;
         let sched = Scheduler::new(config);
@@ -72,6 +76,7 @@ impl Sim {
             other => other,
         };
         self.sched.handle(self.now, event);
+        self.sched.check_invariants();
         for cmd in self.sched.take_commands() {
             self.out.push(match cmd {
                 Command::ToWorker(c, m) => Command::ToWorker(c, wire(m)),
@@ -1235,6 +1240,46 @@ fn only_a_client_that_ends_the_cluster_is_reported_and_an_orderly_shutdown_is_no
     let _ = sim.request(again, Request::Shutdown);
     sim.disconnect(again);
     assert!(!sim.notices().iter().any(|n| matches!(n, Notice::ClientLeft { .. })), "a shutdown is not a departure");
+}
+
+#[test]
+fn losing_a_worker_visits_only_the_tasks_on_it_however_many_others_exist() {
+    let mut sim = Sim::new();
+    let client = sim.connect_client();
+    let (a, _) = sim.connect_worker(1);
+    // Results held by `a` that are kept, so still wanted when it is lost.
+    let kept = sim.submit(client, graph((0..20).map(|_| task(&[], true)).collect()));
+    loop {
+        let got = ids(&sim.computes(a));
+        if got.is_empty() {
+            break;
+        }
+        sim.finish(a, &got);
+    }
+    assert_eq!(sim.progress(client, kept), counts(20, 0, 0, 20, 0));
+    // 100k tasks more: most queued, some running on `a` and `b`, some results held by `b`.
+    let (b, _) = sim.connect_worker(4);
+    let many = sim.submit(client, graph((0..100_000).map(|_| task(&[], true)).collect()));
+    let on_b = ids(&sim.computes(b));
+    sim.finish(b, &on_b);
+    let running_on_a = ids(&sim.computes(a)).len();
+    let running_on_b = ids(&sim.computes(b)).len();
+    assert!(running_on_a > 0 && running_on_b > 0 && !on_b.is_empty());
+    let on_a = running_on_a + 20;
+    let (running, finished) = ((running_on_a + running_on_b) as u32, on_b.len() as u32);
+    assert_eq!(sim.progress(client, many), counts(100_000, 100_000 - running - finished, running, finished, 0));
+
+    let before = super::graph::visits();
+    sim.disconnect(a);
+    let visited = (super::graph::visits() - before) as usize;
+    // Every task on `a` is looked at a few times (about ten for a result to recompute), and none
+    // of the 100k others: a scan of all tasks would count at least 100k.
+    assert!(visited >= on_a, "the counter counts: {visited} visits for {on_a} tasks on the lost worker");
+    assert!(visited <= 16 * on_a, "losing a worker with {on_a} tasks visited {visited} tasks");
+    // And the loss did what it must: `a`'s tasks run again, its kept results are recomputed.
+    let p = sim.progress(client, many);
+    assert_eq!((p.running, p.finished), (running_on_b as u32, on_b.len() as u32));
+    assert_eq!(sim.progress(client, kept), counts(20, 20, 0, 0, 0));
 }
 
 #[path = "tests_resources.rs"]

@@ -4,6 +4,7 @@
 //! The [`Launcher`] runs on a thread of its own (its calls block: `sbatch`, `squeue`…), one
 //! call at a time, in order. The driver ends when the scheduler does (its notice channel
 //! closes); then it ends every allocation the cluster still has and waits for them to go.
+#![allow(clippy::disallowed_methods)] // the I/O side of the provisioner: it runs processes and timers
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -5,6 +5,7 @@
 //! or [`crate::fake::FakeBatch`] in tests); [`LocalLauncher`] starts worker processes on this
 //! machine. Both journal what they start before anything else happens to it, so that `down`
 //! can end it even if the scheduler was killed.
+#![allow(clippy::disallowed_methods)] // the I/O side of the provisioner: it runs processes and timers
 
 use std::collections::HashMap;
 use std::path::PathBuf;

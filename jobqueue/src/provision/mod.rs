@@ -18,6 +18,7 @@
 //! - an allocation that ends before any worker of it joined is a failed start: its stderr's
 //!   tail is fetched for `status`, and submission backs off (doubling, then pauses);
 //! - a refused submission or a failed poll is shown in `status` as the pool's error.
+#![deny(clippy::disallowed_methods)] // sans-IO: see clippy.toml; `driver` and `launch` are the I/O
 
 pub mod driver;
 pub mod launch;

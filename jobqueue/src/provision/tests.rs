@@ -63,6 +63,8 @@ impl Sim {
     }
 
     /// A cluster on `fake`, prepared beforehand; its first tick has run.
+    // The simulated clock starts from a real instant, and only ever moves by `advance`.
+    #[allow(clippy::disallowed_methods)]
     fn on(fake: FakeBatch, pools: Vec<PoolConfig>, adapt: Option<AdaptSpec>) -> Sim {
         let home = tempfile::tempdir().unwrap();
         let state = StateDir::locate(Some(home.path()), "sim").unwrap();
