@@ -719,6 +719,8 @@ pub struct WorkerStatus {
     pub ends_in_ms: Option<u64>,
     /// Milliseconds since it last had a task (0 while it has one).
     pub idle_ms: u64,
+    /// Tasks it has finished (successfully) since it joined.
+    pub finished: u64,
 }
 
 /// The work of one kind (a function, or a command job's name) in [`ClusterStatus`].

@@ -394,6 +394,12 @@ fn slurm_jobs_run_the_users_program_for_function_tasks() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("verified: the cluster's result equals the single-process result"), "{stdout}");
+    // Every chunk (and the stitch) ran in the batch jobs: the cluster has no other worker.
+    let s = status(h);
+    let workers = s["workers"].as_array().unwrap();
+    assert!(workers.iter().all(|w| ids.contains(&w["batch_job"].as_str().unwrap_or("none").to_string())), "{s:#}");
+    let done: u64 = workers.iter().map(|w| w["finished"].as_u64().unwrap()).sum();
+    assert_eq!(done, 8 + 1, "8 chunks of 20^3 in a 40^3 image and the stitch, all on batch workers: {s:#}");
     ok(h, &["down"]);
     assert!(active_in("slurm", &ids).is_empty(), "jobs left after down");
     no_process_left(h);

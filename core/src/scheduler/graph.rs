@@ -254,6 +254,9 @@ impl Scheduler {
             // A command task leaves no result behind: nothing to hold.
             let holds = !matches!(task.body, TaskBody::Command);
             self.record_duration(f.id, f.duration_us);
+            if let Some(worker) = self.workers.get_mut(&w) {
+                worker.finished += 1;
+            }
             self.set_state(f.id, State::Finished { holder: holds.then_some(w) });
             self.after_finish(f.id);
             if self.jobs[&f.id.job].done() {

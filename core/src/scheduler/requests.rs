@@ -277,6 +277,7 @@ impl Scheduler {
                 retiring: w.retiring,
                 ends_in_ms: w.ends_at.map(|e| ms(e.saturating_duration_since(now))),
                 idle_ms: w.idle_since.map_or(0, |i| ms(now.saturating_duration_since(i))),
+                finished: w.finished,
             })
             .collect();
         workers.sort_by_key(|w| w.id);

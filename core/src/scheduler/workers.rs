@@ -38,6 +38,8 @@ pub(super) struct Worker {
     pub(super) stop_sent: bool,
     /// What its assigned tasks hold of its offer.
     pub(super) held: Held,
+    /// Tasks it finished.
+    pub(super) finished: u64,
 }
 
 /// What a worker's assigned tasks hold of its [`crate::protocol::Offer`].
@@ -174,6 +176,7 @@ impl Scheduler {
                 handed_over: false,
                 stop_sent: false,
                 held,
+                finished: 0,
             },
         );
     }
