@@ -205,10 +205,7 @@ impl Error {
             Error::Worker(WorkerError::DeathTimeout { .. }) => 3,
             Error::Refused(_) | Error::Client(ClientError::Refused(_)) | Error::AlreadyUp { .. } => 4,
             Error::Submission { .. } | Error::Launch(_) => 4,
-            Error::SchedulerExited { status, .. } => match status.code() {
-                Some(c @ 2..=4) => c,
-                _ => 5,
-            },
+            Error::SchedulerExited { status, .. } => status.code().filter(|c| (2..=4).contains(c)).unwrap_or(5),
             Error::Client(_)
             | Error::Batch(_)
             | Error::StillActive { .. }
