@@ -69,7 +69,7 @@ pub enum CliError {
     /// A command-line error, `--help` or `--version`: clap prints it (`e.exit()`, exit code 2 or 0).
     #[error(transparent)]
     Usage(#[from] clap::Error),
-    /// A configuration file or variable is wrong (exit code 1).
+    /// A configuration file or variable is wrong (exit code 2, as for a bad command line).
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
