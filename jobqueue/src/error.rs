@@ -252,3 +252,43 @@ impl From<RenderError> for Error {
         Error::Render { pool: None, source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdask::protocol::RefusalKind;
+
+    use super::*;
+
+    /// The documented table, kind by kind: what a script sees.
+    #[test]
+    fn each_kind_of_error_has_its_documented_exit_code() {
+        let unreachable = || ClientError::Unreachable { addresses: "tcp://h:1".into(), last: "refused".into() };
+        let refusal = || Refusal::new(RefusalKind::NotFound, "no worker pool named `x`");
+        let failed = BatchError::Failed { command: "sbatch x".into(), status: "1".into(), output: "no".into() };
+        let io = || std::io::Error::other("disk full");
+        let cases: Vec<(Error, i32)> = vec![
+            (Error::TasksFailed { job: JobId(1), failed: 2, tasks: 3 }, 1),
+            (Error::Usage("bad --array".into()), 2),
+            (Error::Client(ClientError::NoSuchJob(JobId(9))), 2),
+            (Error::NotRunning { cluster: "c".into(), dir: "/x".into() }, 3),
+            (Error::client("c")(unreachable()), 3),
+            (Error::client("c")(ClientError::Disconnected), 3),
+            (Error::client("c")(ClientError::Refused(refusal())), 4),
+            (Error::Refused(refusal()), 4),
+            (Error::AlreadyUp { cluster: "c".into(), pid: 1, addresses: "a".into() }, 4),
+            (Error::Submission { system: "slurm".into(), script: "/s.sh".into(), source: failed }, 4),
+            (Error::Io { what: "cannot write x".into(), source: io() }, 5),
+            (Error::NotReady { what: "only 1 of 2 workers".into() }, 5),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.exit_code(), code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_cluster_says_how_to_clean_up_after_a_crash() {
+        let e = Error::client("mine")(ClientError::Disconnected);
+        assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
+        assert!(e.to_string().contains("rdask-jobqueue down --name mine"), "{e}");
+    }
+}

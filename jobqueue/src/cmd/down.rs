@@ -6,7 +6,7 @@ use rdask::cluster::SchedulerFile;
 
 use crate::backend;
 use crate::cli::DownArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::state::{process_alive, Journalled, StateDir};
 use crate::{cleanup, connect};
 
@@ -37,6 +37,10 @@ pub(crate) async fn down(state: &StateDir, a: DownArgs) -> Result<i32> {
                     {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
+                }
+                // (Not `Unreachable`'s own words: they advise running `down`.)
+                Err(Error::Unreachable { source, .. }) => {
+                    eprintln!("scheduler unreachable ({source}); ending what it started")
                 }
                 Err(e) => eprintln!("scheduler unreachable ({e}); ending what it started"),
             }
