@@ -291,13 +291,16 @@ pub(crate) async fn run_command(
 }
 
 /// Starts a watchdog, leader of a new process group; once the returned pipe closes (when it
-/// is dropped, or this process dies), it ends its group: SIGTERM, then SIGKILL a second later
-/// (which ends the watchdog too). The pipe is close-on-exec: nothing else this process starts
-/// keeps it open. Returns the group's id and the pipe.
+/// is dropped, or this process dies), it ends its group: SIGTERM, then SIGKILL
+/// [`rdask::process::GRACE`] later (which ends the watchdog too). It is a shell, not
+/// [`rdask::process::terminate`], because it must act after this process has died. The pipe
+/// is close-on-exec: nothing else this process starts keeps it open. Returns the group's id and the pipe.
 fn group_watchdog() -> std::io::Result<(u32, std::process::ChildStdin)> {
-    let script = r#"trap '' TERM; cat >/dev/null; kill -s TERM -- "-$$"; sleep 1; kill -s KILL -- "-$$""#;
+    let grace = rdask::process::GRACE.as_secs().max(1);
+    let script =
+        format!(r#"trap '' TERM; cat >/dev/null; kill -s TERM -- "-$$"; sleep {grace}; kill -s KILL -- "-$$""#);
     let mut dog = std::process::Command::new("sh")
-        .args(["-c", script])
+        .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
