@@ -56,17 +56,20 @@ pub(crate) async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
         }
     }
     // What `up` creates it removes again if the cluster does not start: a failed `up`
-    // leaves no state directory behind (or, in one that was there, no cluster files).
+    // leaves no state directory behind (or, in one that was there, no cluster files). Not
+    // while its journal still lists something: `down` needs it to end that.
     let created = !state.path.exists();
     state.create()?;
     let undo = |state: &StateDir| {
+        if !state.journal_entries().is_empty() {
+            return;
+        }
         if created {
             let _ = std::fs::remove_dir_all(&state.path);
         } else {
             for f in [SECRET_FILE, SPEC_FILE, rdask::cluster::SCHEDULER_FILE] {
                 let _ = std::fs::remove_file(state.file(f));
             }
-            state.clear_journal();
         }
     };
     let _ = std::fs::remove_file(state.file(rdask::cluster::SCHEDULER_FILE));
