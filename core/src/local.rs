@@ -194,14 +194,11 @@ impl LocalCluster {
     }
 
     fn reap(&mut self, grace: Duration) {
+        // They were told to stop; whoever is left after `grace` is ended.
         let deadline = std::time::Instant::now() + grace;
         for child in &mut self.workers {
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            crate::process::end(crate::process::Target::Process(child.id()), wait, crate::process::GRACE);
             let _ = child.kill();
             let _ = child.wait();
         }

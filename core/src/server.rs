@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use rdask_transport::auth::{self, Secret};
 use rdask_transport::{Address, Frame, Listener};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::protocol::{self, ToScheduler};
 use crate::scheduler::{Command, Config, ConnId, Control, Event, Notice, Scheduler};
@@ -99,6 +101,10 @@ async fn run(
         None => (None, None),
     };
     let mut sched = Scheduler::new(config);
+    // Every task this driver starts (handshakes, readers, writers) is tracked, and ends on
+    // `cancel`: none outlives the scheduler, and shutdown waits for them rather than sleeping.
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
     let mut writers: HashMap<ConnId, (mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle)> = HashMap::new();
     let mut next_conn: ConnId = 1;
     let mut exiting = false;
@@ -110,7 +116,8 @@ async fn run(
                     Ok(conn) => {
                         let id = next_conn;
                         next_conn += 1;
-                        tokio::spawn(connection(id, conn, secret.clone(), events.clone()));
+                        let (secret, events, cancel) = (secret.clone(), events.clone(), cancel.clone());
+                        tasks.spawn(cancel.clone().run_until_cancelled_owned(connection(id, conn, secret, events, tasks.clone(), cancel)));
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -161,9 +168,15 @@ async fn run(
             }
         }
     }
-    // Dropping the senders lets each writer flush what it has and close its socket.
+    // Dropping the senders lets each writer flush what it has and close its socket; the
+    // readers and the handshakes still running end now. The writers get a bounded time to
+    // flush (a peer that reads nothing must not hold the scheduler up).
     drop(writers);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+        tracing::warn!("some connections had not flushed within 5 s of the scheduler's end");
+    }
     tracing::info!("scheduler stopped");
 }
 
@@ -204,6 +217,8 @@ async fn connection(
     mut conn: rdask_transport::Connection,
     secret: Secret,
     events: mpsc::UnboundedSender<Internal>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
 ) {
     let peer = conn.peer.clone();
     match tokio::time::timeout(Duration::from_secs(10), auth::accept(&mut conn, &secret)).await {
@@ -219,10 +234,12 @@ async fn connection(
     }
     let rdask_transport::Connection { tx, mut rx, .. } = conn;
     let (out, out_rx) = mpsc::unbounded_channel();
-    tokio::spawn(rdask_transport::pump(tx, out_rx));
+    // The writer ends when its sender (in the driver's table) is dropped, after flushing: it is
+    // not cancelled, so that what the scheduler said last reaches its peer.
+    tasks.spawn(rdask_transport::pump(tx, out_rx));
     // The reader starts only once the driver knows the connection, so no message overtakes `Connected`.
     let (go, started) = tokio::sync::oneshot::channel::<()>();
-    let reader = tokio::spawn({
+    let reader = tasks.spawn(cancel.run_until_cancelled_owned({
         let events = events.clone();
         let peer = peer.clone();
         async move {
@@ -255,7 +272,7 @@ async fn connection(
                 return;
             }
         }
-    });
+    }));
     let _ = events.send(Internal::Connected(id, out, reader.abort_handle()));
     let _ = go.send(());
 }

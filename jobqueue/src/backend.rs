@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 
 use crate::batch::{self, JobParams, System};
 use crate::jobs::{BatchSystem, Commands, JobState};
@@ -66,10 +66,13 @@ impl BatchBackend {
         for (name, params) in pools {
             if let Some(dir) = &params.log_directory {
                 // The batch system cannot start a job whose output file it cannot create.
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {dir}"))?;
+                std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create the log directory {dir}")))?;
             }
             b.pools.push(Pool { name: name.clone(), params: params.clone() });
-            b.script(name, &format!("{name}/0")).with_context(|| format!("pool `{name}`"))?;
+            b.script(name, &format!("{name}/0")).map_err(|e| match e {
+                Error::Render { source, .. } => Error::Render { pool: Some(name.clone()), source },
+                other => other,
+            })?;
         }
         state.record(&Journalled::BatchSystem { system, commands })?;
         Ok(b)
@@ -77,9 +80,11 @@ impl BatchBackend {
 
     /// The job script of one allocation of `pool`, whose workers carry `launch`.
     pub fn script(&self, pool: &str, launch: &str) -> Result<String> {
-        let Some(p) = self.pools.iter().find(|p| p.name == pool) else { bail!("no worker pool named `{pool}`") };
+        let Some(p) = self.pools.iter().find(|p| p.name == pool) else {
+            return Err(Error::Usage(format!("no worker pool named `{pool}`")));
+        };
         let command = with_launch_tag(&self.worker_command, launch);
-        render(self.system, &p.params, &command, self.template.as_deref())
+        Ok(render(self.system, &p.params, &command, self.template.as_deref())?)
     }
 
     /// Submits one job (or one array, when the scripts are rendered as arrays) of `pool`
@@ -87,10 +92,14 @@ impl BatchBackend {
     pub fn submit(&mut self, pool: &str, launch: &str) -> Result<String> {
         let script = self.script(pool, launch)?;
         let dir = self.state.path.join("job-scripts");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
         let path: PathBuf = dir.join(format!("{}-{}.sh", self.system, launch.replace('/', "-")));
-        std::fs::write(&path, script)?;
-        let id = self.batch.submit(&path).with_context(|| format!("submitting {}", path.display()))?;
+        std::fs::write(&path, script).map_err(Error::io(format!("cannot write {}", path.display())))?;
+        let id = self.batch.submit(&path).map_err(|source| Error::Submission {
+            system: self.system.to_string(),
+            script: path.clone(),
+            source,
+        })?;
         self.state.record(&Journalled::Job {
             system: self.system,
             id: id.clone(),
@@ -141,7 +150,7 @@ pub fn render(
     params: &JobParams,
     worker_command: &[String],
     template: Option<&Path>,
-) -> Result<String> {
+) -> std::result::Result<String, batch::RenderError> {
     Ok(match template {
         Some(p) => batch::render_file(system, params, worker_command, p)?,
         None => batch::render(system, params, worker_command, None)?,
@@ -163,13 +172,7 @@ pub fn cancel_and_wait(batch: &dyn BatchSystem, ids: &[String], timeout: Duratio
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "{} job(s) still active after {} s: {}; cancel them by hand ({} …)",
-                active.len(),
-                timeout.as_secs(),
-                active.join(" "),
-                batch.name()
-            );
+            return Err(Error::StillActive { system: batch.name(), jobs: active, secs: timeout.as_secs() });
         }
         batch.cancel(&active)?;
         std::thread::sleep(Duration::from_millis(500));

@@ -40,6 +40,17 @@ fn default_commands_help(role: Role) -> String {
     format!("The command that {what}, a path or a name on PATH [default: {}]", defaults.join(", "))
 }
 
+/// The exit codes, shown by `--help` (the same table is in `crate::error` and the README).
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  tasks failed (wait, submit --wait)
+  2  bad command line, option value or configuration
+  3  the cluster is not running, or its scheduler cannot be reached
+  4  refused: by the scheduler (a scale/adapt request, a cluster already up) or by the
+     batch system (sbatch, qsub or bsub refused the job script)
+  5  any other failure (a batch-system status or cancel command, a file, a timeout)
+`run` and `mpi` exit with their client command's code.";
+
 /// Run a Dask-style task cluster on this machine or on an HPC batch system.
 ///
 /// A cluster is a scheduler and its workers. `up` starts one (on this machine by
@@ -57,7 +68,7 @@ fn default_commands_help(role: Role) -> String {
 /// (~/.config/rdask/jobqueue.toml, ./rdask.toml) and RDASK_<OPTION> variables:
 /// see `rdask-jobqueue config --help`.
 #[derive(Debug, Parser)]
-#[command(name = "rdask-jobqueue", version, verbatim_doc_comment)]
+#[command(name = "rdask-jobqueue", version, verbatim_doc_comment, after_help = EXIT_CODES)]
 pub struct Cli {
     /// The cluster's name; each cluster has its own state directory.
     #[arg(long, global = true, env = "RDASK_CLUSTER", default_value = "default")]

@@ -69,7 +69,7 @@ pub enum CliError {
     /// A command-line error, `--help` or `--version`: clap prints it (`e.exit()`, exit code 2 or 0).
     #[error(transparent)]
     Usage(#[from] clap::Error),
-    /// A configuration file or variable is wrong (exit code 1).
+    /// A configuration file or variable is wrong (exit code 2, as for a bad command line).
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -704,7 +704,7 @@ where
 }
 
 /// `config show` and `config path`.
-pub fn run(a: &ConfigCmd) -> anyhow::Result<i32> {
+pub fn run(a: &ConfigCmd) -> crate::error::Result<i32> {
     let r = a.resolved.clone().unwrap_or_default();
     match &a.action {
         ConfigAction::Show(s) => match s.output {
@@ -715,7 +715,7 @@ pub fn run(a: &ConfigCmd) -> anyhow::Result<i32> {
                         serde_json::json!({ "value": st.value.to_json(st.kind), "source": st.source.to_string() });
                     map.insert(st.key.clone(), entry);
                 }
-                println!("{}", serde_json::to_string_pretty(&map)?);
+                println!("{}", serde_json::to_string_pretty(&map).expect("serialisable"));
             }
             OutputMode::Text => print!("{}", show_text(&r.settings)),
         },

@@ -222,11 +222,12 @@ pub(crate) use parts::launcher_var;
 use parts::*;
 
 #[cfg(not(feature = "mpi"))]
-pub(crate) fn run_cli(_home: Option<std::path::PathBuf>, _name: &str, _a: MpiArgs) -> anyhow::Result<i32> {
-    anyhow::bail!(
+pub(crate) fn run_cli(_home: Option<std::path::PathBuf>, _name: &str, _a: MpiArgs) -> crate::error::Result<i32> {
+    Err(crate::error::Error::Usage(
         "this rdask-jobqueue was built without MPI support: rebuild it with `--features mpi` \
          (e.g. `cargo install --path jobqueue --features mpi`; needs OpenMPI or MPICH and their mpicc)"
-    )
+            .into(),
+    ))
 }
 
 #[cfg(feature = "mpi")]
@@ -464,7 +465,7 @@ mod imp {
             let timeout = o.timeout.as_secs().max(1);
             match block_on(|| srun::run_worker(info, o.slots, timeout, registry)) {
                 Ok(()) => self.finish(0, o.timeout),
-                Err(e) => fatal(self.rank, &e),
+                Err(e) => fatal(self.rank, &e.into()),
             }
         }
     }
@@ -541,7 +542,7 @@ mod imp {
 
     /// `rdask-jobqueue mpi -- CMD` on every rank; rank 1 returns the command's exit code (the
     /// others never return).
-    pub(crate) fn run_cli(home: Option<PathBuf>, name: &str, a: MpiArgs) -> Result<i32> {
+    pub(crate) fn run_cli(home: Option<PathBuf>, name: &str, a: MpiArgs) -> crate::error::Result<i32> {
         // First thing: under MPICH, a rank that ends before MPI_Init leaves the others hanging.
         let world = init();
         let o = Options {
@@ -641,7 +642,7 @@ mod imp {
                     let client = match srun::connect_when_workers(&info, workers as u32, timeout).await {
                         Ok(c) => c,
                         Err(e) => {
-                            let _ = ready_tx.send(Err(e));
+                            let _ = ready_tx.send(Err(e.into()));
                             return Ok(());
                         }
                     };

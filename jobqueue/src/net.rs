@@ -2,12 +2,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 
 /// The IPv4 address of interface `name` (e.g. `ib0`, `eth0`).
 pub fn interface_ipv4(name: &str) -> Result<Ipv4Addr> {
     let mut seen = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs()? {
+    let interfaces = nix::ifaddrs::getifaddrs()
+        .map_err(|e| Error::Io { what: "cannot list the network interfaces".into(), source: e.into() })?;
+    for ifa in interfaces {
         if let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
             if ifa.interface_name == name {
                 return Ok(addr.ip());
@@ -16,7 +18,7 @@ pub fn interface_ipv4(name: &str) -> Result<Ipv4Addr> {
         }
     }
     seen.dedup();
-    bail!("no IPv4 address on interface `{name}`; interfaces with one: {}", seen.join(", "))
+    Err(Error::Usage(format!("no IPv4 address on interface `{name}`; interfaces with one: {}", seen.join(", "))))
 }
 
 /// Every IPv4 address of this host's interfaces, non-loopback first.

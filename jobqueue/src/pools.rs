@@ -1,7 +1,11 @@
 //! What a cluster spec means for batch jobs: the batch system and its commands, the job
 //! parameters, the worker command and the worker pools (thin views of [`crate::spec`]).
 
-use super::*;
+use crate::batch::{self, System};
+use crate::error::{Error, Result};
+use crate::spec::ClusterSpec;
+use crate::state::StateDir;
+use rdask::cluster::SECRET_FILE;
 
 /// The batch system a spec names, or `None` for the local backend.
 pub(crate) fn batch_system_of(spec: &ClusterSpec) -> Option<System> {
@@ -22,7 +26,7 @@ pub(crate) fn job_params(spec: &ClusterSpec) -> batch::JobParams {
 pub(crate) fn worker_argv(spec: &ClusterSpec, state: &StateDir, addresses: &[String]) -> Result<Vec<String>> {
     let exe = match &spec.workers.command {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("cannot find this program's path")?,
+        None => std::env::current_exe().map_err(Error::io("cannot find this program's path"))?,
     };
     let addresses = if addresses.is_empty() { "<scheduler-address>".to_string() } else { addresses.join(",") };
     let mut v = vec![exe.display().to_string(), "--name".into(), state.name.clone()];
@@ -37,9 +41,10 @@ pub(crate) fn worker_argv(spec: &ClusterSpec, state: &StateDir, addresses: &[Str
         state.file(SECRET_FILE).display().to_string(),
     ]);
     if let Some(program) = &spec.workers.program {
-        let abs = std::fs::canonicalize(program).with_context(|| {
-            format!("the worker program {} cannot be found (give its path with --worker-program)", program.display())
-        })?;
+        let abs = std::fs::canonicalize(program).map_err(Error::io(format!(
+            "the worker program {} cannot be found (give its path with --worker-program)",
+            program.display()
+        )))?;
         v.extend(["--program".into(), abs.display().to_string()]);
     }
     // GPUs are found in the job's environment; named resources are passed on.

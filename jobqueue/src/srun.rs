@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
 
-use anyhow::{anyhow, bail, Context, Result};
 use rdask::cluster::{ClusterInfo, SchedulerFile, SECRET_FILE};
 use rdask::protocol::{ClientInfo, Refusal, RefusalKind, Reply};
 use rdask::scheduler::{Control, Notice};
 use rdask::{Client, Secret};
 use rdask_transport::{Address, Scheme};
 
+use crate::error::{Error, Result};
 use crate::net;
 use crate::state::StateDir;
 
@@ -41,11 +41,11 @@ pub struct RunArgs {
 
 fn env_u32(var: &str) -> Result<u32> {
     let v = std::env::var(var).map_err(|_| {
-        anyhow!(
+        Error::Usage(format!(
             "{var} is not set: `run` works inside a Slurm job step, e.g. `srun -n 4 rdask-jobqueue run -- ./client`"
-        )
+        ))
     })?;
-    v.parse().with_context(|| format!("{var}={v} is not a number"))
+    v.parse().map_err(|_| Error::Usage(format!("{var}={v} is not a number")))
 }
 
 /// Runs this task's role; returns the exit code.
@@ -53,7 +53,9 @@ pub async fn run(home: &std::path::Path, name: &str, a: RunArgs) -> Result<i32> 
     let rank = env_u32("SLURM_PROCID")?;
     let ntasks = env_u32("SLURM_NTASKS")?;
     if ntasks < 3 {
-        bail!("`run` needs at least 3 tasks (scheduler, client, one worker); this step has {ntasks}: use srun -n 3 or more");
+        return Err(Error::Usage(format!(
+            "`run` needs at least 3 tasks (scheduler, client, one worker); this step has {ntasks}: use srun -n 3 or more"
+        )));
     }
     let job = std::env::var("SLURM_JOB_ID").unwrap_or_else(|_| "0".into());
     let step = std::env::var("SLURM_STEP_ID").unwrap_or_else(|_| "0".into());
@@ -76,7 +78,8 @@ async fn scheduler(state: &StateDir, a: &RunArgs) -> Result<i32> {
         pid: std::process::id(),
         host: rdask::worker::hostname(),
     };
-    file.write(&state.path)?;
+    file.write(&state.path)
+        .map_err(Error::io(format!("cannot write the scheduler file in {}", state.path.display())))?;
     tracing::info!(dir = %state.path.display(), "srun scheduler ready");
     let Started { server, mut owner, .. } = started;
     let mut stopped = std::pin::pin!(server.wait());
@@ -124,7 +127,7 @@ pub(crate) async fn start_scheduler(scheme: Scheme, interface: Option<&str>) -> 
         None => "0.0.0.0".to_string(),
     };
     let listen = Address { scheme, host_port: format!("{}:0", net::bracket(&host)) };
-    let listener = rdask_transport::listen(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = rdask_transport::listen(&listen).await.map_err(Error::io(format!("cannot listen on {listen}")))?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
     let addresses = net::candidate_addresses_on(scheme, &host, &port);
     let (server, controller) =
@@ -209,11 +212,13 @@ async fn rendezvous(state: &StateDir, timeout: u64) -> Result<ClusterInfo> {
             return Ok(info);
         }
         if Instant::now() > deadline {
-            bail!(
-                "no scheduler appeared in {} within {timeout} s (task 0 writes it there; is {} on a filesystem all nodes share?)",
-                state.path.display(),
-                state.path.parent().map(|p| p.display().to_string()).unwrap_or_default()
-            );
+            return Err(Error::NotReady {
+                what: format!(
+                    "no scheduler appeared in {} within {timeout} s (task 0 writes it there; is {} on a filesystem all nodes share?)",
+                    state.path.display(),
+                    state.path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                ),
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -281,18 +286,21 @@ pub(crate) async fn run_command(
     drop(watchdog);
     // Whatever happened to the client, the cluster ends with it.
     let _ = client.shutdown().await;
-    let status = status.with_context(|| format!("cannot start the client command `{}`", command[0]))?;
+    let status = status.map_err(Error::io(format!("cannot start the client command `{}`", command[0])))?;
     Ok(status.code().unwrap_or(1))
 }
 
 /// Starts a watchdog, leader of a new process group; once the returned pipe closes (when it
-/// is dropped, or this process dies), it ends its group: SIGTERM, then SIGKILL a second later
-/// (which ends the watchdog too). The pipe is close-on-exec: nothing else this process starts
-/// keeps it open. Returns the group's id and the pipe.
+/// is dropped, or this process dies), it ends its group: SIGTERM, then SIGKILL
+/// [`rdask::process::GRACE`] later (which ends the watchdog too). It is a shell, not
+/// [`rdask::process::terminate`], because it must act after this process has died. The pipe
+/// is close-on-exec: nothing else this process starts keeps it open. Returns the group's id and the pipe.
 fn group_watchdog() -> std::io::Result<(u32, std::process::ChildStdin)> {
-    let script = r#"trap '' TERM; cat >/dev/null; kill -s TERM -- "-$$"; sleep 1; kill -s KILL -- "-$$""#;
+    let grace = rdask::process::GRACE.as_secs().max(1);
+    let script =
+        format!(r#"trap '' TERM; cat >/dev/null; kill -s TERM -- "-$$"; sleep {grace}; kill -s KILL -- "-$$""#);
     let mut dog = std::process::Command::new("sh")
-        .args(["-c", script])
+        .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 
 use crate::batch::System;
 use crate::jobs::Commands;
@@ -27,13 +27,19 @@ impl StateDir {
     /// The directory of cluster `name` under `home` (or `$RDASK_HOME`, or `~/.rdask`).
     pub fn locate(home: Option<&Path>, name: &str) -> Result<StateDir> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            bail!("invalid cluster name `{name}`: use letters, digits, `-` and `_` (e.g. --name mycluster)");
+            return Err(Error::Usage(format!(
+                "invalid cluster name `{name}`: use letters, digits, `-` and `_` (e.g. --name mycluster)"
+            )));
         }
         let home = match home {
             Some(h) => h.to_path_buf(),
             None => match std::env::var_os("HOME") {
                 Some(h) => PathBuf::from(h).join(".rdask"),
-                None => bail!("neither RDASK_HOME nor HOME is set: set RDASK_HOME to a directory for cluster state"),
+                None => {
+                    return Err(Error::Usage(
+                        "neither RDASK_HOME nor HOME is set: set RDASK_HOME to a directory for cluster state".into(),
+                    ))
+                }
             },
         };
         Ok(StateDir { name: name.to_string(), path: home.join(name) })
@@ -45,7 +51,7 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(&self.path)
-            .with_context(|| format!("cannot create state directory {}", self.path.display()))
+            .map_err(Error::io(format!("cannot create state directory {}", self.path.display())))
     }
 
     /// A file inside the directory.
@@ -61,10 +67,10 @@ impl StateDir {
             .append(true)
             .mode(0o600)
             .open(self.file("journal"))
-            .context("cannot open the journal")?;
-        writeln!(f, "{}", serde_json::to_string(entry).expect("serialisable"))?;
-        f.sync_data()?;
-        Ok(())
+            .map_err(Error::io(format!("cannot open the journal in {}", self.path.display())))?;
+        writeln!(f, "{}", serde_json::to_string(entry).expect("serialisable"))
+            .and_then(|()| f.sync_data())
+            .map_err(Error::io(format!("cannot write the journal in {}", self.path.display())))
     }
 
     /// The journal's entries, in order (a line torn by a crash is skipped).

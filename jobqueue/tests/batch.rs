@@ -172,13 +172,13 @@ fn a_rejected_submission_is_a_clear_error_and_leaves_nothing() {
     // More memory than any node has: sbatch refuses the job.
     let o = rdask(h, &["up", "--backend", "slurm", "--nodes", "1", "--cores", "1", "--memory", "64GB"]);
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert_eq!(o.status.code(), Some(4), "refused by the batch system: {text}");
     assert!(text.contains("sbatch") && text.contains("Memory specification"), "{text}");
     assert!(!h.join("default/scheduler.json").exists());
     // A bad walltime is refused before anything runs.
     let o = rdask(h, &["up", "--backend", "slurm", "--walltime", "soon"]);
     let text = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert_eq!(o.status.code(), Some(2), "a bad option value: {text}");
     assert!(text.contains("soon"), "{text}");
     let o = rdask(h, &["up", "--backend", "slurm", "--submit-command", "/no/such/sbatch"]);
     let text = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -198,7 +198,7 @@ fn a_job_that_fails_before_its_worker_joins_is_reported_with_its_stderr() {
         &["up", "--backend", "slurm", "--cores", "1", "--memory", "100MB", "--job-script-prologue", prologue, "--wait"],
     );
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert_eq!(o.status.code(), Some(5), "{text}");
     assert!(text.contains("ended before its worker joined") && text.contains("python/3.99 not found"), "{text}");
     assert!(!h.join("default/scheduler.json").exists(), "the cluster was stopped");
 }
@@ -340,12 +340,13 @@ fn slurm_pools_have_their_own_resources_and_scale_alone() {
     wait_active("slurm", &big, 1);
     assert_eq!(active_in("slurm", &default).len(), 1, "the other pool is untouched");
     let o = rdask(h, &["scale", "--pool", "nope", "1"]);
+    assert_eq!(o.status.code(), Some(4), "refused by the provisioner");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no worker pool named `nope`; this cluster has: default, big"));
     ok(h, &["down"]);
     no_process_left(h);
     // A bad pool is refused before anything starts.
     let o = rdask(h, &["up", "--backend", "slurm", "--pool", "x flavour=vanilla"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "a bad --pool is a bad command line");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--pool x: unknown key \"flavour\""));
     assert!(!h.join("default/scheduler.json").exists());
 }

@@ -96,7 +96,7 @@ fn up_twice_is_refused_and_names_the_fix() {
     let h = home.path();
     ok(h, &["up", "--workers", "1"]);
     let o = rdask(h, &["up"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4), "refused: {}", text(&o));
     assert!(text(&o).contains("already up") && text(&o).contains("rdask-jobqueue down"), "{}", text(&o));
     ok(h, &["down"]);
 }
@@ -109,12 +109,12 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("unexpected argument '--frobnicate'"), "{}", text(&o));
     let o = rdask(h, &["submit", "--array", "10-1", "--", "true"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("bad --array") && text(&o).contains("backwards"), "{}", text(&o));
     let o = rdask(h, &["submit", "--array", "1-x", "--", "true"]);
     assert!(text(&o).contains("not a non-negative integer"), "{}", text(&o));
     let o = rdask(h, &["status"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3), "not running: {}", text(&o));
     assert!(text(&o).contains("is the cluster up?"), "{}", text(&o));
     let o = rdask(h, &["submit", "--", "true"]);
     assert!(text(&o).contains("rdask-jobqueue up"), "{}", text(&o));
@@ -145,7 +145,7 @@ fn worker_exits_after_its_death_timeout_when_the_scheduler_is_unreachable() {
         ],
     );
     let took = start.elapsed();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(3), "unreachable: {}", text(&o));
     assert!(text(&o).contains("unreachable") && text(&o).contains("death timeout"), "{}", text(&o));
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "{took:?}");
 }
@@ -218,7 +218,7 @@ fn up_names_a_missing_batch_command_and_its_option_before_starting_anything() {
     // Whatever this machine has, the command finds no batch system on this PATH.
     let bin = tempfile::tempdir().unwrap();
     let o = rdask_with_path(h, bin.path(), &["up", "--backend", "slurm", "--cores", "1"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "a missing command is a configuration error: {}", text(&o));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("`sbatch` not found: install the Slurm client"), "{}", text(&o));
     assert!(stderr.contains("--submit-command"), "{}", text(&o));
@@ -247,13 +247,13 @@ fn lsf_job_scripts_print_and_up_without_lsf_names_the_missing_command_and_leaves
     assert!(script.contains(&format!("#BSUB -e {}/default/logs/rdask-worker-%J.err", h.display())), "{script}");
     assert!(ok(h, &["up", "--help"]).contains("lsf"), "--backend lists LSF");
     let o = rdask(h, &["job-script", "--backend", "lsf", "--nodes-per-job", "2"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("nodes > 1 is not supported on lsf") && text(&o).contains("blaunch"), "{}", text(&o));
 
     // Whatever this machine has, the command finds no LSF on this PATH.
     let bin = tempfile::tempdir().unwrap();
     let o = rdask_with_path(h, bin.path(), &["up", "--backend", "lsf", "--cores", "1"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("`bsub` not found") && stderr.contains("--submit-command"), "{}", text(&o));
     // A bsub found, but no bjobs: that one is named, with its own option.
@@ -268,4 +268,67 @@ fn lsf_job_scripts_print_and_up_without_lsf_names_the_missing_command_and_leaves
         assert!(!h.join("default").join(file).exists(), "{file} left behind");
     }
     common::no_process_left(h);
+}
+
+/// The exit codes scripts rely on (README, `rdask-jobqueue --help`): 1 tasks failed, 2 bad
+/// command line, 3 cluster not running or unreachable, 4 refused.
+#[test]
+fn exit_codes_tell_failed_tasks_from_bad_input_from_a_dead_cluster_from_a_refusal() {
+    let home = common::Home::new();
+    let h = home.path();
+    let o = rdask(h, &["status", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2), "bad flag: {}", text(&o));
+    let o = rdask(h, &["status"]);
+    assert_eq!(o.status.code(), Some(3), "no cluster: {}", text(&o));
+    ok(h, &["up", "--workers", "1"]);
+    ok(h, &["submit", "--", "false"]);
+    let o = rdask(h, &["wait"]);
+    assert_eq!(o.status.code(), Some(1), "failed task: {}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 of 1 tasks finished, 1 failed"), "{}", text(&o));
+    // The scheduler's provisioner refuses to scale a pool the cluster does not have.
+    let o = rdask(h, &["scale", "--pool", "nosuchpool", "2"]);
+    assert_eq!(o.status.code(), Some(4), "refused: {}", text(&o));
+    assert!(text(&o).contains("no worker pool named `nosuchpool`"), "{}", text(&o));
+    let pids = cluster_pids(h);
+    let scheduler = *pids.last().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(scheduler as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_gone(&[scheduler], Duration::from_secs(5));
+    let o = rdask(h, &["status"]);
+    assert_eq!(o.status.code(), Some(3), "dead scheduler: {}", text(&o));
+    assert!(text(&o).contains("rdask-jobqueue down --name default"), "{}", text(&o));
+    ok(h, &["down"]);
+    wait_gone(&pids, Duration::from_secs(10));
+}
+
+/// `sbatch` refusing the job script (here: a partition Slurm does not have) makes `up` exit
+/// with 4, quoting sbatch, and leaves nothing behind: no state directory, no process, no job.
+#[test]
+fn a_job_script_refused_by_sbatch_exits_4_with_its_words_and_leaves_nothing() {
+    if !common::available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = common::Home::new();
+    let h = home.path();
+    let name = format!("refused{}", std::process::id());
+    let up = [
+        "--name",
+        &name,
+        "up",
+        "--backend",
+        "slurm",
+        "--queue",
+        "nosuchpartition",
+        "--job-name",
+        &name,
+        "--cores",
+        "1",
+    ];
+    let o = rdask(h, &up);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("sbatch") && text(&o).contains("invalid partition"), "{}", text(&o));
+    assert!(!h.join(&name).exists(), "the state directory was left behind");
+    common::no_process_left(h);
+    let squeue = Command::new("squeue").args(["--noheader", "--format", "%i %j", "--name", &name]).output().unwrap();
+    let jobs = String::from_utf8_lossy(&squeue.stdout).to_string();
+    assert!(jobs.trim().is_empty(), "jobs of the refused cluster: {jobs}");
 }

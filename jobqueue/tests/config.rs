@@ -61,10 +61,10 @@ impl Sandbox {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// Runs a command that must fail with exit code 1; returns its stderr.
+    /// Runs a command that must fail as a bad configuration does (exit code 2); returns its stderr.
     fn fails(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let o = self.run(args, env);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 

@@ -60,10 +60,11 @@ fn a_request_no_pool_can_meet_is_refused_at_submit_naming_the_pool_and_its_limit
     let h = home.path();
     ok(h, &["up", "--workers", "1", "--resource", "gpu=2", "--wait"]);
     let o = rdask(h, &["submit", "--gpus", "3", "--", "true"]);
-    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(4), "refused by the scheduler: {}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("pool `default`: 3 GPUs asked, 2 offered"), "{}", text(&o));
     let o = rdask(h, &["submit", "--resource", "license", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "bad input: {}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("NAME=COUNT"), "{}", text(&o));
     ok(h, &["down"]);
     no_process_left(h);

@@ -268,19 +268,11 @@ fn run_command(
     Err(TaskError { kind, message })
 }
 
-/// SIGTERM to each process group, a grace period, then SIGKILL.
+/// Ends each process group: SIGTERM, [`crate::process::GRACE`], then SIGKILL.
 pub(super) fn kill_groups(pids: &[i32]) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    for &pid in pids {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    if !pids.is_empty() {
-        std::thread::sleep(Duration::from_millis(200));
-        for &pid in pids {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
+    use crate::process::{terminate_all, Target, GRACE};
+    let groups: Vec<Target> = pids.iter().filter_map(|&p| u32::try_from(p).ok()).map(Target::Group).collect();
+    terminate_all(&groups, GRACE);
 }
 
 #[cfg(test)]

@@ -116,7 +116,11 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
     .map_err(|source| WorkerError::Listen { host: config.listen_host.clone(), source })?;
     let data_port = data_listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string());
     let data_port = data_port.expect("a listener's address has a port");
-    tokio::spawn(serve_data(data_listener, config.cluster.secret.clone(), store.clone()));
+    // The data server and its connections end when this function returns, however it does.
+    let data_stop = tokio_util::sync::CancellationToken::new();
+    let _data_stop = data_stop.clone().drop_guard();
+    let serving = serve_data(data_listener, config.cluster.secret.clone(), store.clone(), data_stop.clone());
+    tokio::spawn(data_stop.clone().run_until_cancelled_owned(serving));
 
     let mut lost_since = Instant::now();
     let mut last_error;
@@ -499,12 +503,17 @@ impl Worker {
 }
 
 /// Serves results to peers and clients.
-async fn serve_data(mut listener: Box<dyn rdask_transport::Listener>, secret: Secret, store: Store) {
+async fn serve_data(
+    mut listener: Box<dyn rdask_transport::Listener>,
+    secret: Secret,
+    store: Store,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
         let Ok(mut conn) = listener.accept().await else { continue };
         let secret = secret.clone();
         let store = store.clone();
-        tokio::spawn(async move {
+        tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
             if let Err(e) = auth::accept(&mut conn, &secret).await {
                 tracing::warn!("refused a data connection: {e}");
                 return;
@@ -527,7 +536,7 @@ async fn serve_data(mut listener: Box<dyn rdask_transport::Listener>, secret: Se
                     return;
                 }
             }
-        });
+        }));
     }
 }
 

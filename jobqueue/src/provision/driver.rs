@@ -22,7 +22,7 @@ pub struct SubmissionRefused(pub String);
 
 /// Carries one action out on `launcher`; the input that answers it (none for the scheduler's).
 pub fn execute(launcher: &mut dyn Launcher, action: Action) -> Option<Input> {
-    let text = |e: anyhow::Error| format!("{e:#}");
+    let text = |e: crate::Error| e.to_string();
     Some(match action {
         Action::Submit { seq, pool, launch } => {
             Input::Submitted { seq, result: launcher.submit(&pool, &launch).map_err(text) }
@@ -172,23 +172,20 @@ pub fn adapt_cluster(
     home: Option<&std::path::Path>,
     name: &str,
     spec: Option<&rdask::protocol::AdaptSpec>,
-) -> anyhow::Result<String> {
+) -> crate::Result<String> {
     let home = home.map(std::path::Path::to_path_buf).or_else(|| std::env::var_os("RDASK_HOME").map(Into::into));
     let state = crate::state::StateDir::locate(home.as_deref(), name)?;
     if rdask::cluster::SchedulerFile::read(&state.path).is_err() {
-        anyhow::bail!(
-            "cluster `{name}` is not up (no scheduler in {}); start it with `rdask-jobqueue up`",
-            state.path.display()
-        );
+        return Err(crate::Error::NotRunning { cluster: name.to_string(), dir: state.path });
     }
     let info = rdask::cluster::ClusterInfo::from_state_dir(&state.path)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(crate::Error::io("cannot start the async runtime"))?;
     rt.block_on(async {
-        let client = rdask::Client::connect(&info).await?;
+        let client = rdask::Client::connect(&info).await.map_err(crate::Error::client(name))?;
         let body = rdask::protocol::ControlRequest::Adapt { pool: None, spec: spec.cloned() };
-        match client.control(body).await? {
-            Ok(text) => Ok(text),
-            Err(why) => Err(crate::scaling::Refused(why).into()),
-        }
+        client.control(body).await.map_err(crate::Error::client(name))?.map_err(crate::Error::Refused)
     })
 }

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use rdask::protocol::AllocationState;
 
 use crate::backend::BatchBackend;
+use crate::error::{Error, Result};
 use crate::jobs::JobState;
 use crate::state::{Journalled, StateDir};
 
@@ -93,17 +93,18 @@ impl Launcher for LocalLauncher {
             .create(true)
             .append(true)
             .open(self.state.file("workers.log"))
-            .context("cannot open workers.log")?;
+            .map_err(Error::io(format!("cannot open {}", self.state.file("workers.log").display())))?;
+        let log2 = log.try_clone().map_err(Error::io("cannot open workers.log twice"))?;
         let child = Command::new(&self.program)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(rdask::worker::LAUNCH_TAG_VAR, launch)
             .env_remove("RDASK_SECRET")
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(log2)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start worker program {}", self.program.display()))?;
+            .map_err(Error::io(format!("cannot start worker program {}", self.program.display())))?;
         let pid = child.id();
         let start = crate::state::process_start_time(pid).unwrap_or(0);
         self.state.record(&Journalled::Process { pid, start })?;
@@ -153,17 +154,8 @@ impl Launcher for LocalLauncher {
         // The scheduler told every worker to stop; whoever is left after `grace` is ended.
         let deadline = Instant::now() + grace;
         for (_, mut child) in self.children.drain() {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                std::thread::sleep(Duration::from_millis(200));
-                let _ = child.kill();
-            }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            rdask::process::end(rdask::process::Target::Process(child.id()), wait, rdask::process::GRACE);
             let _ = child.wait();
         }
         Ok(())

@@ -1,13 +1,25 @@
-//! The `scheduler` role that `up` starts in the background: the core scheduler and, driven
+//! `scheduler`, the role that `up` starts in the background: the core scheduler and, driven
 //! beside it in the same process, the provisioner ([`crate::provision`]) that starts, polls
 //! and ends the workers' allocations (local processes or batch jobs).
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use rdask::cluster::{SchedulerFile, SECRET_FILE};
+use rdask::protocol::AdaptSpec;
+use rdask::Secret;
+
+use crate::adapt;
+use crate::backend::{self, BatchBackend};
+use crate::batch;
+use crate::cli::{self, SchedulerCmd};
+use crate::error::{Error, Result};
+use crate::net;
+use crate::pools::{batch_system_of, commands_of, worker_argv};
 use crate::provision::driver::Driver;
 use crate::provision::launch::{BatchLauncher, LocalLauncher};
 use crate::provision::{self, Provisioner};
-use crate::state::Journalled;
-use rdask::protocol::AdaptSpec;
+use crate::spec::ClusterSpec;
+use crate::state::{self, Journalled, StateDir};
 
 /// `scheduler`: runs the scheduler and its local workers in the foreground.
 pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32> {
@@ -36,10 +48,10 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     };
     let (protocol, port) = (a.scheduler.protocol, a.scheduler.port);
     let addr = rdask::Address { scheme: protocol.scheme(), host_port: format!("{}:{port}", net::bracket(&bind_host)) };
-    let listener = rdask_transport::listen(&addr).await.with_context(|| match protocol {
+    let listener = rdask_transport::listen(&addr).await.map_err(Error::io(match protocol {
         cli::Protocol::Tcp => format!("cannot listen on {addr} (is the port in use? choose another with --port)"),
         cli::Protocol::Ucx => format!("cannot listen on {addr}"),
-    })?;
+    }))?;
     let port = listener.local_addr().host_port.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
     let addresses = net::candidate_addresses_on(addr.scheme, &bind_host, &port);
     let config = rdask::scheduler::Config {
@@ -53,9 +65,10 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     let started = match batch {
         None => {
             let ours = vec!["--name".to_string(), state.name.clone(), "worker".to_string()];
+            let exe = || std::env::current_exe().map_err(Error::io("cannot find this program's path"));
             let (program, args) = match (&a.workers.program, a.workers.per_gpu) {
                 (Some(p), false) => (p.clone(), Vec::new()),
-                (None, false) => (std::env::current_exe()?, ours),
+                (None, false) => (exe()?, ours),
                 // `worker --worker-per-gpu` starts the pinned workers (running the program, if any).
                 (program, true) => {
                     let mut args = ours;
@@ -63,7 +76,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
                     if let Some(p) = program {
                         args.extend(["--program".into(), p.display().to_string()]);
                     }
-                    (std::env::current_exe()?, args)
+                    (exe()?, args)
                 }
             };
             let env = vec![
@@ -101,16 +114,18 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
             tracing::error!("{e}");
             server.abort();
             state.clear_journal();
-            return Err(anyhow::Error::new(e));
+            return Err(Error::Launch(e));
         }
     };
     // Ready: `up` waits for this file, so a failed submission above is reported by `up` itself.
     SchedulerFile { addresses: addresses.clone(), pid: std::process::id(), host: rdask::worker::hostname() }
-        .write(&state.path)?;
+        .write(&state.path)
+        .map_err(Error::io(format!("cannot write the scheduler file in {}", state.path.display())))?;
     let mut driver = std::pin::pin!(tokio::spawn(driver.run(notices)));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let signal = |kind| tokio::signal::unix::signal(kind).map_err(Error::io("cannot handle signals"));
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut server = std::pin::pin!(server.wait());
     tokio::select! {
         _ = &mut server => {}
@@ -135,7 +150,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
         Err(e) => {
             // The journal stays: `down` tries again.
             tracing::error!("{e}; `rdask-jobqueue down` tries again");
-            Ok(1)
+            Ok(5)
         }
     }
 }

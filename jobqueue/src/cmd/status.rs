@@ -1,124 +1,18 @@
-//! `submit`, `wait` and `status`: what users do with a running cluster.
+//! `status`: the cluster's workers, jobs and provisioning, as text or JSON.
 
-use super::*;
+use rdask::protocol::ClusterStatus;
 
-/// `submit`: submits a command (or an array of them).
-pub(crate) async fn submit(state: &StateDir, a: SubmitArgs) -> Result<i32> {
-    let ranges = match &a.array {
-        Some(s) => parse_array(s).map_err(|e| anyhow!("bad --array: {e}"))?,
-        None => vec![(0, 0)],
-    };
-    if a.command.is_empty() {
-        bail!("no command given: write it after `--`, e.g. rdask-jobqueue submit -- ./simulate --step 1");
-    }
-    let mut env = Vec::new();
-    for kv in &a.env {
-        match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
-            _ => bail!("bad --env `{kv}`: write it as NAME=VALUE"),
-        }
-    }
-    let jobs_dir = state.path.join("jobs").join("%{JOB_ID}");
-    let stream = |opt: &Option<String>, ext: &str| match opt.as_deref() {
-        Some("none") => None,
-        Some(p) => Some(p.to_string()),
-        None => Some(jobs_dir.join(format!("%{{TASK_ID}}.{ext}")).display().to_string()),
-    };
-    let cwd = match &a.cwd {
-        Some(c) => c.display().to_string(),
-        None => std::env::current_dir()?.display().to_string(),
-    };
-    let spec = CommandSpec {
-        argv: a.command.clone(),
-        env,
-        cwd: Some(cwd),
-        stdout: stream(&a.stdout, "out"),
-        stderr: stream(&a.stderr, "err"),
-    };
-    let needs = a.needs.needs().map_err(|e| anyhow!("{e}"))?;
-    let client = connect(state).await?;
-    let name = a.job_name.clone().unwrap_or_else(|| a.command[0].clone());
-    let n: u64 = ranges.iter().map(|&(x, y)| u64::from(y - x) + 1).sum();
-    let job = client.submit_array_needing(&name, spec, ranges, a.cpus, needs).await?;
-    std::fs::write(state.file("last-job"), job.0.to_string())?;
-    println!("submitted job {job} ({n} task{})", if n == 1 { "" } else { "s" });
-    if a.wait {
-        return wait_job(state, &client, job, OutputMode::Text).await;
-    }
-    Ok(0)
-}
-
-/// `wait`: waits for a job, with a progress bar.
-pub(crate) async fn wait(state: &StateDir, a: WaitArgs) -> Result<i32> {
-    let job = match a.job {
-        Some(j) => JobId(j),
-        None => {
-            let text = std::fs::read_to_string(state.file("last-job"))
-                .map_err(|_| anyhow!("no job given and none submitted yet on cluster `{}`", state.name))?;
-            JobId(text.trim().parse().context("corrupt last-job file")?)
-        }
-    };
-    let client = connect(state).await?;
-    wait_job(state, &client, job, a.output).await
-}
-
-pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, output: OutputMode) -> Result<i32> {
-    let counts = client.progress(job).await?;
-    let bar = if std::io::stderr().is_terminal() && output == OutputMode::Text {
-        let b = indicatif::ProgressBar::new(u64::from(counts.total));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} job {msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.set_message(job.to_string());
-        Some(b)
-    } else {
-        None
-    };
-    let waiter = client.wait(job);
-    tokio::pin!(waiter);
-    let outcome = loop {
-        tokio::select! {
-            o = &mut waiter => break o?,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                if let (Some(b), Ok(c)) = (&bar, client.progress(job).await) {
-                    b.set_position(u64::from(c.finished + c.failed));
-                }
-            }
-        }
-    };
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    if output == OutputMode::Json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
-    } else {
-        println!(
-            "job {job}: {} of {} tasks finished, {} failed (output in {})",
-            outcome.finished,
-            outcome.tasks,
-            outcome.failed.len(),
-            state.path.join("jobs").join(job.to_string()).display()
-        );
-        for (i, e) in outcome.failed.iter().take(10) {
-            println!("  task {i} {e}");
-        }
-        if outcome.failed.len() > 10 {
-            println!("  … and {} more (see --output json)", outcome.failed.len() - 10);
-        }
-    }
-    Ok(if outcome.failed.is_empty() { 0 } else { 1 })
-}
+use crate::cli::{OutputMode, StatusArgs};
+use crate::connect;
+use crate::error::{Error, Result};
+use crate::state::StateDir;
 
 /// `status`: workers and jobs.
 pub(crate) async fn status(state: &StateDir, a: StatusArgs) -> Result<i32> {
     let client = connect(state).await?;
-    let s = client.status().await?;
+    let s = client.status().await.map_err(Error::client(&state.name))?;
     match a.output {
-        OutputMode::Json => println!("{}", serde_json::to_string_pretty(&status_json(&s))?),
+        OutputMode::Json => println!("{}", serde_json::to_string_pretty(&status_json(&s)).expect("serialisable")),
         OutputMode::Text => print!("{}", render_status(state, &s)),
     }
     Ok(0)

@@ -1,0 +1,26 @@
+//! `job-script`: the job script `up` would submit, printed.
+
+use rdask::cluster::SchedulerFile;
+
+use crate::backend;
+use crate::batch::System;
+use crate::error::{Error, Result};
+use crate::pools::{batch_system_of, job_params, worker_argv};
+use crate::spec::ClusterSpec;
+use crate::state::StateDir;
+
+/// `job-script`: the script `up` would submit.
+pub(crate) fn job_script(state: &StateDir, spec: &ClusterSpec) -> Result<i32> {
+    let Some(system) = batch_system_of(spec) else {
+        return Err(Error::Usage(format!(
+            "the local backend submits no job script; choose a batch system with --backend {}",
+            System::list("|")
+        )));
+    };
+    let addresses = SchedulerFile::read(&state.path).map(|f| f.addresses).unwrap_or_default();
+    print!(
+        "{}",
+        backend::render(system, &job_params(spec), &worker_argv(spec, state, &addresses)?, spec.template.as_deref())?
+    );
+    Ok(0)
+}

@@ -1,0 +1,85 @@
+//! `wait`: waits for a job, with a progress bar; failed tasks are an error (exit code 1).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use rdask::protocol::JobId;
+use rdask::Client;
+
+use crate::cli::{OutputMode, WaitArgs};
+use crate::connect;
+use crate::error::{Error, Result};
+use crate::state::StateDir;
+
+/// `wait`: waits for a job, with a progress bar.
+pub(crate) async fn wait(state: &StateDir, a: WaitArgs) -> Result<i32> {
+    let job = match a.job {
+        Some(j) => JobId(j),
+        None => {
+            let text = std::fs::read_to_string(state.file("last-job")).map_err(|_| {
+                Error::Usage(format!("no job given and none submitted yet on cluster `{}`", state.name))
+            })?;
+            let id = text.trim().parse().map_err(|_| {
+                Error::Usage(format!("corrupt last-job file in {}; give the job: `wait JOB`", state.path.display()))
+            })?;
+            JobId(id)
+        }
+    };
+    let client = connect(state).await?;
+    wait_job(state, &client, job, a.output).await
+}
+
+pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, output: OutputMode) -> Result<i32> {
+    let counts = client.progress(job).await.map_err(Error::client(&state.name))?;
+    let bar = if std::io::stderr().is_terminal() && output == OutputMode::Text {
+        let b = indicatif::ProgressBar::new(u64::from(counts.total));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} job {msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_message(job.to_string());
+        Some(b)
+    } else {
+        None
+    };
+    let waiter = client.wait(job);
+    tokio::pin!(waiter);
+    let outcome = loop {
+        tokio::select! {
+            o = &mut waiter => break o.map_err(Error::client(&state.name))?,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let (Some(b), Ok(c)) = (&bar, client.progress(job).await) {
+                    b.set_position(u64::from(c.finished + c.failed));
+                }
+            }
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if output == OutputMode::Json {
+        println!("{}", serde_json::to_string_pretty(&outcome).expect("serialisable"));
+    } else {
+        println!(
+            "job {job}: {} of {} tasks finished, {} failed (output in {})",
+            outcome.finished,
+            outcome.tasks,
+            outcome.failed.len(),
+            state.path.join("jobs").join(job.to_string()).display()
+        );
+        for (i, e) in outcome.failed.iter().take(10) {
+            println!("  task {i} {e}");
+        }
+        if outcome.failed.len() > 10 {
+            println!("  … and {} more (see --output json)", outcome.failed.len() - 10);
+        }
+    }
+    if outcome.failed.is_empty() {
+        Ok(0)
+    } else {
+        Err(Error::TasksFailed { job, failed: outcome.failed.len(), tasks: u64::from(outcome.tasks) })
+    }
+}
