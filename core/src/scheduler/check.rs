@@ -2,7 +2,9 @@
 //! per-worker indexes, CPU use and idleness, the jobs' counts, `missing` of waiting tasks and the
 //! retiring count all match what a full scan of the tasks finds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::FxHashSet;
 
 use crate::protocol::{Counts, TaskBody, TaskId, WorkerId};
 
@@ -12,8 +14,8 @@ use super::Scheduler;
 impl Scheduler {
     /// Panics, saying what, where the scheduler's derived state disagrees with a full scan.
     pub(super) fn check_invariants(&self) {
-        let mut running: HashMap<WorkerId, HashSet<TaskId>> = HashMap::new();
-        let mut holds: HashMap<WorkerId, HashSet<TaskId>> = HashMap::new();
+        let mut running: HashMap<WorkerId, FxHashSet<TaskId>> = HashMap::new();
+        let mut holds: HashMap<WorkerId, FxHashSet<TaskId>> = HashMap::new();
         let mut used: HashMap<WorkerId, u32> = HashMap::new();
         // Per worker: GPUs bound, memory and named resources held by its assigned tasks.
         let mut gpus: HashMap<WorkerId, Vec<u16>> = HashMap::new();
@@ -63,7 +65,7 @@ impl Scheduler {
             assert_eq!(j.tasks.len() as u32, j.counts.total);
         }
         for (id, w) in &self.workers {
-            let empty = HashSet::new();
+            let empty = FxHashSet::default();
             assert_eq!(&w.running, running.get(id).unwrap_or(&empty), "tasks assigned to {id}: index and scan differ");
             assert_eq!(&w.holds, holds.get(id).unwrap_or(&empty), "results held by {id}: index and scan differ");
             assert_eq!(w.used, used.get(id).copied().unwrap_or(0), "CPUs used on {id}");

@@ -36,6 +36,10 @@
 #![deny(clippy::disallowed_methods)]
 
 use std::collections::{HashMap, VecDeque};
+
+// The ids hashed here are the scheduler's own small integers: Fx hashing (rustc-hash) costs a
+// fraction of SipHash on the per-task paths, and needs no protection from chosen keys.
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
@@ -210,9 +214,9 @@ enum Peer {
 #[derive(Debug)]
 pub struct Scheduler {
     config: Config,
-    conns: HashMap<ConnId, Peer>,
-    workers: HashMap<WorkerId, Worker>,
-    jobs: HashMap<JobId, Job>,
+    conns: FxHashMap<ConnId, Peer>,
+    workers: FxHashMap<WorkerId, Worker>,
+    jobs: FxHashMap<JobId, Job>,
     ready: VecDeque<TaskId>,
     next_worker: u32,
     next_job: u32,
@@ -220,7 +224,7 @@ pub struct Scheduler {
     mean_duration_us: f64,
     commands: Vec<Command>,
     /// Results to release, sent in one message per worker at the end of `handle`.
-    releases: HashMap<WorkerId, Vec<TaskId>>,
+    releases: FxHashMap<WorkerId, Vec<TaskId>>,
     shutting_down: bool,
     /// The time of the event being handled.
     now: Option<Instant>,
@@ -235,7 +239,7 @@ pub struct Scheduler {
     needs: Vec<Needs>,
     needs_index: HashMap<Needs, u32>,
     /// The GPUs (indices of its worker's offer) held by each assigned task that needs any.
-    bound: HashMap<TaskId, Vec<u16>>,
+    bound: FxHashMap<TaskId, Vec<u16>>,
 }
 
 impl Scheduler {
@@ -243,15 +247,15 @@ impl Scheduler {
     pub fn new(config: Config) -> Scheduler {
         Scheduler {
             config,
-            conns: HashMap::new(),
-            workers: HashMap::new(),
-            jobs: HashMap::new(),
+            conns: FxHashMap::default(),
+            workers: FxHashMap::default(),
+            jobs: FxHashMap::default(),
             ready: VecDeque::new(),
             next_worker: 1,
             next_job: 1,
             mean_duration_us: SHORT_TASK_US * 10.0,
             commands: Vec::new(),
-            releases: HashMap::new(),
+            releases: FxHashMap::default(),
             shutting_down: false,
             now: None,
             kinds: Vec::new(),
@@ -260,7 +264,7 @@ impl Scheduler {
             provisioning: None,
             needs: vec![Needs::default()],
             needs_index: HashMap::from([(Needs::default(), 0)]),
-            bound: HashMap::new(),
+            bound: FxHashMap::default(),
         }
     }
 

@@ -6,7 +6,9 @@
 //! expected to. The expected durations come from [`KindStats`], one per kind of task (a function,
 //! or a command job's name).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 use crate::protocol::{Assignment, JobId, TaskBody, TaskId, ToWorker, Work, WorkerId};
@@ -48,7 +50,7 @@ impl Scheduler {
             .collect();
         room.sort();
         let mortal = self.workers.values().any(|w| w.ends_at.is_some());
-        let mut batches: HashMap<WorkerId, Vec<Assignment>> = HashMap::new();
+        let mut batches: FxHashMap<WorkerId, Vec<Assignment>> = FxHashMap::default();
         let mut next = 0usize;
         let mut skipped = VecDeque::new();
         while !room.is_empty() {

@@ -4,7 +4,7 @@
 //! holds (`holds`), which [`Scheduler::set_state`] keeps in step with the tasks' states. They make
 //! losing a worker cost the tasks on it, not a scan of every task the scheduler has.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{ErrorKind, JobId, Needs, TaskError, TaskId, ToWorker, WorkerId, WorkerInfo};
@@ -19,9 +19,9 @@ pub(super) struct Worker {
     /// CPUs of assigned tasks (running or queued on the worker).
     pub(super) used: u32,
     /// The tasks assigned to it (running or queued there): the `Assigned` tasks naming it.
-    pub(super) running: HashSet<TaskId>,
+    pub(super) running: FxHashSet<TaskId>,
     /// The results it holds: the `Finished` tasks naming it as their holder.
-    pub(super) holds: HashSet<TaskId>,
+    pub(super) holds: FxHashSet<TaskId>,
     pub(super) last_seen: Instant,
     pub(super) retiring: bool,
     /// Jobs whose command this worker has been sent.
@@ -165,8 +165,8 @@ impl Scheduler {
                 conn,
                 info,
                 used: 0,
-                running: HashSet::new(),
-                holds: HashSet::new(),
+                running: FxHashSet::default(),
+                holds: FxHashSet::default(),
                 last_seen: now,
                 retiring: false,
                 commands: Vec::new(),
