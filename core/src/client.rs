@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
-    self, ClientInfo, ClusterStatus, CommandSpec, Counts, JobId, JobOutcome, JobSpec, JobTasks, Needs, Refusal, Reply,
-    Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, WorkerId,
+    self, ClientInfo, ClusterStatus, CommandSpec, Counts, EventPage, JobId, JobOutcome, JobSpec, JobTasks, Metrics,
+    Needs, Refusal, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, WorkerId,
 };
 use crate::worker::FetchPool;
 
@@ -348,6 +348,22 @@ impl Client {
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         match self.request(Request::Status).await? {
             Reply::Status(s) => Ok(s),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The cluster's events numbered above `after` (0: all it still keeps).
+    pub async fn events(&self, after: u64) -> Result<EventPage, ClientError> {
+        match self.request(Request::Events { after }).await? {
+            Reply::Events(p) => Ok(p),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The scheduler's counters, and the task stream after `tasks_after`.
+    pub async fn metrics(&self, tasks_after: u64) -> Result<Metrics, ClientError> {
+        match self.request(Request::Metrics { tasks_after }).await? {
+            Reply::Metrics(m) => Ok(*m),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }

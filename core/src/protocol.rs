@@ -405,8 +405,8 @@ pub enum ToScheduler {
     RegisterWorker(WorkerInfo),
     /// A client joins.
     RegisterClient(ClientInfo),
-    /// A worker is alive.
-    Heartbeat,
+    /// A worker is alive, and what its process uses.
+    Heartbeat(WorkerLoad),
     /// Tasks a worker finished; results stay on the worker.
     Finished(Vec<Finished>),
     /// A task failed on the worker.
@@ -463,6 +463,208 @@ pub enum Request {
     /// A provisioning request (scale, adapt), answered by the cluster's provisioner with
     /// [`Reply::Control`] or [`Reply::Refused`]; refused where the scheduler has none.
     Control(ControlRequest),
+    /// The cluster's events numbered above `after` ([`Reply::Events`]): as many as the scheduler
+    /// still keeps, oldest first.
+    Events {
+        /// The last sequence number the client has seen (0: none).
+        after: u64,
+    },
+    /// Counters, duration histograms and the task stream after `tasks_after` ([`Reply::Metrics`]).
+    Metrics {
+        /// The last task-stream sequence number the client has seen (0: none).
+        tasks_after: u64,
+    },
+}
+
+/// What a worker's process uses, sent with every heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerLoad {
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+    /// CPU time (user and system) used so far, in milliseconds.
+    pub cpu_ms: u64,
+    /// Bytes of task inputs fetched from other workers so far.
+    pub fetched_bytes: u64,
+}
+
+/// Something that happened in the cluster, numbered; what `rdask-jobqueue events` prints and the
+/// dashboard shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// Its sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the scheduler started.
+    pub at_ms: u64,
+    /// What happened.
+    pub what: EventKind,
+}
+
+/// The kinds of [`ClusterEvent`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A job was accepted.
+    JobSubmitted {
+        /// The job.
+        job: JobId,
+        /// Its name.
+        name: String,
+        /// Its number of tasks.
+        tasks: u32,
+    },
+    /// Every task of a job ended.
+    JobFinished {
+        /// The job.
+        job: JobId,
+        /// Its name.
+        name: String,
+        /// Tasks with a result.
+        finished: u32,
+        /// Tasks that failed.
+        failed: u32,
+    },
+    /// A task failed (a dependent failing with it is not reported again).
+    TaskFailed {
+        /// The job.
+        job: JobId,
+        /// The array index of a command task, else the task's index in its job.
+        task: u32,
+        /// Where it ran.
+        worker: Option<WorkerId>,
+        /// Why, with the worker's words (a command's exit code and stderr tail).
+        error: TaskError,
+    },
+    /// A worker registered.
+    WorkerJoined {
+        /// Its id.
+        worker: WorkerId,
+        /// Its host.
+        host: String,
+        /// Its slots.
+        slots: u16,
+        /// Its launch tag.
+        launch: Option<String>,
+    },
+    /// A worker started retiring.
+    WorkerRetiring {
+        /// Its id.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+    /// A worker left or was lost.
+    WorkerLeft {
+        /// Its id.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+    /// A batch job (or local worker process) changed state: submitted (pending), started,
+    /// ended (with why, when it ended early).
+    Allocation {
+        /// Its pool.
+        pool: String,
+        /// The batch system's job id (local: the pid).
+        id: String,
+        /// Its new state.
+        state: AllocationState,
+        /// Why it ended, when known.
+        note: Option<String>,
+    },
+    /// The adaptive policy changed a pool's target.
+    Adapt {
+        /// The pool.
+        pool: String,
+        /// Jobs wanted now.
+        target: u32,
+        /// The policy's own words.
+        reason: String,
+    },
+    /// The batch system refused a submission or a poll failed.
+    BatchError {
+        /// The pool.
+        pool: String,
+        /// The batch system's words.
+        message: String,
+    },
+}
+
+/// A page of events, in [`Reply::Events`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventPage {
+    /// The scheduler's clock now, in milliseconds since it started (to date the events).
+    pub now_ms: u64,
+    /// Events after the asked sequence number, oldest first.
+    pub events: Vec<ClusterEvent>,
+    /// Events after the asked number that the scheduler no longer keeps (its memory for them
+    /// is bounded); 0 when none was missed.
+    pub missed: u64,
+}
+
+/// One task that ended, in the task stream of [`Metrics`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Its sequence number in the stream.
+    pub seq: u64,
+    /// The worker it ran on.
+    pub worker: WorkerId,
+    /// Its kind (a function, or `command:<job name>`).
+    pub kind: String,
+    /// When it started and ended, in milliseconds since the scheduler started.
+    pub start_ms: u64,
+    /// When it ended.
+    pub end_ms: u64,
+    /// Whether it produced a result.
+    pub ok: bool,
+}
+
+/// The upper bounds, in microseconds, of the buckets of [`KindMetrics::duration_buckets`]
+/// (the last bucket has no bound).
+pub const DURATION_BUCKETS_US: [u64; 12] = [
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    60_000_000,
+    600_000_000,
+    3_600_000_000,
+    36_000_000_000,
+    360_000_000_000,
+    u64::MAX,
+];
+
+/// Counters of one kind of task, in [`Metrics`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindMetrics {
+    /// The kind.
+    pub kind: String,
+    /// Tasks that finished with a result.
+    pub finished: u64,
+    /// Tasks that failed.
+    pub failed: u64,
+    /// Finished tasks by duration: how many in each bucket of [`DURATION_BUCKETS_US`] (not cumulative).
+    pub duration_buckets: Vec<u64>,
+    /// The sum of their durations, in microseconds.
+    pub duration_sum_us: u64,
+}
+
+/// The scheduler's counters, in [`Reply::Metrics`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// The scheduler's clock now, in milliseconds since it started.
+    pub now_ms: u64,
+    /// Per kind of task.
+    pub kinds: Vec<KindMetrics>,
+    /// Bytes of task inputs moved between workers, over all workers that ever joined.
+    pub fetched_bytes: u64,
+    /// Workers that ever joined, and that left.
+    pub workers_joined: u64,
+    /// Workers that left.
+    pub workers_left: u64,
+    /// Tasks that ended after the asked stream number (the newest the scheduler keeps).
+    pub tasks: Vec<TaskRecord>,
 }
 
 /// Requests for the cluster's provisioner: the part of the scheduler process that starts and
@@ -721,6 +923,10 @@ pub struct WorkerStatus {
     pub idle_ms: u64,
     /// Tasks it has finished (successfully) since it joined.
     pub finished: u64,
+    /// Bytes of the results it holds.
+    pub held_bytes: u64,
+    /// What its process used at its last heartbeat.
+    pub load: WorkerLoad,
 }
 
 /// The work of one kind (a function, or a command job's name) in [`ClusterStatus`].
@@ -765,6 +971,8 @@ pub struct ClusterStatus {
     pub load: Vec<KindLoad>,
     /// Pools and their allocations, from the provisioner (`None` where there is none).
     pub provisioning: Option<ProvisioningStatus>,
+    /// The dashboard's address (`http://host:port/`, without its token), when one is served.
+    pub dashboard: Option<String>,
 }
 
 /// Replies to client requests.
@@ -786,6 +994,10 @@ pub enum Reply {
     NoSuchJob(JobId),
     /// A provisioning request was carried out: what was done, in words.
     Control(String),
+    /// The events asked for.
+    Events(EventPage),
+    /// The counters asked for.
+    Metrics(Box<Metrics>),
 }
 
 /// Why a request was refused.

@@ -144,6 +144,21 @@ impl Secret {
         Secret::from_hex(&text).ok_or(SecretError::Corrupt { path: p })
     }
 
+    /// A token for `purpose` (e.g. `"dashboard"`), derived from the secret: 64 hex digits that
+    /// anyone with the secret file can recompute, that differ between clusters and purposes, and
+    /// from which the secret cannot be recovered. What the dashboard's URL carries.
+    pub fn derive_token(&self, purpose: &str) -> String {
+        let tag = self.mac(b"rdask derived token", purpose.as_bytes(), b"").finalize().into_bytes();
+        tag.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `token` is [`Secret::derive_token`] of `purpose`, compared in constant time.
+    pub fn check_token(&self, purpose: &str, token: &str) -> bool {
+        // Decoded, then checked by `hmac`'s `verify_slice` (constant time, through `subtle`).
+        let Some(given) = Secret::from_hex(token) else { return false };
+        self.mac(b"rdask derived token", purpose.as_bytes(), b"").verify_slice(&given.0).is_ok()
+    }
+
     fn mac(&self, label: &[u8], a: &[u8], b: &[u8]) -> Hmac<Sha256> {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any size");
         m.update(label);
@@ -226,6 +241,19 @@ mod tests {
     use super::*;
     use crate::tcp::{self, TcpFrameListener};
     use crate::Listener;
+
+    #[test]
+    fn derived_tokens_differ_by_cluster_and_purpose_and_check_only_themselves() {
+        let (a, b) = (Secret::generate(), Secret::generate());
+        let t = a.derive_token("dashboard");
+        assert_eq!(t.len(), 64);
+        assert!(a.check_token("dashboard", &t));
+        assert!(!b.check_token("dashboard", &t), "another cluster's token must not pass");
+        assert!(!a.check_token("metrics", &t), "a token is for one purpose");
+        assert!(!a.check_token("dashboard", &t[..63]));
+        assert!(!a.check_token("dashboard", ""));
+        assert_ne!(t, a.to_hex(), "the token is not the secret");
+    }
 
     async fn handshake(server: Secret, client: Secret) -> (Result<(), AuthError>, Result<(), AuthError>) {
         let mut l = TcpFrameListener::bind("127.0.0.1:0").await.unwrap();

@@ -43,11 +43,12 @@ use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
-    ClientInfo, ClusterStatus, ControlRequest, JobId, Needs, ProvisioningStatus, Refusal, Reply, TaskId, ToClient,
-    ToScheduler, ToWorker, WorkerId,
+    ClientInfo, ClusterStatus, ControlRequest, EventKind, JobId, Needs, ProvisioningStatus, Refusal, Reply, TaskId,
+    ToClient, ToScheduler, ToWorker, WorkerId,
 };
 
 mod graph;
+mod observe;
 mod placement;
 mod requests;
 mod retire;
@@ -59,6 +60,8 @@ mod check;
 mod tests;
 
 use graph::Job;
+use observe::Observed;
+pub use observe::{EVENTS_KEPT, TASKS_KEPT};
 use placement::{KindStats, SHORT_TASK_US};
 use workers::Worker;
 
@@ -130,6 +133,10 @@ pub enum Control {
     Observe,
     /// What status replies carry as [`ClusterStatus::provisioning`] from now on.
     Provisioning(ProvisioningStatus),
+    /// Record an event of the embedding's (a batch job's state, an adaptive decision).
+    Event(EventKind),
+    /// Where the dashboard is served, for [`ClusterStatus::dashboard`].
+    Dashboard(String),
     /// Stop the workers and exit, as [`Request::Shutdown`](crate::protocol::Request::Shutdown) does.
     Shutdown,
 }
@@ -240,6 +247,8 @@ pub struct Scheduler {
     needs_index: HashMap<Needs, u32>,
     /// The GPUs (indices of its worker's offer) held by each assigned task that needs any.
     bound: FxHashMap<TaskId, Vec<u16>>,
+    /// Events, the task stream and the counters (`observe.rs`).
+    observed: Observed,
 }
 
 impl Scheduler {
@@ -265,6 +274,7 @@ impl Scheduler {
             needs: vec![Needs::default()],
             needs_index: HashMap::from([(Needs::default(), 0)]),
             bound: FxHashMap::default(),
+            observed: Observed::default(),
         }
     }
 
@@ -337,6 +347,8 @@ impl Scheduler {
                 self.notify(Notice::Observed(Box::new(status)));
             }
             Control::Provisioning(p) => self.provisioning = Some(p),
+            Control::Event(e) => self.event(e),
+            Control::Dashboard(address) => self.set_dashboard(address),
             Control::Shutdown => self.shutdown(None),
         }
     }
@@ -374,8 +386,9 @@ impl Scheduler {
                 self.commands.push(Command::ToClient(conn, ToClient::Welcome));
                 self.notify(Notice::ClientJoined { conn, info });
             }
-            (Some(Peer::Worker(w)), ToScheduler::Heartbeat) => {
-                if let Some(worker) = self.workers.get(&w) {
+            (Some(Peer::Worker(w)), ToScheduler::Heartbeat(load)) => {
+                if let Some(worker) = self.workers.get_mut(&w) {
+                    worker.load = load;
                     self.commands.push(Command::ToWorker(worker.conn, ToWorker::Ack));
                 }
             }
@@ -408,7 +421,7 @@ fn discriminant_name(msg: &ToScheduler) -> &'static str {
     match msg {
         ToScheduler::RegisterWorker(_) => "RegisterWorker",
         ToScheduler::RegisterClient(_) => "RegisterClient",
-        ToScheduler::Heartbeat => "Heartbeat",
+        ToScheduler::Heartbeat(_) => "Heartbeat",
         ToScheduler::Finished(_) => "Finished",
         ToScheduler::Failed(..) => "Failed",
         ToScheduler::InputMissing(..) => "InputMissing",

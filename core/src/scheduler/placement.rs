@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::protocol::{Assignment, JobId, TaskBody, TaskId, ToWorker, Work, WorkerId};
 
 use super::graph::State;
+use super::observe::KindCounters;
 use super::{Command, Scheduler};
 
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub(super) struct KindStats {
     pub(super) name: String,
     /// Mean duration in microseconds, exponentially weighted; `None` until one finished.
     pub(super) mean_us: Option<f64>,
+    /// Finished and failed tasks and their durations, for `/metrics`.
+    pub(super) counters: KindCounters,
 }
 
 /// No kind (a job without a command).
@@ -195,7 +198,7 @@ impl Scheduler {
         }
         let k = self.kinds.len() as u32;
         self.kind_index.insert(name.clone(), k);
-        self.kinds.push(KindStats { name, mean_us: None });
+        self.kinds.push(KindStats { name, mean_us: None, counters: KindCounters::default() });
         k
     }
 

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::protocol::{
-    ClientInfo, ClusterStatus, Counts, ErrorKind, Holding, JobId, JobOutcome, JobSpec, JobStatus, JobTasks, KindLoad,
-    Needs, Refusal, RefusalKind, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, WorkerId,
+    ClientInfo, ClusterStatus, Counts, ErrorKind, EventKind, Holding, JobId, JobOutcome, JobSpec, JobStatus, JobTasks,
+    KindLoad, Needs, Refusal, RefusalKind, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, WorkerId,
     WorkerStatus,
 };
 
@@ -37,6 +37,8 @@ impl Scheduler {
                 Some(j) => Reply::Progress(j.counts),
             },
             Request::Status => Reply::Status(self.status()),
+            Request::Events { after } => Reply::Events(self.events_after(after)),
+            Request::Metrics { tasks_after } => Reply::Metrics(Box::new(self.metrics(tasks_after))),
             Request::Release(job) => {
                 if !self.jobs.contains_key(&job) {
                     Reply::NoSuchJob(job)
@@ -211,10 +213,12 @@ impl Scheduler {
                 self.queue_new(tid);
             }
         }
+        tracing::info!(job = %id, tasks = total, "job submitted");
+        let name = self.jobs.get(&id).map(|j| j.spec_name.clone()).unwrap_or_default();
+        self.event(EventKind::JobSubmitted { job: id, name, tasks: total });
         for (t, d) in failed_inputs {
             self.fail(t, TaskError { kind: ErrorKind::DependencyFailed(d), message: "failed earlier".into() });
         }
-        tracing::info!(job = %id, tasks = total, "job submitted");
         Ok(id)
     }
 
@@ -224,6 +228,7 @@ impl Scheduler {
             return;
         }
         tracing::info!(job = %job, finished = j.counts.finished, failed = j.counts.failed, "job done");
+        let (name, finished, failed) = (j.spec_name.clone(), j.counts.finished, j.counts.failed);
         let waiters = std::mem::take(&mut j.waiters);
         if !waiters.is_empty() {
             let outcome = self.outcome(job);
@@ -232,6 +237,7 @@ impl Scheduler {
                 self.commands.push(Command::ToClient(conn, ToClient::Reply { req, body }));
             }
         }
+        self.event(EventKind::JobFinished { job, name, finished, failed });
         // The jobs it references stay until it is released itself: if one of its kept
         // results is lost, recomputing it may need theirs.
         if let Some(j) = self.jobs.get(&job) {
@@ -278,6 +284,8 @@ impl Scheduler {
                 ends_in_ms: w.ends_at.map(|e| ms(e.saturating_duration_since(now))),
                 idle_ms: w.idle_since.map_or(0, |i| ms(now.saturating_duration_since(i))),
                 finished: w.finished,
+                held_bytes: w.holds.iter().filter_map(|t| self.task(*t)).map(|t| t.size).sum(),
+                load: w.load,
             })
             .collect();
         workers.sort_by_key(|w| w.id);
@@ -293,7 +301,14 @@ impl Scheduler {
             .collect();
         jobs.sort_by_key(|j| j.id);
         let clients = self.conns.values().filter(|p| matches!(p, Peer::Client(_))).count() as u32;
-        ClusterStatus { workers, jobs, clients, load: self.load(), provisioning: self.provisioning.clone() }
+        ClusterStatus {
+            workers,
+            jobs,
+            clients,
+            load: self.load(),
+            provisioning: self.provisioning.clone(),
+            dashboard: self.dashboard(),
+        }
     }
 
     /// Queued and running tasks per kind. A job with one kind counts from its counts; only jobs

@@ -5,7 +5,7 @@
 //! holds them from then on, and the retiring one is told to stop. A request to retire several
 //! workers is all or none ([`Scheduler::check_retire`]).
 
-use crate::protocol::{Refusal, RefusalKind, TaskId, ToWorker, WorkerId};
+use crate::protocol::{EventKind, Refusal, RefusalKind, TaskId, ToWorker, WorkerId};
 
 use super::graph::State;
 use super::{Command, Scheduler};
@@ -21,6 +21,7 @@ impl Scheduler {
         tracing::info!(worker = %w, "retiring: {why}");
         worker.retiring = true;
         self.retiring += 1;
+        self.event(EventKind::WorkerRetiring { worker: w, reason: why.to_string() });
     }
 
     /// Whether workers `ws` can retire together now: all idle, and their wanted results have

@@ -153,7 +153,7 @@ impl Sim {
     }
 
     fn heartbeat(&mut self, conn: ConnId) {
-        self.send(conn, ToScheduler::Heartbeat);
+        self.send(conn, ToScheduler::Heartbeat(Default::default()));
     }
 
     /// Removes and returns the recorded commands that `f` picks.
@@ -698,7 +698,7 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
         assert_eq!(std::mem::take(&mut sim.out), vec![Command::Close(conn)], "{what}");
         if who == "client" {
             // The client is gone; the cluster is as it was, and its job runs on.
-            sim.send(c1, ToScheduler::Heartbeat);
+            sim.send(c1, ToScheduler::Heartbeat(Default::default()));
             let client2 = sim.connect_client();
             let after = sim.status(client2);
             assert_eq!((&after.workers, &after.jobs), (&before.workers, &before.jobs), "{what}");
@@ -1284,3 +1284,6 @@ fn losing_a_worker_visits_only_the_tasks_on_it_however_many_others_exist() {
 
 #[path = "tests_resources.rs"]
 mod resources;
+
+#[path = "tests_observe.rs"]
+mod observe;

@@ -7,7 +7,9 @@
 use rustc_hash::FxHashSet;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ErrorKind, JobId, Needs, TaskError, TaskId, ToWorker, WorkerId, WorkerInfo};
+use crate::protocol::{
+    ErrorKind, EventKind, JobId, Needs, TaskError, TaskId, ToWorker, WorkerId, WorkerInfo, WorkerLoad,
+};
 
 use super::graph::State;
 use super::{Command, ConnId, Notice, Peer, Scheduler};
@@ -40,6 +42,8 @@ pub(super) struct Worker {
     pub(super) held: Held,
     /// Tasks it finished.
     pub(super) finished: u64,
+    /// What its process used at its last heartbeat.
+    pub(super) load: WorkerLoad,
 }
 
 /// What a worker's assigned tasks hold of its [`crate::protocol::Offer`].
@@ -147,6 +151,9 @@ impl Scheduler {
         self.next_worker += 1;
         tracing::info!(worker = %id, host = %info.host, pid = info.pid, launch = ?info.launch, slots = info.slots, "worker registered");
         self.notify(Notice::WorkerJoined { worker: id, launch: info.launch.clone() });
+        self.observed.workers_joined += 1;
+        let (host, slots, launch) = (info.host.clone(), info.slots, info.launch.clone());
+        self.event(EventKind::WorkerJoined { worker: id, host, slots, launch });
         let peers: Vec<_> = self.workers.iter().map(|(id, w)| (*id, w.info.data_address.clone())).collect();
         for w in self.workers.values() {
             self.commands.push(Command::ToWorker(w.conn, ToWorker::Peers(vec![(id, info.data_address.clone())])));
@@ -177,6 +184,7 @@ impl Scheduler {
                 stop_sent: false,
                 held,
                 finished: 0,
+                load: WorkerLoad::default(),
             },
         );
     }
@@ -212,6 +220,9 @@ impl Scheduler {
     pub(super) fn worker_lost(&mut self, w: WorkerId, reason: &str) {
         let Some(worker) = self.workers.remove(&w) else { return };
         self.notify(Notice::WorkerLeft { worker: w, launch: worker.info.launch.clone(), reason: reason.to_string() });
+        self.observed.workers_left += 1;
+        self.observed.fetched_by_gone += worker.load.fetched_bytes;
+        self.event(EventKind::WorkerLeft { worker: w, reason: reason.to_string() });
         if worker.retiring && !worker.stop_sent {
             self.retiring -= 1;
         }
@@ -245,7 +256,9 @@ impl Scheduler {
             self.set_state(id, State::Waiting { missing: 0 });
             if n >= max {
                 let message = format!("the worker running it died {n} times; last: {who}");
-                self.fail(id, TaskError { kind: ErrorKind::WorkerLost, message });
+                let error = TaskError { kind: ErrorKind::WorkerLost, message };
+                self.task_failed_event(id, Some(w), &error);
+                self.fail(id, error);
             } else {
                 self.refresh(id);
             }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
     self, Assignment, CommandSpec, DataReply, DataRequest, ErrorKind, Finished, JobId, Offer, TaskError, TaskId,
-    ToScheduler, ToWorker, Work, WorkerId, WorkerInfo,
+    ToScheduler, ToWorker, Work, WorkerId, WorkerInfo, WorkerLoad,
 };
 use crate::registry::Registry;
 
@@ -308,7 +308,8 @@ impl Worker {
                     if last_heard.elapsed() > self.death_timeout {
                         break Ended::Lost(format!("no word from the scheduler for {} s", self.death_timeout.as_secs()));
                     }
-                    let _ = out.send(protocol::frame(&ToScheduler::Heartbeat));
+                    let load = WorkerLoad { fetched_bytes: self.pool.fetched_bytes(), ..process_load() };
+                    let _ = out.send(protocol::frame(&ToScheduler::Heartbeat(load)));
                 }
                 _ = term() => {
                     if self.retiring {
@@ -580,13 +581,33 @@ fn reply_frames(found: Vec<(TaskId, Option<Bytes>)>) -> Vec<Frame> {
     frames
 }
 
+/// This process's resident memory and CPU time (Linux: `/proc/self/stat`; elsewhere zeros).
+fn process_load() -> WorkerLoad {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return WorkerLoad::default() };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return WorkerLoad::default() };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat (11 and 12 here), rss field 24 (21 here).
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096).max(1) as u64;
+    WorkerLoad { rss_bytes: num(21) * page, cpu_ms: (num(11) + num(12)) * 1000 / ticks, fetched_bytes: 0 }
+}
+
 /// Authenticated data connections to other workers, reused between fetches.
 #[derive(Clone, Default)]
 pub struct FetchPool {
     idle: Arc<Mutex<HashMap<String, Vec<Connection>>>>,
+    /// Payload bytes fetched so far.
+    fetched: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FetchPool {
+    /// Payload bytes this pool has fetched so far.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Fetches `ids` from the worker at `address`; `Err` names the first missing one or the failure.
     pub async fn fetch(&self, secret: &Secret, address: &str, ids: &[TaskId]) -> Result<Vec<(TaskId, Bytes)>, String> {
         let pooled = self.idle.lock().expect("pool lock").get_mut(address).and_then(|v| v.pop());
@@ -623,6 +644,8 @@ impl FetchPool {
         if out.len() != ids.len() || out.iter().zip(ids).any(|((got, _), want)| got != want) {
             return Err(format!("{address} answered other tasks than asked"));
         }
+        let bytes: u64 = out.iter().map(|(_, b)| b.len() as u64).sum();
+        self.fetched.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         self.idle.lock().expect("pool lock").entry(address.to_string()).or_default().push(conn);
         Ok(out)
     }

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rdask::protocol::{
-    AdaptSpec, AdaptState, AllocationState, AllocationStatus, ClusterStatus, ControlRequest, PoolStatus,
+    AdaptSpec, AdaptState, AllocationState, AllocationStatus, ClusterStatus, ControlRequest, EventKind, PoolStatus,
     ProvisioningStatus, Refusal, RefusalKind, Reply, ScaleTarget, WorkerId,
 };
 use rdask::scheduler::{Control, Notice};
@@ -303,6 +303,8 @@ impl Provisioner {
                         None => "ended before its worker joined (no stderr file found)".to_string(),
                     });
                     tracing::warn!(job = %id, "{}", a.note.as_deref().unwrap_or_default());
+                    let (pool, state, note) = (a.pool, a.state, a.note.clone());
+                    self.allocation_event(pool, id, state, note);
                 }
             }
             Input::Tick => {}
@@ -324,7 +326,10 @@ impl Provisioner {
                 a.ever_joined = true;
                 if a.state == AllocationState::Pending {
                     a.state = AllocationState::Running;
+                    let (pool, id) = (a.pool, a.id.clone().unwrap_or_default());
+                    self.allocation_event(pool, id, AllocationState::Running, None);
                 }
+                let a = self.allocs.get_mut(&seq).expect("indexed");
                 if first {
                     let p = &mut self.pools[a.pool];
                     p.failures = 0;
@@ -472,11 +477,13 @@ impl Provisioner {
                 self.by_id.insert(id.clone(), seq);
                 a.id = Some(id.clone());
                 a.state = if a.ever_joined { AllocationState::Running } else { state };
+                let state = a.state;
                 self.pools[pool].error = None;
                 if self.shutting_down {
                     a.cancel_sent = true;
-                    self.actions.push(Action::Cancel(vec![id]));
+                    self.actions.push(Action::Cancel(vec![id.clone()]));
                 }
+                self.allocation_event(pool, id, state, None);
             }
             Err(e) => {
                 let p = &self.pools[pool];
@@ -505,7 +512,16 @@ impl Provisioner {
                 }
             }
         }
+        let message = why.clone();
         p.error = Some(why);
+        let pool = p.config.name.clone();
+        self.actions.push(Action::Scheduler(Control::Event(EventKind::BatchError { pool, message })));
+    }
+
+    /// Tells the scheduler's event log that an allocation of pool `pool` is now in `state`.
+    fn allocation_event(&mut self, pool: usize, id: String, state: AllocationState, note: Option<String>) {
+        let pool = self.pools[pool].config.name.clone();
+        self.actions.push(Action::Scheduler(Control::Event(EventKind::Allocation { pool, id, state, note })));
     }
 
     fn polled(&mut self, now: Instant, r: Result<HashMap<String, AllocationState>, String>) {
@@ -517,6 +533,8 @@ impl Provisioner {
                 for p in &mut self.pools {
                     p.error = Some(format!("polling failed (states shown are the last known): {e}"));
                 }
+                let (pool, message) = (self.pools[0].config.name.clone(), format!("polling failed: {e}"));
+                self.actions.push(Action::Scheduler(Control::Event(EventKind::BatchError { pool, message })));
                 return;
             }
         };
@@ -526,6 +544,7 @@ impl Provisioner {
             }
         }
         let mut failed = Vec::new();
+        let mut changed = Vec::new();
         for (seq, a) in &mut self.allocs {
             let Some(s) = a.id.as_ref().and_then(|id| states.get(id)) else { continue };
             if *s == a.state || !a.state.is_active() {
@@ -537,9 +556,14 @@ impl Provisioner {
             }
             tracing::info!(job = ?a.id, from = %a.state, to = %s, "allocation state changed");
             a.state = *s;
+            changed.push((a.pool, a.id.clone().unwrap_or_default(), *s));
             if !s.is_active() && !a.ever_joined && !a.cancel_sent {
                 failed.push(*seq);
             }
+        }
+        changed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (pool, id, state) in changed {
+            self.allocation_event(pool, id, state, None);
         }
         for seq in failed {
             let a = &self.allocs[&seq];
@@ -734,9 +758,12 @@ impl Provisioner {
             let interval = Duration::from_secs_f64(policy.spec.interval.max(0.01));
             let reason = d.reason.clone();
             let p = &mut self.pools[i];
-            if p.decided.as_ref().is_none_or(|(_, r)| *r != d.reason) {
+            if p.decided.as_ref().is_none_or(|(t, r)| *r != d.reason || *t != d.target) {
                 tracing::info!(pool = %p.config.name, target = d.target, "adaptive: {}", d.reason);
+                let (pool, target, reason) = (p.config.name.clone(), d.target, d.reason.clone());
+                self.actions.push(Action::Scheduler(Control::Event(EventKind::Adapt { pool, target, reason })));
             }
+            let p = &mut self.pools[i];
             p.decided = Some((d.target, reason));
             p.next_decision = Some(now + interval);
             for _ in 0..d.submit {
