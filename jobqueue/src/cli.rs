@@ -94,8 +94,13 @@ pub enum Cmd {
     Submit(SubmitArgs),
     /// Wait for a job to finish, with a progress bar; exits 1 if any task failed.
     Wait(WaitArgs),
-    /// Show the cluster's workers and jobs.
+    /// Show the cluster's workers and jobs, and the dashboard's URL.
     Status(StatusArgs),
+    /// Print the cluster's events (jobs submitted and finished, tasks failed, workers joined
+    /// and left, batch jobs queued, started and ended, adaptive decisions).
+    ///
+    ///   rdask-jobqueue events --follow --output json | jq .
+    Events(EventsArgs),
     /// Stop the cluster: workers, scheduler, and anything left by a crash.
     Down(DownArgs),
     /// Print the job script that `up` would submit, and submit nothing.
@@ -303,6 +308,13 @@ pub struct SchedulerArgs {
     /// Heartbeat interval in milliseconds; a worker silent for 10 intervals is lost.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_ms: u64,
+    /// Where the web dashboard listens (the next free port if this one is taken); `up` and
+    /// `status` print its URL, which carries the cluster's dashboard token.
+    #[arg(long, default_value = "0.0.0.0:8787", value_name = "HOST:PORT")]
+    pub dashboard_address: String,
+    /// Serve no dashboard (and no `/metrics`).
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 /// Options of one worker pool: its nodes and its jobs' parameters. The main pool's are options of
@@ -496,6 +508,22 @@ pub struct WaitArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputMode::Text)]
+    pub output: OutputMode,
+    /// Redraw a live view (workers, jobs with progress bars, batch jobs) every second until
+    /// Ctrl-C, for a terminal without a browser.
+    #[arg(long, conflicts_with = "output")]
+    pub watch: bool,
+}
+
+/// Options of `events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing new events as they happen, until Ctrl-C or the cluster ends.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// `text`: one line per event; `json`: one JSON object per line (`seq`, `at` in seconds
+    /// since the epoch, `event`, and the event's fields).
     #[arg(long, value_enum, default_value_t = OutputMode::Text)]
     pub output: OutputMode,
 }

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cli;
 mod cmd;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 #[cfg(any(test, feature = "fake-batch"))]
 pub mod fake;
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Submit(a) => rt.block_on(cmd::submit::submit(&state, a)),
         Cmd::Wait(a) => rt.block_on(cmd::wait::wait(&state, a)),
         Cmd::Status(a) => rt.block_on(cmd::status::status(&state, a)),
+        Cmd::Events(a) => rt.block_on(cmd::events::events(&state, a)),
         Cmd::Down(a) => rt.block_on(cmd::down::down(&state, a)),
         Cmd::Scheduler(a) => rt.block_on(cmd::scheduler::scheduler(&state, a)),
         Cmd::JobScript(a) => cmd::job_script::job_script(&state, &ClusterSpec::resolve(&a, &state)?),

@@ -151,6 +151,9 @@ pub struct SchedulerSpec {
     pub poll_interval: f64,
     /// Whether `up` runs the scheduler in a batch job of its own.
     pub in_job: bool,
+    /// Where the dashboard listens (`HOST:PORT`); `None`: no dashboard.
+    #[serde(default)]
+    pub dashboard: Option<String>,
 }
 
 /// The workers: what they run and how.
@@ -321,6 +324,7 @@ impl ClusterSpec {
                 heartbeat_ms: args.heartbeat_ms,
                 poll_interval: args.poll_interval,
                 in_job: args.scheduler_in_job,
+                dashboard: (!args.no_dashboard).then(|| args.dashboard_address.clone()),
             },
             workers: WorkerSpec {
                 local_workers: args.workers,

@@ -3,6 +3,7 @@
 
 pub(crate) mod adapt;
 pub(crate) mod down;
+pub(crate) mod events;
 pub(crate) mod job_script;
 pub(crate) mod scale;
 pub(crate) mod scheduler;

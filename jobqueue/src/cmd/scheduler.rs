@@ -62,6 +62,23 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     let (server, controller) = rdask::server::spawn_controlled(listener, secret.clone(), config);
     tracing::info!("scheduler listening; workers and clients use {}", addresses.join(", "));
     let rdask::server::Controller { notices, control } = controller;
+    let dashboard = tokio_util::sync::CancellationToken::new();
+    let _stop_dashboard = dashboard.clone().drop_guard();
+    if let Some(bind) = &a.scheduler.dashboard {
+        let info = rdask::cluster::ClusterInfo {
+            addresses: addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+            secret: secret.clone(),
+        };
+        match crate::dashboard::start(bind, info, dashboard.clone()).await {
+            Ok(at) => {
+                let host = if at.ip().is_unspecified() { rdask::worker::hostname() } else { at.ip().to_string() };
+                let address = format!("http://{}:{}/", net::bracket(&host), at.port());
+                tracing::info!("dashboard at {}", crate::dashboard::url(&address, &secret));
+                let _ = control.send(rdask::scheduler::Control::Dashboard(address));
+            }
+            Err(e) => tracing::warn!("no dashboard: {e}"),
+        }
+    }
     let started = match batch {
         None => {
             let ours = vec!["--name".to_string(), state.name.clone(), "worker".to_string()];

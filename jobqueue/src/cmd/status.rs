@@ -10,12 +10,73 @@ use crate::state::StateDir;
 /// `status`: workers and jobs.
 pub(crate) async fn status(state: &StateDir, a: StatusArgs) -> Result<i32> {
     let client = connect(state).await?;
+    if a.watch {
+        return watch(state, &client).await;
+    }
     let s = client.status().await.map_err(Error::client(&state.name))?;
     match a.output {
-        OutputMode::Json => println!("{}", serde_json::to_string_pretty(&status_json(&s)).expect("serialisable")),
+        OutputMode::Json => {
+            let mut v = status_json(&s);
+            v["dashboard"] = serde_json::json!(dashboard_url(state, &s));
+            println!("{}", serde_json::to_string_pretty(&v).expect("serialisable"))
+        }
         OutputMode::Text => print!("{}", render_status(state, &s)),
     }
     Ok(0)
+}
+
+/// The dashboard's URL with its token, when the cluster serves one.
+pub(crate) fn dashboard_url(state: &StateDir, s: &ClusterStatus) -> Option<String> {
+    let address = s.dashboard.as_deref()?;
+    let secret = rdask::Secret::load(&state.file(rdask::cluster::SECRET_FILE)).ok()?;
+    Some(crate::dashboard::url(address, &secret))
+}
+
+/// `status --watch`: the status and each job's progress bar, redrawn every second.
+async fn watch(state: &StateDir, client: &rdask::Client) -> Result<i32> {
+    use std::io::Write;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(Error::io("cannot handle signals"))?;
+    loop {
+        let s = match client.status().await {
+            Ok(s) => s,
+            Err(rdask::ClientError::Disconnected) => {
+                println!("the cluster has ended");
+                return Ok(0);
+            }
+            Err(e) => return Err(Error::client(&state.name)(e)),
+        };
+        let mut out = String::from("\x1b[H\x1b[2J");
+        out += &render_status(state, &s);
+        if !s.jobs.is_empty() {
+            out += "\nPROGRESS\n";
+            for j in &s.jobs {
+                out += &format!("{:<6} {:<16} {}\n", j.id.to_string(), j.name, bar(&j.counts, 40));
+            }
+        }
+        out += "\n(Ctrl-C to stop watching; the cluster goes on)\n";
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = int.recv() => return Ok(0),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// `[#####.....]  50%  5/10 (1 failed)`.
+fn bar(c: &rdask::protocol::Counts, width: usize) -> String {
+    let done = c.finished + c.failed;
+    let frac = if c.total == 0 { 1.0 } else { f64::from(done) / f64::from(c.total) };
+    let full = (frac * width as f64).round() as usize;
+    let failed = if c.failed > 0 { format!(" ({} failed)", c.failed) } else { String::new() };
+    format!(
+        "[{}{}] {:>3.0}%  {done}/{}{failed}",
+        "#".repeat(full),
+        ".".repeat(width - full.min(width)),
+        frac * 100.0,
+        c.total
+    )
 }
 
 /// The allocation (batch job or local worker process) each worker runs in, by its launch tag.
@@ -75,6 +136,9 @@ pub(crate) fn render_status(state: &StateDir, s: &ClusterStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "cluster `{}`: {} worker(s), {} job(s)", state.name, s.workers.len(), s.jobs.len());
+    if let Some(url) = dashboard_url(state, s) {
+        let _ = writeln!(out, "dashboard: {url}");
+    }
     let pools = s.provisioning.as_ref().map(|p| p.pools.as_slice()).unwrap_or_default();
     for p in pools {
         let unit = if p.unit == "job" { "batch jobs" } else { "local workers" };

@@ -188,6 +188,9 @@ pub(crate) async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
         s.workers.len(),
         state.path.display()
     );
+    if let Some(url) = super::status::dashboard_url(state, &s) {
+        println!("dashboard: {url}");
+    }
     println!("next: rdask-jobqueue submit --array 1-10 -- echo %{{TASK_ID}}; rdask-jobqueue wait; rdask-jobqueue down");
     Ok(0)
 }
