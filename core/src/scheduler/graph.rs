@@ -253,8 +253,8 @@ impl Scheduler {
             task.size = f.size;
             // A command task leaves no result behind: nothing to hold.
             let holds = !matches!(task.body, TaskBody::Command);
-            self.record_duration(f.id, f.duration_us);
-            self.task_ended(f.id, w, f.duration_us, true);
+            let kind = self.record_duration(f.id, f.duration_us);
+            self.task_ended(kind, w, f.duration_us, true);
             if let Some(worker) = self.workers.get_mut(&w) {
                 worker.finished += 1;
             }
@@ -320,7 +320,7 @@ impl Scheduler {
             return;
         }
         tracing::debug!(task = %id, worker = %w, error = %err, "task failed");
-        self.task_ended(id, w, 0, false);
+        self.task_ended(self.kind_of(id), w, 0, false);
         self.task_failed_event(id, Some(w), &err);
         self.fail(id, err);
     }

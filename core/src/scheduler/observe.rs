@@ -28,13 +28,25 @@ pub(super) struct Observed {
     started: Option<Instant>,
     events: VecDeque<ClusterEvent>,
     next_event: u64,
-    tasks: VecDeque<TaskRecord>,
+    /// Kinds by index, named only when read (no string per task on the hot path).
+    tasks: VecDeque<Ended>,
     next_task: u64,
     /// Bytes fetched by workers that left (those still here report their own totals).
     pub(super) fetched_by_gone: u64,
     pub(super) workers_joined: u64,
     pub(super) workers_left: u64,
     pub(super) dashboard: Option<String>,
+}
+
+/// A task record as kept: [`TaskRecord`] with its kind's index.
+#[derive(Debug)]
+struct Ended {
+    seq: u64,
+    worker: WorkerId,
+    kind: u32,
+    start_ms: u64,
+    end_ms: u64,
+    ok: bool,
 }
 
 /// Per-kind counters, kept with the kind's measured durations.
@@ -80,26 +92,21 @@ impl Scheduler {
         }
     }
 
-    /// Records a task that ended on worker `w` after running `duration_us`.
-    pub(super) fn task_ended(&mut self, id: TaskId, w: WorkerId, duration_us: u32, ok: bool) {
+    /// Records a task of kind `kind` that ended on worker `w` after running `duration_us`.
+    pub(super) fn task_ended(&mut self, kind: u32, w: WorkerId, duration_us: u32, ok: bool) {
         let end_ms = self.now_ms();
-        let kind = self.kind_of(id);
-        let name = match self.kinds.get_mut(kind as usize) {
-            Some(k) => {
-                if ok {
-                    k.counters.finished(duration_us);
-                } else {
-                    k.counters.failed += 1;
-                }
-                k.name.clone()
+        // A job without a command has no kind (`NO_KIND`): nothing to count.
+        if let Some(k) = self.kinds.get_mut(kind as usize) {
+            if ok {
+                k.counters.finished(duration_us);
+            } else {
+                k.counters.failed += 1;
             }
-            // A job without a command has no kind.
-            None => String::new(),
-        };
+        }
         let o = &mut self.observed;
         o.next_task += 1;
         let start_ms = end_ms.saturating_sub(u64::from(duration_us) / 1000);
-        o.tasks.push_back(TaskRecord { seq: o.next_task, worker: w, kind: name, start_ms, end_ms, ok });
+        o.tasks.push_back(Ended { seq: o.next_task, worker: w, kind, start_ms, end_ms, ok });
         if o.tasks.len() > TASKS_KEPT {
             o.tasks.pop_front();
         }
@@ -144,7 +151,19 @@ impl Scheduler {
             fetched_bytes: o.fetched_by_gone + here,
             workers_joined: o.workers_joined,
             workers_left: o.workers_left,
-            tasks: o.tasks.iter().filter(|t| t.seq > tasks_after).cloned().collect(),
+            tasks: o
+                .tasks
+                .iter()
+                .filter(|t| t.seq > tasks_after)
+                .map(|t| TaskRecord {
+                    seq: t.seq,
+                    worker: t.worker,
+                    kind: self.kinds.get(t.kind as usize).map(|k| k.name.clone()).unwrap_or_default(),
+                    start_ms: t.start_ms,
+                    end_ms: t.end_ms,
+                    ok: t.ok,
+                })
+                .collect(),
         }
     }
 

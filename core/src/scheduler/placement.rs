@@ -172,14 +172,15 @@ impl Scheduler {
         Assignment { id, work, inputs, cpus, gpus }
     }
 
-    /// Folds a finished task's duration into the overall mean and its kind's.
-    pub(super) fn record_duration(&mut self, id: TaskId, duration_us: u32) {
+    /// Folds a finished task's duration into the overall mean and its kind's; returns the kind.
+    pub(super) fn record_duration(&mut self, id: TaskId, duration_us: u32) -> u32 {
         let d = f64::from(duration_us);
         self.mean_duration_us = 0.99 * self.mean_duration_us + 0.01 * d;
         let kind = self.kind_of(id);
         if let Some(k) = self.kinds.get_mut(kind as usize) {
             k.mean_us = Some(k.mean_us.map_or(d, |m| 0.9 * m + 0.1 * d));
         }
+        kind
     }
 
     /// The kind of a task: its function's, or its job's command's.

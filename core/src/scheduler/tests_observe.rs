@@ -70,19 +70,7 @@ fn a_reader_that_fell_behind_is_told_how_many_events_it_missed() {
     let mut sim = Sim::new();
     let client = sim.connect_client();
     for _ in 0..(EVENTS_KEPT + 10) {
-        let c = sim.connect();
-        sim.send(
-            c,
-            ToScheduler::RegisterWorker(WorkerInfo {
-                slots: 1,
-                host: "n".into(),
-                pid: 1,
-                launch: None,
-                data_address: String::new(),
-                lifetime_ms: None,
-                offer: Offer::default(),
-            }),
-        );
+        let (c, _) = sim.connect_worker(1);
         sim.disconnect(c);
     }
     let page = events(&mut sim, client, 0);

@@ -24,9 +24,12 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// Sum, count, and (upper bound, count) per bucket.
+type Buckets = (f64, u64, Vec<(f64, u64)>);
+
 /// A histogram whose buckets were counted elsewhere (by the scheduler).
 #[derive(Debug, Default)]
-struct Counted(Mutex<(f64, u64, Vec<(f64, u64)>)>);
+struct Counted(Mutex<Buckets>);
 
 impl TypedMetric for Counted {
     const TYPE: MetricType = MetricType::Histogram;
