@@ -121,6 +121,8 @@ function render(v) {
   }));
 }
 
+// The current view at once, then every new one as the scheduler process pushes it.
+fetch("api/state?token=" + encodeURIComponent(token)).then((r) => r.json()).then((v) => { if (v.status) render(v); });
 const source = new EventSource("api/stream?token=" + encodeURIComponent(token));
 source.addEventListener("view", (m) => render(JSON.parse(m.data)));
 source.onerror = () => { q("#summary").textContent = "disconnected from the scheduler (retrying)"; };

@@ -15,8 +15,8 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use rdask::protocol::{ClusterStatus, Metrics, DURATION_BUCKETS_US};
 
-/// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of what prometheus-client writes (OpenMetrics text, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labels = Vec<(String, String)>;
 
@@ -61,7 +61,8 @@ pub fn render(status: &ClusterStatus, m: &Metrics, latency: Duration) -> Result<
         let buckets = DURATION_BUCKETS_US
             .iter()
             .zip(&k.duration_buckets)
-            .map(|(&b, &n)| (if b == u64::MAX { f64::INFINITY } else { b as f64 / 1e6 }, n))
+            // prometheus-client writes the bucket of f64::MAX as `le="+Inf"` (and sums the counts).
+            .map(|(&b, &n)| (if b == u64::MAX { f64::MAX } else { b as f64 / 1e6 }, n))
             .collect();
         let h = durations.get_or_create(&labels(&[("kind", &k.kind)]));
         *h.0.lock().expect("histogram lock") = (k.duration_sum_us as f64 / 1e6, k.finished, buckets);

@@ -82,7 +82,6 @@ pub async fn start(bind: &str, info: ClusterInfo, cancel: CancellationToken) -> 
     tokio::spawn(cancel.clone().run_until_cancelled_owned(collect(info, view_tx, shared.latest.clone())));
     let app = Router::new()
         .route("/", get(index))
-        .route("/app.js", get(script))
         .route("/api/state", get(state))
         .route("/api/stream", get(stream))
         .route("/metrics", get(metrics))
@@ -135,12 +134,17 @@ async fn authorize(
     }
 }
 
-async fn index() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("index.html"))
+/// The page with its script inline: one request, made with the token, loads everything.
+fn page() -> &'static str {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PAGE.get_or_init(|| {
+        include_str!("index.html")
+            .replace("<script src=\"app.js\"></script>", &format!("<script>\n{}</script>", include_str!("app.js")))
+    })
 }
 
-async fn script() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("app.js"))
+async fn index() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page())
 }
 
 async fn state(State(s): State<Shared>) -> impl IntoResponse {
@@ -317,5 +321,16 @@ fn fold_event(view: &mut View, e: &ClusterEvent) {
 fn trim<T>(v: &mut VecDeque<T>, keep: usize) {
     while v.len() > keep {
         v.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page;
+
+    #[test]
+    fn the_page_carries_its_script_so_no_request_goes_without_the_token() {
+        assert!(!page().contains("src=\"app.js\""), "the page still loads its script by URL");
+        assert!(page().contains("new EventSource(\"api/stream?token=\""));
     }
 }
