@@ -8,8 +8,10 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::browser::Browser;
 use common::{
-    active_in, available, batch_ids, no_process_left, ok, rdask, running_jobs, status, wait_active, wait_for,
+    active_in, available, batch_ids, dashboard_url, no_process_left, ok, rdask, running_jobs, status, wait_active,
+    wait_for, Follower,
 };
 use serde_json::Value;
 
@@ -401,6 +403,58 @@ fn slurm_jobs_run_the_users_program_for_function_tasks() {
     assert!(workers.iter().all(|w| ids.contains(&w["batch_job"].as_str().unwrap_or("none").to_string())), "{s:#}");
     let done: u64 = workers.iter().map(|w| w["finished"].as_u64().unwrap()).sum();
     assert_eq!(done, 8 + 1, "8 chunks of 20^3 in a 40^3 image and the stitch, all on batch workers: {s:#}");
+    ok(h, &["down"]);
+    assert!(active_in("slurm", &ids).is_empty(), "jobs left after down");
+    no_process_left(h);
+}
+
+/// The batch jobs' rows of the dashboard: (job id, state).
+const BATCH_JOBS: &str =
+    "return [...document.querySelectorAll('tr.batch-job')].map(e => [e.children[0].textContent, e.dataset.state]);";
+
+fn rows_in(v: &Value, state: &str) -> Vec<String> {
+    let mut ids: Vec<String> =
+        v.as_array().unwrap().iter().filter(|r| r[1] == state).map(|r| r[0].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// The dashboard of a Slurm cluster, in Chromium, shows its batch jobs with their states; and
+/// `events --follow` shows a worker joining, a task failing and a batch job ending, in order.
+#[test]
+fn slurm_dashboard_shows_the_batch_jobs_and_events_follow_one_ending() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let Some(browser) = Browser::start() else { return };
+    let home = common::Home::new();
+    let h = home.path();
+    let up = ["up", "--backend", "slurm", "--nodes", "2", "--cores", "1", "--memory", "100MB"];
+    let url = dashboard_url(&ok(h, &[&up[..], &["--poll-interval", "0.5", "--wait"]].concat()));
+    let mut events = Follower::start(h);
+    let mut ids = batch_ids(&status(h));
+    ids.sort();
+    assert_eq!(ids.len(), 2);
+    browser.open(&url);
+    browser.wait_for("both batch jobs running", Duration::from_secs(60), BATCH_JOBS, |v| rows_in(v, "running") == ids);
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-slurm.png");
+    browser.screenshot(&shot);
+    eprintln!("screenshot: {}", shot.display());
+
+    ok(h, &["submit", "--array", "1-30", "--stdout", "none", "--", "sh", "-c", "test $RDASK_TASK_ID -ne 7 || exit 5"]);
+    assert_eq!(rdask(h, &["wait"]).status.code(), Some(1));
+    let failed = events.until("task 7 failing", |e| e["event"] == "task_failed");
+    assert_eq!(events.seen[failed]["task"], 7);
+    ok(h, &["scale", "1", "--wait"]);
+    let ended = events.until("a batch job ending", |e| {
+        e["event"] == "allocation"
+            && ids.iter().any(|id| e["id"] == id.as_str())
+            && !matches!(e["state"].as_str(), Some("running" | "pending"))
+    });
+    assert!(events.first("worker_joined") < failed && failed < ended, "{:#?}", events.seen);
+    let gone = events.seen[ended]["id"].as_str().unwrap().to_string();
+    let left: Vec<String> = ids.iter().filter(|id| **id != gone).cloned().collect();
+    browser.wait_for("one batch job running", Duration::from_secs(60), BATCH_JOBS, |v| rows_in(v, "running") == left);
     ok(h, &["down"]);
     assert!(active_in("slurm", &ids).is_empty(), "jobs left after down");
     no_process_left(h);

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
+
 /// Runs `rdask-jobqueue ARGS` with its state under `home`, untouched by the caller's own
 /// cluster name or configuration files.
 pub fn rdask(home: &Path, args: &[&str]) -> Output {
@@ -65,6 +67,15 @@ pub fn available(program: &str, setup: &str) -> bool {
     assert!(std::env::var("CI").is_err(), "{program} is missing under CI: {setup} should have installed it");
     eprintln!("skipped: {program} not found (run `{setup}` as root to get it)");
     false
+}
+
+/// The URL `up` prints on its `dashboard:` line.
+pub fn dashboard_url(up: &str) -> String {
+    up.lines()
+        .find_map(|l| l.strip_prefix("dashboard: "))
+        .unwrap_or_else(|| panic!("`up` printed no dashboard URL:\n{up}"))
+        .trim()
+        .to_string()
 }
 
 pub fn status(home: &Path) -> Value {
@@ -131,4 +142,69 @@ pub fn active_in(system: &str, ids: &[String]) -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
+}
+
+/// `rdask-jobqueue events --follow --output json`, running; its lines as JSON as they come.
+pub struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    pub seen: Vec<Value>,
+}
+
+impl Follower {
+    pub fn start(home: &Path) -> Follower {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
+            .env("RDASK_HOME", home)
+            .env("RDASK_CONFIG", "/dev/null")
+            .env_remove("RDASK_CLUSTER")
+            .args(["events", "--follow", "--output", "json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("rdask-jobqueue runs");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line: {line}: {e}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines, seen: Vec::new() }
+    }
+
+    /// Reads events until `f` holds for one (within 90 s); returns its index in `seen`.
+    pub fn until(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> usize {
+        if let Some(i) = self.seen.iter().position(&f) {
+            return i;
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    let hit = f(&v);
+                    self.seen.push(v);
+                    if hit {
+                        return self.seen.len() - 1;
+                    }
+                }
+                Err(_) => panic!("`events --follow` showed no {what} within 90 s; it showed {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// The index of the first event named `name` seen so far.
+    pub fn first(&self, name: &str) -> usize {
+        self.seen.iter().position(|e| e["event"] == name).unwrap_or_else(|| panic!("no {name}: {:#?}", self.seen))
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
