@@ -90,6 +90,39 @@ fn scheduler_killed_then_down_ends_its_workers() {
     wait_gone(&pids, Duration::from_secs(5));
 }
 
+/// A worker killed with SIGKILL cannot end its command tasks itself; its guardian does, down to
+/// the grandchildren (here `sleep`, started by `sh`, which waits for it).
+#[test]
+fn a_worker_killed_with_sigkill_leaves_no_command_running() {
+    let home = common::Home::new();
+    let h = home.path();
+    ok(h, &["up", "--workers", "1", "--slots", "3"]);
+    let pids = h.join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let record = format!(
+        "sleep 1000 & echo $! > {}/%{{TASK_ID}}.tmp && mv {0}/%{{TASK_ID}}.tmp {0}/%{{TASK_ID}}; wait",
+        pids.display()
+    );
+    ok(h, &["submit", "--array", "1-3", "--", "sh", "-c", &record]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sleeps: Vec<u32> = loop {
+        let read: Vec<u32> = (1..=3)
+            .filter_map(|i| std::fs::read_to_string(pids.join(i.to_string())).ok()?.trim().parse().ok())
+            .collect();
+        if read.len() == 3 {
+            break read;
+        }
+        assert!(Instant::now() < deadline, "the 3 tasks did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(sleeps.iter().all(|p| process_alive(*p, "")));
+    let worker = cluster_pids(h)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_gone(&[worker], Duration::from_secs(5));
+    wait_gone(&sleeps, Duration::from_secs(2));
+    ok(h, &["down"]);
+}
+
 #[test]
 fn up_twice_is_refused_and_names_the_fix() {
     let home = common::Home::new();

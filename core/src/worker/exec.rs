@@ -6,7 +6,8 @@
 //! a couple of milliseconds, or every 256 tasks. Short tasks thus cost no
 //! wake-up of the worker's event loop each, and long ones are reported at once.
 //! Command tasks run as child processes in their own process groups, spawned
-//! and awaited from the slot thread, like a plain `fork`+`exec` loop.
+//! and awaited from the slot thread, like a plain `fork`+`exec` loop; a guardian ends those
+//! groups if the worker is killed (`guard.rs`).
 
 use std::collections::VecDeque;
 use std::process::Stdio;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::guard::Children;
 use crate::protocol::{Assignment, CommandSpec, ErrorKind, JobId, TaskError, TaskId, Work};
 use crate::registry::TaskFn;
 
@@ -51,7 +53,7 @@ struct State {
 pub(super) struct Slots {
     state: Arc<(Mutex<State>, Condvar)>,
     /// Process groups of running command tasks.
-    pub children: Arc<Mutex<Vec<i32>>>,
+    pub children: Arc<Children>,
 }
 
 const BATCH: usize = 256;
@@ -63,7 +65,7 @@ impl Slots {
         let slots = u32::from(slots.max(1));
         let state =
             Arc::new((Mutex::new(State { queue: VecDeque::new(), free: slots, closed: false }), Condvar::new()));
-        let children: Arc<Mutex<Vec<i32>>> = Arc::default();
+        let children = Arc::new(Children::new(slots as usize));
         for i in 0..slots {
             let (state, done, children) = (state.clone(), done.clone(), children.clone());
             std::thread::Builder::new()
@@ -101,7 +103,7 @@ fn slot_thread(
     state: &(Mutex<State>, Condvar),
     slots: u32,
     done: &mpsc::UnboundedSender<Vec<TaskDone>>,
-    children: &Mutex<Vec<i32>>,
+    children: &Children,
 ) {
     let (lock, cv) = state;
     let mut results: Vec<TaskDone> = Vec::new();
@@ -148,7 +150,7 @@ fn slot_thread(
     }
 }
 
-fn run(job: Job, children: &Mutex<Vec<i32>>) -> TaskDone {
+fn run(job: Job, children: &Children) -> TaskDone {
     let start = Instant::now();
     let id = job.assignment.id;
     let (result, keep) = match (&job.run, &job.assignment.work) {
@@ -189,7 +191,7 @@ fn run_command(
     id: TaskId,
     array_id: u32,
     gpus: &[String],
-    children: &Mutex<Vec<i32>>,
+    children: &Children,
 ) -> Result<Bytes, TaskError> {
     use std::io::Read;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -232,7 +234,7 @@ fn run_command(
     cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
     let mut child = cmd.spawn().map_err(|e| spawn_err(format!("cannot start `{}`: {e}", sub(program))))?;
     let pid = child.id() as i32;
-    children.lock().expect("children lock").push(pid);
+    children.add(pid);
     let mut tail = Vec::new();
     if let Some(mut pipe) = child.stderr.take() {
         let mut buf = [0u8; 4096];
@@ -247,7 +249,7 @@ fn run_command(
         }
     }
     let status = child.wait();
-    children.lock().expect("children lock").retain(|p| *p != pid);
+    children.remove(pid);
     let status = status.map_err(|e| spawn_err(format!("waiting for the command failed: {e}")))?;
     if status.success() {
         return Ok(Bytes::new());
@@ -266,13 +268,6 @@ fn run_command(
         _ => ErrorKind::ExitCode(-1),
     };
     Err(TaskError { kind, message })
-}
-
-/// Ends each process group: SIGTERM, [`crate::process::GRACE`], then SIGKILL.
-pub(super) fn kill_groups(pids: &[i32]) {
-    use crate::process::{terminate_all, Target, GRACE};
-    let groups: Vec<Target> = pids.iter().filter_map(|&p| u32::try_from(p).ok()).map(Target::Group).collect();
-    terminate_all(&groups, GRACE);
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::protocol::{
 use crate::registry::Registry;
 
 mod exec;
+mod guard;
 
 pub use exec::{substitute, GPU_VARS};
 use exec::{Job, Runner, Slots, TaskDone};
@@ -498,8 +499,7 @@ impl Worker {
     /// Kills the process groups of running command tasks.
     fn kill_commands(&mut self) {
         self.slots.close();
-        let pids = std::mem::take(&mut *self.slots.children.lock().expect("children lock"));
-        exec::kill_groups(&pids);
+        self.slots.children.end_all();
     }
 }
 
