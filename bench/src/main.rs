@@ -2,7 +2,8 @@
 //! and, where there is one, against the machine's own limit or Dask.
 //!
 //! `cargo run --release -p rdask-bench -- [--quick] [--only NAME[,NAME]]`
-//! Names: memory, trivial, command, roundtrip, register, transfer, dask, ucx (the last needs
+//! Names: memory, trivial, command, roundtrip, register, transfer, dashboard (needs Chromium),
+//! dask, ucx (the last needs
 //! `--features ucx`, and `ucx_perftest` from ucx-utils for its reference figure).
 //! Prints a table and writes `bench/results/<UTC>.json` and `bench/results/latest.json`.
 //! Nothing here asserts a timing: a missed target is reported, not failed.
@@ -18,12 +19,14 @@ use rdask::protocol::{CommandSpec, JobId, JobSpec, JobTasks, TaskBody, TaskId, T
 use rdask::{Client, ClusterInfo, Graph, Job, LocalCluster, Registry, TaskHandle};
 use serde_json::{json, Value};
 
+mod dashboard;
 #[cfg(feature = "ucx")]
 mod ucx;
 
-type R<T> = Result<T, Box<dyn Error>>;
+pub(crate) type R<T> = Result<T, Box<dyn Error>>;
 
-const BENCHES: &[&str] = &["memory", "trivial", "command", "roundtrip", "register", "transfer", "dask", "ucx"];
+const BENCHES: &[&str] =
+    &["memory", "trivial", "command", "roundtrip", "register", "transfer", "dashboard", "dask", "ucx"];
 const MIB: usize = 1 << 20;
 
 fn registry() -> Registry {
@@ -114,6 +117,7 @@ fn main() {
             "roundtrip" => rt.block_on(roundtrip(1_000)),
             "register" => rt.block_on(register(20)),
             "transfer" => rt.block_on(transfer(512 * MIB, 5)),
+            "dashboard" => rt.block_on(dashboard::bench(quick)),
             #[cfg(feature = "ucx")]
             "ucx" => rt.block_on(ucx::bench(quick)),
             #[cfg(not(feature = "ucx"))]
@@ -150,7 +154,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -179,7 +183,7 @@ async fn wait_workers(client: &Client, n: usize) -> R<()> {
 
 /// `n` independent `inc` tasks: build the graph, submit, gather every result, check the sum.
 /// Seconds spent building, submitting, and running + gathering.
-async fn inc_round(client: &Client, n: usize) -> R<[f64; 3]> {
+pub(crate) async fn inc_round(client: &Client, n: usize) -> R<[f64; 3]> {
     let t0 = Instant::now();
     let mut g = Graph::new();
     let handles: Vec<TaskHandle> = (0..n as u64).map(|i| g.call("inc", &i)).collect();
@@ -627,6 +631,13 @@ fn summarize(r: &Value) -> Vec<Value> {
         };
         let value = format!("{:.0}/s Dask", f(&d["tasks_per_s"]));
         row(format!("rdask/Dask tasks/s, {} tasks", d["tasks"]), value, ">= 50x", ratio.map(|q| q >= 50.0), note);
+    }
+    let d = &r["dashboard"];
+    if d["ratio"].is_number() {
+        let (q, fig) = (f(&d["ratio"]), format!("trivial tasks/s, dashboard open + scraped, {} tasks", d["tasks"]));
+        let note =
+            format!("{:.0}/s vs {:.0}/s without ({:+.1}%)", f(&d["on_median"]), f(&d["off_median"]), (q - 1.0) * 100.0);
+        row(fig, format!("{:.0}/s", f(&d["on_median"])), "within 5% of without", Some(q >= 0.95), note);
     }
     let c = &r["command"];
     if c["ratio"].is_number() {

@@ -1,0 +1,143 @@
+//! `dashboard`: trivial-task throughput while the dashboard is open in a headless Chromium and
+//! `/metrics` is scraped every second, against the same cluster with no dashboard, in
+//! alternating rounds (so that drift of the machine falls on both sides alike).
+//!
+//! The dashboard is the one the scheduler process of `rdask-jobqueue` serves
+//! (`rdask_jobqueue::dashboard::start`), here pointed at the bench's local cluster.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdask::process::{terminate, Target, GRACE};
+use rdask::{Client, ClusterInfo, LocalCluster};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::{inc_round, median, R};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A dashboard, a browser showing it, and a scraper of its `/metrics`, until `stop`.
+struct Watching {
+    cancel: CancellationToken,
+    browser: Child,
+    scraper: tokio::task::JoinHandle<(u32, u32)>,
+    _profile: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop (Chromium's profile).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Watching {
+    async fn start(info: &ClusterInfo) -> R<Watching> {
+        let cancel = CancellationToken::new();
+        let addr = rdask_jobqueue::dashboard::start("127.0.0.1:0", info.clone(), cancel.clone()).await?;
+        let url = rdask_jobqueue::dashboard::url(&format!("http://{addr}/"), &info.secret);
+        let profile = tempdir::Dir(std::env::temp_dir().join(format!("rdask-bench-chromium-{}", std::process::id())));
+        let browser = Command::new(CHROMIUM)
+            .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"])
+            .arg("--remote-debugging-port=0") // keeps a headless browser open on its page
+            .arg(format!("--user-data-dir={}", profile.0.display()))
+            .arg(&url)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let token = url.split_once("?token=").map(|(_, t)| t.to_string()).unwrap_or_default();
+        let stop = cancel.clone();
+        let scraper = tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.is_cancelled() {
+                match scrape(&addr.to_string(), &token).await {
+                    Ok(true) => ok += 1,
+                    _ => failed += 1,
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            (ok, failed)
+        });
+        Ok(Watching { cancel, browser, scraper, _profile: profile })
+    }
+
+    /// Ends all three; the scrapes that succeeded and failed, and whether the browser was still up.
+    async fn stop(mut self) -> (u32, u32, bool) {
+        let browsing = self.browser.try_wait().ok().flatten().is_none();
+        self.cancel.cancel();
+        let (ok, failed) = (&mut self.scraper).await.unwrap_or((0, 0));
+        terminate(Target::Group(self.browser.id()), GRACE);
+        let _ = self.browser.wait();
+        (ok, failed, browsing)
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+/// One `GET /metrics`; whether it answered 200 with rdask's counters.
+async fn scrape(addr: &str, token: &str) -> R<bool> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req =
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await??;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text.starts_with("HTTP/1.1 200") && text.contains("rdask_tasks_ended"))
+}
+
+async fn rate(client: &Client, n: usize) -> R<f64> {
+    let [build, submit, gather] = inc_round(client, n).await?;
+    Ok(n as f64 / (build + submit + gather))
+}
+
+pub async fn bench(quick: bool) -> R<Value> {
+    if !Path::new(CHROMIUM).exists() {
+        return Ok(json!({ "skipped": "no /usr/bin/chromium (ci/setup-chromium.sh installs it)" }));
+    }
+    let (n, pairs) = if quick { (50_000, 3) } else { (100_000, 5) };
+    let cluster = LocalCluster::start(2, 1).await?;
+    let res: R<Value> = async {
+        let client = cluster.client(2).await?;
+        inc_round(&client, 1_000).await?;
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        let (mut scrapes, mut failed_scrapes, mut browsing) = (0, 0, true);
+        let started = Instant::now();
+        for _ in 0..pairs {
+            off.push(rate(&client, n).await?);
+            let w = Watching::start(cluster.info()).await?;
+            // The browser started, loaded the page and opened its stream: its start-up is not measured.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            on.push(rate(&client, n).await?);
+            let (ok, failed, up) = w.stop().await;
+            (scrapes, failed_scrapes, browsing) = (scrapes + ok, failed_scrapes + failed, browsing && up);
+        }
+        let (off_m, on_m) = (median(&mut off.clone()), median(&mut on.clone()));
+        eprintln!(
+            "   {n} tasks: {off_m:.0}/s without, {on_m:.0}/s with the dashboard open and scraped ({:+.1}%)",
+            (on_m / off_m - 1.0) * 100.0
+        );
+        Ok(json!({
+            "tasks": n, "pairs": pairs, "workers": 2, "slots_per_worker": 1,
+            "off_tasks_per_s": off, "on_tasks_per_s": on,
+            "off_median": off_m, "on_median": on_m, "ratio": on_m / off_m,
+            "scrapes_ok": scrapes, "scrapes_failed": failed_scrapes, "browser_stayed_up": browsing,
+            "seconds": started.elapsed().as_secs_f64(),
+            "method": "alternating rounds of the trivial benchmark; 'on' = dashboard served (collector polling every 500 ms), a headless Chromium showing it (SSE), /metrics scraped every second",
+        }))
+    }
+    .await;
+    cluster.shutdown().await;
+    res
+}
