@@ -2,6 +2,9 @@
 //! `/metrics` is scraped every second, against the same cluster with no dashboard, in
 //! alternating rounds (so that drift of the machine falls on both sides alike).
 //!
+//! `RDASK_BENCH_DASHBOARD=nobrowser` (no browser) or `=blank` (the browser on an empty page)
+//! tell the server's share of the cost from the page's.
+//!
 //! The dashboard is the one the scheduler process of `rdask-jobqueue` serves
 //! (`rdask_jobqueue::dashboard::start`), here pointed at the bench's local cluster.
 
@@ -43,12 +46,16 @@ impl Watching {
         let addr = rdask_jobqueue::dashboard::start("127.0.0.1:0", info.clone(), cancel.clone()).await?;
         let url = rdask_jobqueue::dashboard::url(&format!("http://{addr}/"), &info.secret);
         let profile = tempdir::Dir(std::env::temp_dir().join(format!("rdask-bench-chromium-{}", std::process::id())));
-        let browser = Command::new(CHROMIUM)
+        // RDASK_BENCH_DASHBOARD=nobrowser measures the server side alone (a diagnosis).
+        let program =
+            if std::env::var("RDASK_BENCH_DASHBOARD").as_deref() == Ok("nobrowser") { "true" } else { CHROMIUM };
+        let browser = Command::new(program)
             .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
             .args(["--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"])
             .arg("--remote-debugging-port=0") // keeps a headless browser open on its page
             .arg(format!("--user-data-dir={}", profile.0.display()))
-            .arg(&url)
+            // RDASK_BENCH_DASHBOARD=blank: the browser without the page (a diagnosis).
+            .arg(if std::env::var("RDASK_BENCH_DASHBOARD").as_deref() == Ok("blank") { "about:blank" } else { &url })
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -29,6 +29,7 @@ function bar(total, ok, bad) {
     el("span", { class: "bad", style: `left:${a}%;width:${b}%` }));
 }
 function pct(total, done) { return total ? Math.floor(100 * done / total) + "%" : "100%"; }
+const STREAM_DRAWN = 500;
 const colours = {};
 function colour(kind) {
   if (!colours[kind]) {
@@ -105,7 +106,8 @@ function render(v) {
   // Task stream: one lane per worker, the last 30 s of the scheduler's clock.
   const span = 30000, end = v.now_ms, start = end - span, width = q("#stream").clientWidth || 1000;
   const lanes = {};
-  for (const t of v.tasks) {
+  // The newest STREAM_DRAWN tasks at most: the page must stay cheap for the browser showing it.
+  for (const t of v.tasks.slice(-STREAM_DRAWN)) {
     if (t.end_ms < start) continue;
     (lanes[t.worker] || (lanes[t.worker] = [])).push(t);
   }
@@ -122,7 +124,13 @@ function render(v) {
 }
 
 // The current view at once, then every new one as the scheduler process pushes it.
-fetch("api/state?token=" + encodeURIComponent(token)).then((r) => r.json()).then((v) => { if (v.status) render(v); });
+fetch("api/state?token=" + encodeURIComponent(token)).then((r) => r.json()).then((v) => { if (v.status) show(v); });
+// Views that arrive faster than the page paints are dropped but for the newest.
+let pending = null;
+function show(v) {
+  if (pending === null) requestAnimationFrame(() => { const p = pending; pending = null; render(p); });
+  pending = v;
+}
 const source = new EventSource("api/stream?token=" + encodeURIComponent(token));
-source.addEventListener("view", (m) => render(JSON.parse(m.data)));
+source.addEventListener("view", (m) => show(JSON.parse(m.data)));
 source.onerror = () => { q("#summary").textContent = "disconnected from the scheduler (retrying)"; };

@@ -40,7 +40,7 @@ const PORT_TRIES: u16 = 50;
 const POLL: Duration = Duration::from_millis(500);
 const EVENTS_SHOWN: usize = 300;
 const FAILURES_SHOWN: usize = 200;
-const TASKS_SHOWN: usize = 3000;
+const TASKS_SHOWN: usize = 1000;
 const DONE_JOBS_SHOWN: usize = 200;
 
 /// The URL of the dashboard at `address` (`http://host:port/`) for the cluster of `secret`.
