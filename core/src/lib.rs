@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod registry;
 pub mod scheduler;
 pub mod server;
+pub mod stream;
 pub mod worker;
 
 pub use client::{Client, ClientError, Graph, Job, TaskHandle};

@@ -59,6 +59,10 @@ pub struct CommandSpec {
     pub stdout: Option<String>,
     /// File for standard error (substituted); discarded when `None`.
     pub stderr: Option<String>,
+    /// A directory (substituted) where each worker appends the standard output and error of
+    /// all the job's tasks it runs to one file of its own, framed by task (see
+    /// [`crate::stream`]), instead of `stdout` and `stderr`, which are then ignored.
+    pub stream: Option<String>,
 }
 
 /// What a task does.

@@ -118,6 +118,7 @@ async fn command_array_1000() {
         cwd: None,
         stdout: Some(format!("{}/%{{TASK_ID}}.out", out.display())),
         stderr: None,
+        stream: None,
     };
     let job = client.submit_array("array", spec, vec![(1, 1000)], 1).await.unwrap();
     let outcome = client.wait(job).await.unwrap();
@@ -137,8 +138,14 @@ async fn command_array_1000() {
 async fn missing_executable() {
     let cluster = LocalCluster::start(1, 1).await.unwrap();
     let client = cluster.client(1).await.unwrap();
-    let spec =
-        CommandSpec { argv: vec!["/no/such/program".into()], env: vec![], cwd: None, stdout: None, stderr: None };
+    let spec = CommandSpec {
+        argv: vec!["/no/such/program".into()],
+        env: vec![],
+        cwd: None,
+        stdout: None,
+        stderr: None,
+        stream: None,
+    };
     let job = client.submit_array("missing", spec, vec![(0, 0)], 1).await.unwrap();
     let outcome = client.wait(job).await.unwrap();
     assert_eq!(outcome.failed.len(), 1);

@@ -101,6 +101,10 @@ pub enum Cmd {
     ///
     ///   rdask-jobqueue events --follow --output json | jq .
     Events(EventsArgs),
+    /// Print the output of a job's tasks (per-task files or streamed), e.g. of one task:
+    ///
+    ///   rdask-jobqueue output 3 --task 77777 [--stderr]
+    Output(OutputArgs),
     /// Stop the cluster: workers, scheduler, and anything left by a crash.
     Down(DownArgs),
     /// Print the job script that `up` would submit, and submit nothing.
@@ -417,12 +421,23 @@ pub struct SubmitArgs {
     /// GPUs, memory and named resources each task needs.
     #[command(flatten)]
     pub needs: crate::resources::NeedArgs,
-    /// File for each task's standard output, or `none` [default: <state>/jobs/%{JOB_ID}/%{TASK_ID}.out].
+    /// File for each task's standard output, or `none` [default: <state>/jobs/%{JOB_ID}/%{TASK_ID}.out,
+    /// or streamed: see --stream].
     #[arg(long)]
     pub stdout: Option<String>,
-    /// File for each task's standard error, or `none` [default: <state>/jobs/%{JOB_ID}/%{TASK_ID}.err].
+    /// File for each task's standard error, or `none` [default: <state>/jobs/%{JOB_ID}/%{TASK_ID}.err,
+    /// or streamed: see --stream].
     #[arg(long)]
     pub stderr: Option<String>,
+    /// Stream the tasks' output: each worker appends the standard output and error of all the
+    /// tasks it runs to one file in <state>/jobs/%{JOB_ID}/, framed by task, instead of two
+    /// files per task (which parallel file systems bear badly); read it back with `output`.
+    /// The default for arrays of more than 1000 tasks with neither --stdout nor --stderr.
+    #[arg(long, conflicts_with_all = ["stdout", "stderr", "no_stream"])]
+    pub stream: bool,
+    /// Two files per task, however large the array.
+    #[arg(long)]
+    pub no_stream: bool,
     /// Working directory of the tasks [default: the current directory].
     #[arg(long)]
     pub cwd: Option<PathBuf>,
@@ -526,6 +541,19 @@ pub struct EventsArgs {
     /// since the epoch, `event`, and the event's fields).
     #[arg(long, value_enum, default_value_t = OutputMode::Text)]
     pub output: OutputMode,
+}
+
+/// Options of `output`.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// The job (as `submit` printed it).
+    pub job: u64,
+    /// Only this task (its array index) [default: every task, in order].
+    #[arg(long)]
+    pub task: Option<u32>,
+    /// Standard error instead of standard output.
+    #[arg(long)]
+    pub stderr: bool,
 }
 
 /// Options of `down`.

@@ -61,6 +61,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Wait(a) => rt.block_on(cmd::wait::wait(&state, a)),
         Cmd::Status(a) => rt.block_on(cmd::status::status(&state, a)),
         Cmd::Events(a) => rt.block_on(cmd::events::events(&state, a)),
+        Cmd::Output(a) => cmd::output::output(&state, &a),
         Cmd::Down(a) => rt.block_on(cmd::down::down(&state, a)),
         Cmd::Scheduler(a) => rt.block_on(cmd::scheduler::scheduler(&state, a)),
         Cmd::JobScript(a) => cmd::job_script::job_script(&state, &ClusterSpec::resolve(&a, &state)?),

@@ -123,6 +123,45 @@ fn a_worker_killed_with_sigkill_leaves_no_command_running() {
     ok(h, &["down"]);
 }
 
+/// `--stream`: a 100,000-task array leaves a file per worker, not two per task, and `output`
+/// reads any task's output back; a failed task's stderr still reaches `wait`.
+#[test]
+fn a_streamed_array_leaves_few_files_and_output_reads_any_task_back() {
+    let home = common::Home::new();
+    let h = home.path();
+    ok(h, &["up", "--workers", "2", "--slots", "2"]);
+    let script = "echo out $RDASK_TASK_ID; echo err $RDASK_TASK_ID >&2; test $RDASK_TASK_ID -ne 4242 || exit 3";
+    let sub = ok(h, &["submit", "--stream", "--array", "1-100000", "--", "sh", "-c", script]);
+    let job = sub.split_whitespace().nth(2).unwrap().to_string();
+    let o = rdask(h, &["wait"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let waited = String::from_utf8_lossy(&o.stdout);
+    assert!(waited.contains("99999 of 100000 tasks finished, 1 failed"), "{waited}");
+    assert!(waited.contains("task 4242 exited with code 3: err 4242"), "{waited}");
+    let dir = h.join("default/jobs").join(&job);
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(files.len() < 10, "{} files in {}: {files:?}", files.len(), dir.display());
+    assert_eq!(ok(h, &["output", &job, "--task", "77777"]), "out 77777\n");
+    assert_eq!(ok(h, &["output", &job, "--task", "77777", "--stderr"]), "err 77777\n");
+    assert_eq!(ok(h, &["output", &job, "--task", "4242", "--stderr"]), "err 4242\n");
+    let all = ok(h, &["output", &job]);
+    assert_eq!(all.lines().count(), 100_000);
+    assert!(all.starts_with("out 1\nout 2\n") && all.ends_with("out 100000\n"), "in task order");
+    // Arrays of more than 1000 tasks stream unless told otherwise; smaller ones do not.
+    let big = ok(h, &["submit", "--wait", "--array", "1-1001", "--", "echo", "%{TASK_ID}"]);
+    let big = big.split_whitespace().nth(2).unwrap();
+    assert_eq!(std::fs::read_dir(h.join("default/jobs").join(big)).unwrap().count(), 2, "one stream file per worker");
+    assert_eq!(ok(h, &["output", big, "--task", "1001"]), "1001\n");
+    let small = ok(h, &["submit", "--wait", "--array", "1-3", "--", "echo", "%{TASK_ID}"]);
+    let small = small.split_whitespace().nth(2).unwrap();
+    assert_eq!(std::fs::read_to_string(h.join("default/jobs").join(small).join("2.out")).unwrap(), "2\n");
+    assert_eq!(ok(h, &["output", small, "--task", "2"]), "2\n");
+    let o = rdask(h, &["output", "99"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("job 99 of cluster `default` has no output directory"), "{}", text(&o));
+    ok(h, &["down"]);
+}
+
 #[test]
 fn up_twice_is_refused_and_names_the_fix() {
     let home = common::Home::new();

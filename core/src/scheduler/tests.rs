@@ -323,7 +323,7 @@ fn graph(tasks: Vec<TaskSpec>) -> JobSpec {
 }
 
 fn command() -> CommandSpec {
-    CommandSpec { argv: vec!["true".into()], env: vec![], cwd: None, stdout: None, stderr: None }
+    CommandSpec { argv: vec!["true".into()], env: vec![], cwd: None, stdout: None, stderr: None, stream: None }
 }
 
 fn array(ranges: Vec<(u32, u32)>, cpus: u16) -> JobSpec {

@@ -9,7 +9,11 @@
 //! and awaited from the slot thread, like a plain `fork`+`exec` loop; a guardian ends those
 //! groups if the worker is killed (`guard.rs`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -214,6 +218,15 @@ fn run_command(
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(sub(cwd));
     }
+    // Streamed: both outputs go to this thread's scratch files, appended to the worker's
+    // stream file once the command ended.
+    let streamed = spec.stream.as_deref().map(sub);
+    let scratch = match &streamed {
+        Some(_) => {
+            Some(Scratch::take().map_err(|e| spawn_err(format!("cannot make scratch files for the output: {e}")))?)
+        }
+        None => None,
+    };
     let open = |path: &str| -> Result<(Stdio, String), TaskError> {
         let p = sub(path);
         if let Some(parent) = std::path::Path::new(&p).parent() {
@@ -222,14 +235,20 @@ fn run_command(
         let f = std::fs::File::create(&p).map_err(|e| spawn_err(format!("cannot create {p}: {e}")))?;
         Ok((Stdio::from(f), p))
     };
-    let stdout = match &spec.stdout {
-        Some(p) => open(p)?.0,
-        None => Stdio::null(),
-    };
-    // A discarded stderr still goes through a pipe: its tail explains a failure.
-    let (stderr, stderr_path) = match &spec.stderr {
-        Some(p) => open(p).map(|(s, p)| (s, Some(p)))?,
-        None => (Stdio::piped(), None),
+    let (stdout, stderr, stderr_path) = if let Some(sc) = &scratch {
+        let (out, err) = sc.stdio().map_err(|e| spawn_err(format!("cannot reuse the scratch files: {e}")))?;
+        (out, err, None)
+    } else {
+        let stdout = match &spec.stdout {
+            Some(p) => open(p)?.0,
+            None => Stdio::null(),
+        };
+        // A discarded stderr still goes through a pipe: its tail explains a failure.
+        let (stderr, stderr_path) = match &spec.stderr {
+            Some(p) => open(p).map(|(s, p)| (s, Some(p)))?,
+            None => (Stdio::piped(), None),
+        };
+        (stdout, stderr, stderr_path)
     };
     cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
     let mut child = cmd.spawn().map_err(|e| spawn_err(format!("cannot start `{}`: {e}", sub(program))))?;
@@ -251,6 +270,15 @@ fn run_command(
     let status = child.wait();
     children.remove(pid);
     let status = status.map_err(|e| spawn_err(format!("waiting for the command failed: {e}")))?;
+    if let (Some(dir), Some(sc)) = (&streamed, scratch) {
+        let appended = sc.append_to(Path::new(dir), array_id);
+        tail = sc.err_tail(2048);
+        Scratch::give_back(sc);
+        if let Err(e) = appended {
+            // Output that cannot be kept fails its task: nothing is lost silently.
+            return Err(spawn_err(format!("cannot append the task's output to {dir}: {e}")));
+        }
+    }
     if status.success() {
         return Ok(Bytes::new());
     }
@@ -269,6 +297,100 @@ fn run_command(
     };
     Err(TaskError { kind, message })
 }
+
+/// A slot thread's two scratch files (unlinked: nothing is left behind) for the outputs of
+/// its streamed command tasks, emptied before each task and kept for the next.
+struct Scratch {
+    out: File,
+    err: File,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
+}
+
+fn unlinked_file() -> std::io::Result<File> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("rdask-scratch-{}-{n}", std::process::id()));
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}
+
+impl Scratch {
+    /// This thread's scratch files (made on first use).
+    fn take() -> std::io::Result<Scratch> {
+        match SCRATCH.with(|s| s.borrow_mut().take()) {
+            Some(s) => Ok(s),
+            None => Ok(Scratch { out: unlinked_file()?, err: unlinked_file()? }),
+        }
+    }
+
+    fn give_back(s: Scratch) {
+        SCRATCH.with(|c| *c.borrow_mut() = Some(s));
+    }
+
+    /// Empties both and hands the command its ends (sharing their offsets, now 0).
+    fn stdio(&self) -> std::io::Result<(Stdio, Stdio)> {
+        for mut f in [&self.out, &self.err] {
+            f.set_len(0)?;
+            f.seek(SeekFrom::Start(0))?;
+        }
+        Ok((Stdio::from(self.out.try_clone()?), Stdio::from(self.err.try_clone()?)))
+    }
+
+    /// The last `n` bytes of standard error.
+    fn err_tail(&self, n: u64) -> Vec<u8> {
+        let len = self.err.metadata().map(|m| m.len()).unwrap_or(0);
+        let take = len.min(n);
+        let mut buf = vec![0; take as usize];
+        let _ = self.err.read_exact_at(&mut buf, len - take);
+        buf
+    }
+
+    /// Appends a frame for each non-empty output to this worker's stream file in `dir`.
+    fn append_to(&self, dir: &Path, task: u32) -> std::io::Result<()> {
+        use crate::stream::{header, Which};
+        let outputs = [(Which::Out, &self.out), (Which::Err, &self.err)];
+        let lens: Vec<u64> = outputs.iter().map(|(_, f)| f.metadata().map(|m| m.len())).collect::<Result<_, _>>()?;
+        if lens.iter().all(|l| *l == 0) {
+            return Ok(());
+        }
+        let mut files = STREAM_FILES.lock().expect("stream files lock");
+        if files.len() >= STREAM_FILES_OPEN && !files.contains_key(dir) {
+            files.clear(); // they are reopened, for appending, when needed again
+        }
+        let file = match files.entry(dir.to_path_buf()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                std::fs::create_dir_all(dir)?;
+                let name = format!("{}-{}.{}", crate::worker::hostname(), std::process::id(), crate::stream::EXT);
+                e.insert(std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name))?)
+            }
+        };
+        // Only this process writes this file, and only under the lock: frames never interleave.
+        // Large outputs are copied in pieces, never held whole in memory.
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, &*file);
+        for ((which, mut f), len) in outputs.into_iter().zip(lens) {
+            if len == 0 {
+                continue;
+            }
+            w.write_all(header(task, which, len).as_bytes())?;
+            f.seek(SeekFrom::Start(0))?;
+            let copied = std::io::copy(&mut std::io::Read::take(&mut f, len), &mut w)?;
+            if copied != len {
+                return Err(std::io::Error::other(format!("the task's output shrank from {len} to {copied} bytes")));
+            }
+            w.write_all(b"\n")?;
+        }
+        w.flush()
+    }
+}
+
+/// This worker's open stream files, by directory (one per job).
+static STREAM_FILES: std::sync::LazyLock<Mutex<HashMap<PathBuf, File>>> = std::sync::LazyLock::new(Mutex::default);
+const STREAM_FILES_OPEN: usize = 32;
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@ pub(crate) mod adapt;
 pub(crate) mod down;
 pub(crate) mod events;
 pub(crate) mod job_script;
+pub(crate) mod output;
 pub(crate) mod scale;
 pub(crate) mod scheduler;
 pub(crate) mod status;

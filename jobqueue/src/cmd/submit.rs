@@ -8,6 +8,14 @@ use crate::connect;
 use crate::error::{Error, Result};
 use crate::state::StateDir;
 
+/// Arrays larger than this stream their output unless told where it goes (`--stream`).
+pub(crate) const STREAM_ABOVE: u64 = 1000;
+
+/// Whether a job of `n` tasks streams its output.
+fn streams(a: &SubmitArgs, n: u64) -> bool {
+    a.stream || (!a.no_stream && a.stdout.is_none() && a.stderr.is_none() && n > STREAM_ABOVE)
+}
+
 /// `submit`: submits a command (or an array of them).
 pub(crate) async fn submit(state: &StateDir, a: SubmitArgs) -> Result<i32> {
     let ranges = match &a.array {
@@ -27,6 +35,8 @@ pub(crate) async fn submit(state: &StateDir, a: SubmitArgs) -> Result<i32> {
         }
     }
     let jobs_dir = state.path.join("jobs").join("%{JOB_ID}");
+    let n: u64 = ranges.iter().map(|&(x, y)| u64::from(y - x) + 1).sum();
+    let streamed = streams(&a, n);
     let stream = |opt: &Option<String>, ext: &str| match opt.as_deref() {
         Some("none") => None,
         Some(p) => Some(p.to_string()),
@@ -40,13 +50,13 @@ pub(crate) async fn submit(state: &StateDir, a: SubmitArgs) -> Result<i32> {
         argv: a.command.clone(),
         env,
         cwd: Some(cwd),
-        stdout: stream(&a.stdout, "out"),
-        stderr: stream(&a.stderr, "err"),
+        stdout: if streamed { None } else { stream(&a.stdout, "out") },
+        stderr: if streamed { None } else { stream(&a.stderr, "err") },
+        stream: streamed.then(|| jobs_dir.display().to_string()),
     };
     let needs = a.needs.needs().map_err(Error::Usage)?;
     let client = connect(state).await?;
     let name = a.job_name.clone().unwrap_or_else(|| a.command[0].clone());
-    let n: u64 = ranges.iter().map(|&(x, y)| u64::from(y - x) + 1).sum();
     let job =
         client.submit_array_needing(&name, spec, ranges, a.cpus, needs).await.map_err(Error::client(&state.name))?;
     let last = state.file("last-job");

@@ -64,7 +64,7 @@ pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, outp
         println!("{}", serde_json::to_string_pretty(&outcome).expect("serialisable"));
     } else {
         println!(
-            "job {job}: {} of {} tasks finished, {} failed (output in {})",
+            "job {job}: {} of {} tasks finished, {} failed (output in {}; `rdask-jobqueue output {job} --task N` prints a task's)",
             outcome.finished,
             outcome.tasks,
             outcome.failed.len(),

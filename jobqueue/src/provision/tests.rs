@@ -263,6 +263,7 @@ impl Sim {
             cwd: None,
             stdout: None,
             stderr: None,
+            stream: None,
         };
         let spec = JobSpec {
             name: "long".into(),
