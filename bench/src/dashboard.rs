@@ -8,6 +8,7 @@
 //! The dashboard is the one the scheduler process of `rdask-jobqueue` serves
 //! (`rdask_jobqueue::dashboard::start`), here pointed at the bench's local cluster.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,17 +28,7 @@ struct Watching {
     cancel: CancellationToken,
     browser: Child,
     scraper: tokio::task::JoinHandle<(u32, u32)>,
-    _profile: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed on drop (Chromium's profile).
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _profile: tempfile::TempDir,
 }
 
 impl Watching {
@@ -45,7 +36,7 @@ impl Watching {
         let cancel = CancellationToken::new();
         let addr = rdask_jobqueue::dashboard::start("127.0.0.1:0", info.clone(), cancel.clone()).await?;
         let url = rdask_jobqueue::dashboard::url(&format!("http://{addr}/"), &info.secret);
-        let profile = tempdir::Dir(std::env::temp_dir().join(format!("rdask-bench-chromium-{}", std::process::id())));
+        let profile = tempfile::Builder::new().prefix("rdask-bench-chromium-").tempdir()?;
         // RDASK_BENCH_DASHBOARD=nobrowser measures the server side alone (a diagnosis).
         let program =
             if std::env::var("RDASK_BENCH_DASHBOARD").as_deref() == Ok("nobrowser") { "true" } else { CHROMIUM };
@@ -53,7 +44,7 @@ impl Watching {
             .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
             .args(["--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"])
             .arg("--remote-debugging-port=0") // keeps a headless browser open on its page
-            .arg(format!("--user-data-dir={}", profile.0.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             // RDASK_BENCH_DASHBOARD=blank: the browser without the page (a diagnosis).
             .arg(if std::env::var("RDASK_BENCH_DASHBOARD").as_deref() == Ok("blank") { "about:blank" } else { &url })
             .process_group(0)
@@ -89,8 +80,6 @@ impl Watching {
         (ok, failed, browsing)
     }
 }
-
-use std::os::unix::process::CommandExt;
 
 /// One `GET /metrics`; whether it answered 200 with rdask's counters.
 async fn scrape(addr: &str, token: &str) -> R<bool> {

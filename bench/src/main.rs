@@ -252,18 +252,16 @@ fn spawn_rate(n: u32) -> f64 {
     f64::from(n / 2 * 2) / secs(t.elapsed())
 }
 
+/// `/bin/true`, its output discarded: the command the command-task figures run.
+fn true_command() -> CommandSpec {
+    CommandSpec { argv: vec!["/bin/true".into()], env: vec![], cwd: None, stdout: None, stderr: None, stream: None }
+}
+
 async fn command(n: u32) -> R<Value> {
     let cluster = LocalCluster::start(2, 1).await?;
     let res: R<(Vec<f64>, Vec<f64>)> = async {
         let client = cluster.client(2).await?;
-        let spec = CommandSpec {
-            argv: vec!["/bin/true".into()],
-            env: vec![],
-            cwd: None,
-            stdout: None,
-            stderr: None,
-            stream: None,
-        };
+        let spec = true_command();
         let warm = client.submit_array("warm-up", spec.clone(), vec![(1, 200)], 1).await?;
         client.wait(warm).await?;
         // Alternate the machine's rate and ours (the workers idle meanwhile): this box is noisy.
@@ -329,14 +327,7 @@ async fn queued_rss(n: u32, graph: bool) -> R<Value> {
             serde_json::from_slice(&out.stdout)?
         } else {
             // A command array's spec is a few bytes: a client in this process adds nothing.
-            let spec = CommandSpec {
-                argv: vec!["/bin/true".into()],
-                env: vec![],
-                cwd: None,
-                stdout: None,
-                stderr: None,
-                stream: None,
-            };
+            let spec = true_command();
             let job = client.submit_array("queued", spec, vec![(1, n)], 1).await?;
             json!({ "job": job.0, "submit_s": secs(t.elapsed()) })
         };
