@@ -21,7 +21,7 @@ const PAGE: &str = r#"return {
   workers: [...document.querySelectorAll('tr.worker')].map(e => Number(e.dataset.worker)).sort((a, b) => a - b),
   pct: [...document.querySelectorAll('tr.job .pct')].map(e => e.textContent),
   failures: [...document.querySelectorAll('tr.failure pre.stderr')].map(e => e.textContent),
-  stream: document.querySelectorAll('#stream .ts-task').length,
+  stream: Number((document.querySelector('#stream canvas') || {dataset: {}}).dataset.tasks || 0),
 };"#;
 
 fn worker_ids(s: &Value) -> Vec<u64> {

@@ -1,6 +1,6 @@
 //! The web dashboard and `/metrics`, served by the scheduler process (axum, on its runtime).
 //!
-//! The dashboard is a client of the scheduler like any other: a collector task asks it, twice a
+//! The dashboard is a client of the scheduler like any other: a collector task asks it, once a
 //! second, for its status, its new events and its counters (typed requests; it can change
 //! nothing), folds them into one view, and pushes that view to every open page as a
 //! server-sent event. Every route needs the cluster's dashboard token
@@ -37,7 +37,7 @@ pub const TOKEN_PURPOSE: &str = "dashboard";
 /// Ports tried after the asked one when it is taken.
 const PORT_TRIES: u16 = 50;
 /// How often the collector asks the scheduler.
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_secs(1);
 const EVENTS_SHOWN: usize = 300;
 const FAILURES_SHOWN: usize = 200;
 const TASKS_SHOWN: usize = 1000;
