@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod journal;
 pub mod local;
 pub mod process;
 pub mod protocol;

@@ -356,6 +356,24 @@ pub struct WorkerInfo {
     pub lifetime_ms: Option<u64>,
     /// GPUs, memory and named resources it offers.
     pub offer: Offer,
+    /// Set when the worker comes back to a scheduler after losing one (a restarted scheduler,
+    /// or the same after a broken connection): what it still runs and holds.
+    pub resume: Option<Resume>,
+}
+
+/// What a worker that lost its scheduler still has, told to the scheduler it reconnects to:
+/// the tasks it was given and has not ended (running or queued on it), and the results it
+/// holds. A restarted scheduler adopts them instead of running them again. The outcomes of
+/// tasks that ended while no scheduler listened follow as ordinary
+/// [`ToScheduler::Finished`] and [`ToScheduler::Failed`] messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The id it had.
+    pub worker: WorkerId,
+    /// Tasks given to it and not ended.
+    pub running: Vec<TaskId>,
+    /// Results it holds, with their sizes.
+    pub held: Vec<(TaskId, u64)>,
 }
 
 /// A task handed to a worker.

@@ -64,7 +64,7 @@ pub struct Controller {
 pub fn spawn(listener: Box<dyn Listener>, secret: Secret, config: Config) -> ServerHandle {
     let address = listener.local_addr();
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run(listener, secret, Config { controlled: false, ..config }, stop_rx, None));
+    let task = tokio::spawn(run(listener, secret, Config { controlled: false, ..config }, stop_rx, None, None));
     ServerHandle { address, stop, task }
 }
 
@@ -76,7 +76,36 @@ pub fn spawn_controlled(listener: Box<dyn Listener>, secret: Secret, config: Con
     let (notices_tx, notices) = mpsc::unbounded_channel();
     let (control, control_rx) = mpsc::unbounded_channel();
     let config = Config { controlled: true, ..config };
-    let task = tokio::spawn(run(listener, secret, config, stop_rx, Some((notices_tx, control_rx))));
+    let task = tokio::spawn(run(listener, secret, config, stop_rx, Some((notices_tx, control_rx)), None));
+    (ServerHandle { address, stop, task }, Controller { notices, control })
+}
+
+/// A journal for [`spawn_journalled`]: the open file, what it said, and how long a restored
+/// scheduler waits for its workers to come back before running again what they do not claim.
+#[derive(Debug)]
+pub struct Journal {
+    /// The journal, open.
+    pub file: crate::journal::JournalFile,
+    /// What it said when opened.
+    pub restored: crate::scheduler::Restored,
+    /// The adoption window.
+    pub window: Duration,
+}
+
+/// As [`spawn_controlled`], with a journal: the scheduler starts from what the journal says
+/// (see [`crate::scheduler::Record`]) and appends to it from then on.
+pub fn spawn_journalled(
+    listener: Box<dyn Listener>,
+    secret: Secret,
+    config: Config,
+    journal: Journal,
+) -> (ServerHandle, Controller) {
+    let address = listener.local_addr();
+    let (stop, stop_rx) = watch::channel(false);
+    let (notices_tx, notices) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let config = Config { controlled: true, journal: true, ..config };
+    let task = tokio::spawn(run(listener, secret, config, stop_rx, Some((notices_tx, control_rx)), Some(journal)));
     (ServerHandle { address, stop, task }, Controller { notices, control })
 }
 
@@ -94,13 +123,18 @@ async fn run(
     config: Config,
     mut stop: watch::Receiver<bool>,
     embedding: Option<Embedding>,
+    journal: Option<Journal>,
 ) {
     let (events, mut rx) = mpsc::unbounded_channel::<Internal>();
     let (notices, mut control) = match embedding {
         Some((n, c)) => (Some(n), Some(c)),
         None => (None, None),
     };
-    let mut sched = Scheduler::new(config);
+    let (mut sched, mut journal) = match journal {
+        Some(j) => (Scheduler::restore(config, Instant::now(), &j.restored, j.window), Some(j.file)),
+        None => (Scheduler::new(config), None),
+    };
+    let mut journal_failed = false;
     // Every task this driver starts (handshakes, readers, writers) is tracked, and ends on
     // `cancel`: none outlives the scheduler, and shutdown waits for them rather than sleeping.
     let tasks = TaskTracker::new();
@@ -150,8 +184,25 @@ async fn run(
             },
             _ = stop.changed() => break,
         }
-        for cmd in sched.take_commands() {
+        let commands = sched.take_commands();
+        // The turn's records are on file before anything that follows them is done.
+        if let Some(j) = &mut journal {
+            let records = commands.iter().filter_map(|c| if let Command::Journal(r) = c { Some(r) } else { None });
+            match j.append(records) {
+                Ok(()) => journal_failed = false,
+                Err(e) if !journal_failed => {
+                    journal_failed = true;
+                    tracing::error!(
+                        "cannot write the journal {}: {e}; a restart would lose what follows",
+                        j.path().display()
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        for cmd in commands {
             match cmd {
+                Command::Journal(_) => {}
                 Command::ToWorker(c, msg) => send(&writers, c, protocol::frame(&msg)),
                 Command::ToClient(c, msg) => send(&writers, c, protocol::frame(&msg)),
                 Command::Close(c) => {

@@ -759,6 +759,7 @@ mod tests {
             data_address: String::new(),
             lifetime_ms: None,
             offer: Default::default(),
+            resume: None,
         };
         assert!(is_rank(&w, &(7, host.clone())));
         assert!(!is_rank(&w, &(8, host)));

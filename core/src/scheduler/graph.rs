@@ -13,7 +13,7 @@
 
 use crate::protocol::{Counts, ErrorKind, Finished, JobId, TaskBody, TaskError, TaskId, ToWorker, WorkerId};
 
-use super::{Command, ConnId, Scheduler};
+use super::{Command, ConnId, Record, Scheduler};
 
 /// Where a task is in its life. Each variant holds what is only meaningful in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +158,8 @@ pub(super) struct Job {
     pub(super) command_kind: u32,
     /// The needs of all its tasks, when they all need the same (an array's always do).
     pub(super) uniform_needs: Option<u32>,
+    /// Whether its tasks' outcomes are journalled (a command array: see `journal.rs`).
+    pub(super) journalled: bool,
 }
 
 impl Job {
@@ -246,10 +248,14 @@ impl Scheduler {
                 stale.push(f.id);
                 continue;
             };
-            if task.state != (State::Assigned { worker: w }) {
+            if task.state == State::Ready {
+                // It ended on a worker that lost its scheduler (see `journal.rs`): its outcome counts.
+                let _ = self.assign(f.id, w);
+            } else if task.state != (State::Assigned { worker: w }) {
                 stale.push(f.id);
                 continue;
             }
+            let Some(task) = self.task_mut(f.id) else { continue };
             task.size = f.size;
             // A command task leaves no result behind: nothing to hold.
             let holds = !matches!(task.body, TaskBody::Command);
@@ -259,6 +265,9 @@ impl Scheduler {
                 worker.finished += 1;
             }
             self.set_state(f.id, State::Finished { holder: holds.then_some(w) });
+            if self.jobs[&f.id.job].journalled {
+                self.journal(Record::Ended { task: f.id, error: None });
+            }
             self.after_finish(f.id);
             if self.jobs[&f.id.job].done() {
                 done_jobs.push(f.id.job);
@@ -276,7 +285,7 @@ impl Scheduler {
     }
 
     /// A task just finished: wake its dependents, release inputs nobody needs any more.
-    fn after_finish(&mut self, id: TaskId) {
+    pub(super) fn after_finish(&mut self, id: TaskId) {
         let (dependents, deps) = {
             let t = self.task(id).expect("finished task exists");
             (t.dependents.clone(), t.deps.clone())
@@ -316,7 +325,10 @@ impl Scheduler {
 
     pub(super) fn on_failed(&mut self, w: WorkerId, id: TaskId, err: TaskError) {
         let Some(task) = self.task(id) else { return };
-        if task.state != (State::Assigned { worker: w }) {
+        if task.state == State::Ready {
+            // It ended on a worker that lost its scheduler (see `journal.rs`): its outcome counts.
+            let _ = self.assign(id, w);
+        } else if task.state != (State::Assigned { worker: w }) {
             return;
         }
         tracing::debug!(task = %id, worker = %w, error = %err, "task failed");
@@ -341,6 +353,9 @@ impl Scheduler {
             // Its inputs may be needed by nobody now.
             for dep in deps.iter() {
                 self.maybe_release(*dep);
+            }
+            if self.jobs[&t.job].journalled {
+                self.journal(Record::Ended { task: t, error: Some(err.clone()) });
             }
             let job = self.jobs.get_mut(&t.job).expect("task's job exists");
             job.errors.push((t.index, err.clone()));
@@ -464,6 +479,9 @@ impl Scheduler {
     /// Forgets a finished job and tells its workers to drop its results.
     pub(super) fn release_job(&mut self, job: JobId) {
         let Some(j) = self.jobs.remove(&job) else { return };
+        if j.journalled {
+            self.journal(Record::Released { job });
+        }
         // A done job has no assigned task: the workers it touches hold its results.
         let held: Vec<(WorkerId, TaskId)> =
             j.tasks.iter().filter_map(|(index, t)| t.state.worker().map(|w| (w, TaskId { job, index }))).collect();

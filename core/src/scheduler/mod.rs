@@ -48,6 +48,7 @@ use crate::protocol::{
 };
 
 mod graph;
+mod journal;
 mod observe;
 mod placement;
 mod requests;
@@ -60,6 +61,7 @@ mod check;
 mod tests;
 
 use graph::Job;
+pub use journal::{Record, Restored, RestoredJob};
 use observe::Observed;
 pub use observe::{EVENTS_KEPT, TASKS_KEPT};
 use placement::{KindStats, SHORT_TASK_US};
@@ -80,6 +82,8 @@ pub struct Config {
     /// Whether an embedding (a provisioner) takes the [`Notice`]s and answers
     /// [`Request::Control`](crate::protocol::Request::Control); without one, those requests are refused.
     pub controlled: bool,
+    /// Whether to emit [`Command::Journal`] records (see [`Record`]) for a restart to restore from.
+    pub journal: bool,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(10),
             default_duration: Duration::from_millis(500),
             controlled: false,
+            journal: false,
         }
     }
 }
@@ -208,6 +213,9 @@ pub enum Command {
     Exit,
     /// Tell the embedding (only with [`Config::controlled`]).
     Notify(Notice),
+    /// Append to the journal before carrying out the commands after it (only with
+    /// [`Config::journal`]).
+    Journal(Record),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -249,6 +257,10 @@ pub struct Scheduler {
     bound: FxHashMap<TaskId, Vec<u16>>,
     /// Events, the task stream and the counters (`observe.rs`).
     observed: Observed,
+    /// Rebuilding from the journal: nothing is journalled again.
+    restoring: bool,
+    /// A restored scheduler's adoption window, while open.
+    adopting: Option<journal::Adopting>,
 }
 
 impl Scheduler {
@@ -275,6 +287,8 @@ impl Scheduler {
             needs_index: HashMap::from([(Needs::default(), 0)]),
             bound: FxHashMap::default(),
             observed: Observed::default(),
+            restoring: false,
+            adopting: None,
         }
     }
 
@@ -288,7 +302,8 @@ impl Scheduler {
     pub fn next_deadline(&self) -> Option<Instant> {
         let heartbeats = self.workers.values().map(|w| w.last_seen + self.config.heartbeat_timeout);
         let lifetimes = self.workers.values().filter(|w| !w.retiring).filter_map(|w| w.ends_at);
-        heartbeats.chain(lifetimes).min()
+        let adoption = self.adopting.as_ref().map(|a| a.until);
+        heartbeats.chain(lifetimes).chain(adoption).min()
     }
 
     /// Number of connected workers.
@@ -312,6 +327,9 @@ impl Scheduler {
             Event::Disconnected(c, reason) => self.on_disconnect(c, &reason),
             Event::Tick => self.on_tick(now),
             Event::Control(c) => self.on_control(c),
+        }
+        if self.adopting.is_some() {
+            self.close_adoption_if_due(now);
         }
         self.schedule();
         if self.retiring > 0 {

@@ -143,7 +143,7 @@ impl Scheduler {
         }
     }
 
-    fn assign(&mut self, id: TaskId, w: WorkerId) -> Assignment {
+    pub(super) fn assign(&mut self, id: TaskId, w: WorkerId) -> Assignment {
         let job = &self.jobs[&id.job];
         let t = job.tasks.get(id.index).expect("a ready task exists");
         let work = match &t.body {

@@ -15,7 +15,7 @@ use crate::protocol::{
 
 use super::graph::{Job, State, Task, Tasks};
 use super::placement::NO_KIND;
-use super::{Command, ConnId, Notice, Peer, Scheduler};
+use super::{Command, ConnId, Notice, Peer, Record, Scheduler};
 
 impl Scheduler {
     pub(super) fn on_request(&mut self, conn: ConnId, req: u64, body: Request) {
@@ -89,10 +89,18 @@ impl Scheduler {
         if self.shutting_down {
             return Err(Refusal::new(RefusalKind::ShuttingDown, "the cluster is shutting down"));
         }
-        self.submit_checked(owner, spec).map_err(|e| Refusal::new(RefusalKind::Invalid, e))
+        let journalled = self.config.journal && super::journal::journalled(&spec);
+        let record = journalled.then(|| Box::new(spec.clone()));
+        let id = self.submit_checked(owner, spec).map_err(|e| Refusal::new(RefusalKind::Invalid, e))?;
+        // Before the reply that follows: a client is never told of a job that is not on record.
+        self.journal(match record {
+            Some(spec) => Record::Submitted { job: id, spec },
+            None => Record::Numbered { job: id },
+        });
+        Ok(id)
     }
 
-    fn submit_checked(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, String> {
+    pub(super) fn submit_checked(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, String> {
         let id = JobId(self.next_job);
         let mut references = Vec::new();
         let (tasks, array) = match spec.tasks {
@@ -163,6 +171,7 @@ impl Scheduler {
         let func_kinds = spec.functions.iter().map(|f| self.kind_named(f.clone())).collect();
         let command_kind =
             if spec.command.is_some() { self.kind_named(format!("command:{}", spec.name)) } else { NO_KIND };
+        let journalled = self.config.journal && array.is_some() && spec.command.is_some();
         let job = Job {
             spec_name: spec.name,
             functions: spec.functions,
@@ -181,6 +190,7 @@ impl Scheduler {
             func_kinds,
             command_kind,
             uniform_needs,
+            journalled,
         };
         self.jobs.insert(id, job);
         for r in references {

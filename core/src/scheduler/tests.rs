@@ -87,6 +87,7 @@ impl Sim {
                 }
                 Command::Exit => Command::Exit,
                 Command::Notify(n) => Command::Notify(n),
+                Command::Journal(r) => Command::Journal(r),
             });
         }
         if let Some(first) = self.seen.values().min() {
@@ -123,6 +124,7 @@ impl Sim {
             data_address,
             lifetime_ms,
             offer: Offer::default(),
+            resume: None,
         };
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);
@@ -223,6 +225,7 @@ impl Sim {
             data_address: format!("tcp://node:{conn}"),
             lifetime_ms: None,
             offer: Offer::default(),
+            resume: None,
         };
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);
@@ -669,6 +672,7 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
                 data_address: "tcp://127.0.0.1:1".into(),
                 lifetime_ms: None,
                 offer: Offer::default(),
+                resume: None,
             })
         }),
         ("worker", |_, _| ToScheduler::Request { req: 1, body: Request::Shutdown }),
@@ -1287,3 +1291,6 @@ mod resources;
 
 #[path = "tests_observe.rs"]
 mod observe;
+
+#[path = "tests_restore.rs"]
+mod restore;

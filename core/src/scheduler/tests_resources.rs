@@ -15,6 +15,7 @@ impl Sim {
             data_address: format!("tcp://node:{conn}"),
             lifetime_ms: None,
             offer,
+            resume: None,
         };
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);

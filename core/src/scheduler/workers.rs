@@ -12,7 +12,7 @@ use crate::protocol::{
 };
 
 use super::graph::State;
-use super::{Command, ConnId, Notice, Peer, Scheduler};
+use super::{Command, ConnId, Notice, Peer, Record, Scheduler};
 
 #[derive(Debug)]
 pub(super) struct Worker {
@@ -146,9 +146,19 @@ impl Worker {
 }
 
 impl Scheduler {
-    pub(super) fn on_register_worker(&mut self, now: Instant, conn: ConnId, info: WorkerInfo) {
-        let id = WorkerId(self.next_worker);
-        self.next_worker += 1;
+    pub(super) fn on_register_worker(&mut self, now: Instant, conn: ConnId, mut info: WorkerInfo) {
+        // A worker coming back keeps its id where it is free (its peers and results refer to it).
+        let resume = info.resume.take();
+        let id = match &resume {
+            Some(r) if r.worker.0 > 0 && r.worker.0 < self.next_worker && !self.workers.contains_key(&r.worker) => {
+                r.worker
+            }
+            _ => {
+                self.next_worker += 1;
+                WorkerId(self.next_worker - 1)
+            }
+        };
+        self.journal(Record::WorkerJoined { worker: id });
         tracing::info!(worker = %id, host = %info.host, pid = info.pid, launch = ?info.launch, slots = info.slots, "worker registered");
         self.notify(Notice::WorkerJoined { worker: id, launch: info.launch.clone() });
         self.observed.workers_joined += 1;
@@ -187,6 +197,9 @@ impl Scheduler {
                 load: WorkerLoad::default(),
             },
         );
+        if let Some(r) = resume {
+            self.adopt(id, r);
+        }
     }
 
     pub(super) fn on_tick(&mut self, now: Instant) {
@@ -219,6 +232,7 @@ impl Scheduler {
     /// tasks on it (its indexes), not a scan of all tasks.
     pub(super) fn worker_lost(&mut self, w: WorkerId, reason: &str) {
         let Some(worker) = self.workers.remove(&w) else { return };
+        self.journal(Record::WorkerLeft { worker: w });
         self.notify(Notice::WorkerLeft { worker: w, launch: worker.info.launch.clone(), reason: reason.to_string() });
         self.observed.workers_left += 1;
         self.observed.fetched_by_gone += worker.load.fetched_bytes;

@@ -6,7 +6,7 @@
 //! stay in the worker's store until the scheduler releases them; a small data
 //! server hands them out (to peers fetching inputs, to clients gathering).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
-    self, Assignment, CommandSpec, DataReply, DataRequest, ErrorKind, Finished, JobId, Offer, TaskError, TaskId,
-    ToScheduler, ToWorker, Work, WorkerId, WorkerInfo, WorkerLoad,
+    self, Assignment, CommandSpec, DataReply, DataRequest, ErrorKind, Finished, JobId, Offer, Resume, TaskError,
+    TaskId, ToScheduler, ToWorker, Work, WorkerId, WorkerInfo, WorkerLoad,
 };
 use crate::registry::Registry;
 
@@ -132,25 +132,33 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
         }
         None => std::future::pending().await,
     };
+    // One worker across connections: when the scheduler is lost, its tasks go on running and
+    // its results stay, and it tells the scheduler it reaches next (a restarted one) what it has.
+    let mut worker: Option<Worker> = None;
     loop {
+        let resume = worker.as_ref().and_then(Worker::resume);
         // Without a scheduler there is nothing to finish gracefully: SIGTERM ends the worker.
         let attempt = tokio::select! {
-            r = connect(&config, &data_port) => r,
+            r = connect(&config, &data_port, resume) => r,
             _ = term() => {
                 tracing::info!("SIGTERM while not connected to a scheduler: exiting");
+                if let Some(w) = &mut worker {
+                    w.kill_commands();
+                }
                 return Ok(());
             }
         };
         match attempt {
             Ok((conn, id, hb)) => {
                 tracing::info!(worker = %id, "connected to the scheduler");
-                let mut w = Worker::new(&config, registry.clone(), store.clone(), hb);
+                let w = worker.get_or_insert_with(|| Worker::new(&config, registry.clone(), store.clone(), hb));
+                (w.id, w.heartbeat) = (Some(id), hb);
                 match w.serve(conn, &mut term).await {
                     Ended::Stopped => return Ok(()),
                     Ended::Lost(e) => {
-                        tracing::warn!("lost the scheduler: {e}; reconnecting until the death timeout");
-                        w.kill_commands();
-                        store.lock().expect("store lock").clear();
+                        tracing::warn!(
+                            "lost the scheduler: {e}; its tasks go on; reconnecting until the death timeout"
+                        );
                         last_error = e;
                         lost_since = Instant::now();
                     }
@@ -159,6 +167,9 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
             Err(e) => last_error = e,
         }
         if lost_since.elapsed() >= config.death_timeout {
+            if let Some(w) = &mut worker {
+                w.kill_commands();
+            }
             let addresses = config.cluster.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
             return Err(WorkerError::DeathTimeout {
                 addresses,
@@ -171,6 +182,9 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
             _ = tokio::time::sleep(left.min(Duration::from_millis(500))) => {}
             _ = term() => {
                 tracing::info!("SIGTERM while not connected to a scheduler: exiting");
+                if let Some(w) = &mut worker {
+                    w.kill_commands();
+                }
                 return Ok(());
             }
         }
@@ -182,7 +196,11 @@ fn data_scheme(config: &WorkerConfig) -> rdask_transport::Scheme {
     config.cluster.addresses.first().map_or(rdask_transport::Scheme::Tcp, |a| a.scheme)
 }
 
-async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, WorkerId, Duration), String> {
+async fn connect(
+    config: &WorkerConfig,
+    data_port: &str,
+    resume: Option<Resume>,
+) -> Result<(Connection, WorkerId, Duration), String> {
     let mut last = String::new();
     for addr in &config.cluster.addresses {
         let attempt = async {
@@ -201,6 +219,7 @@ async fn connect(config: &WorkerConfig, data_port: &str) -> Result<(Connection, 
                     .ends_at
                     .map(|e| e.saturating_duration_since(Instant::now()).as_millis().min(u128::from(u64::MAX)) as u64),
                 offer: config.offer.clone(),
+                resume: resume.clone(),
             };
             conn.send_now(protocol::frame(&ToScheduler::RegisterWorker(info))).await.map_err(|e| e.to_string())?;
             let f = conn.recv_some().await.map_err(|e| e.to_string())?;
@@ -243,6 +262,22 @@ struct Worker {
     finished: Vec<Finished>,
     retiring: bool,
     in_flight: usize,
+    /// The id the scheduler gave it last.
+    id: Option<WorkerId>,
+    /// Tasks given and not ended, and whether each is a command.
+    given: HashMap<TaskId, bool>,
+    /// Outcomes of command tasks reported in the last [`RESEND`], oldest first: a scheduler
+    /// killed before it journalled them hears them again when the worker comes back.
+    recent: VecDeque<(Instant, Outcome)>,
+}
+
+/// How long a command task's outcome is kept to be reported again (see [`Worker::recent`]).
+const RESEND: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    Finished(Finished),
+    Failed(TaskId, TaskError),
 }
 
 impl Worker {
@@ -272,6 +307,27 @@ impl Worker {
             finished: Vec::new(),
             retiring: false,
             in_flight: 0,
+            id: None,
+            given: HashMap::new(),
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// What it tells a scheduler it comes back to (nothing the first time).
+    fn resume(&self) -> Option<Resume> {
+        let worker = self.id?;
+        let running = self.given.keys().copied().collect();
+        let held = self.store.lock().expect("store lock").iter().map(|(id, b)| (*id, b.len() as u64)).collect();
+        Some(Resume { worker, running, held })
+    }
+
+    fn remember(&mut self, id: TaskId, outcome: impl FnOnce() -> Outcome) {
+        if self.given.remove(&id) == Some(true) {
+            let now = Instant::now();
+            while self.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > RESEND) {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((now, outcome()));
         }
     }
 
@@ -284,6 +340,14 @@ impl Worker {
         let writer = tokio::spawn(rdask_transport::pump(tx, out_rx));
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         let mut last_heard = Instant::now();
+        // What ended lately is told again: the scheduler may not have heard it (see `recent`).
+        for (_, o) in &self.recent {
+            let msg = match o {
+                Outcome::Finished(f) => ToScheduler::Finished(vec![f.clone()]),
+                Outcome::Failed(id, e) => ToScheduler::Failed(*id, e.clone()),
+            };
+            let _ = out.send(protocol::frame(&msg));
+        }
         let ended = loop {
             tokio::select! {
                 frame = rx.recv() => {
@@ -332,7 +396,9 @@ impl Worker {
             Ended::Lost(_) if self.retiring => Ended::Stopped,
             other => other,
         };
-        self.kill_commands();
+        if matches!(ended, Ended::Stopped) {
+            self.kill_commands();
+        }
         drop(out);
         // Let the writer push out what is queued (final results, a goodbye) before leaving.
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -349,6 +415,7 @@ impl Worker {
             ToWorker::Compute(list) => {
                 for a in list {
                     self.in_flight += 1;
+                    self.given.insert(a.id, matches!(a.work, Work::Command { .. }));
                     self.prepare(a);
                 }
             }
@@ -432,7 +499,9 @@ impl Worker {
                                 self.store.lock().expect("store lock").insert(t.id, bytes);
                             }
                             let duration_us = t.duration.as_micros().min(u128::from(u32::MAX)) as u32;
-                            self.finished.push(Finished { id: t.id, size, duration_us });
+                            let f = Finished { id: t.id, size, duration_us };
+                            self.remember(t.id, || Outcome::Finished(f.clone()));
+                            self.finished.push(f);
                         }
                         Err(e) => {
                             // Keep the order: results finished before this failure go first.
@@ -440,6 +509,7 @@ impl Worker {
                                 let list = std::mem::take(&mut self.finished);
                                 let _ = out.send(protocol::frame(&ToScheduler::Finished(list)));
                             }
+                            self.remember(t.id, || Outcome::Failed(t.id, e.clone()));
                             let _ = out.send(protocol::frame(&ToScheduler::Failed(t.id, e)));
                         }
                     }
@@ -462,6 +532,7 @@ impl Worker {
                 }
                 Err(missing) => {
                     self.in_flight -= 1;
+                    self.given.remove(&assignment.id);
                     let _ = out.send(protocol::frame(&ToScheduler::InputMissing(assignment.id, missing)));
                 }
             },

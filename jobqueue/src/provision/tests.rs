@@ -214,6 +214,7 @@ impl Sim {
                 data_address: format!("tcp://node:{c}"),
                 lifetime_ms: None,
                 offer: offer.clone(),
+                resume: None,
             };
             self.sched.handle(self.now, Event::Message(c, ToScheduler::RegisterWorker(info)));
             self.pump();

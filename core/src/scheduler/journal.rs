@@ -1,0 +1,278 @@
+//! What the scheduler remembers across its own death: the journal's records, folding them back
+//! into a state, and the adoption of what reconnecting workers still run and hold.
+//!
+//! With [`Config::journal`](super::Config::journal) the scheduler emits a
+//! [`Command::Journal`](super::Command::Journal) record for each change a restart must know:
+//! a command array submitted (its spec, once), each of its tasks ending for good (with the
+//! error, if any), a job released, a worker joining or leaving, and the number of every
+//! other job (so ids are never reused). What is journalled per task is bounded: one `Ended`
+//! record of a command task; function tasks' payloads and results never are (their results
+//! live on workers). The driver appends the records before it carries out the commands that
+//! follow them, so a client's `Submitted` reply is never sent before its job is on record.
+//!
+//! [`Restored::fold`] turns records into the state to restore; [`Restored::records`] writes
+//! that state back as the fewest records (compaction). [`Scheduler::restore`] rebuilds jobs
+//! from it and parks their unfinished tasks for an *adoption window*: workers that come back
+//! within it say what they still run ([`Resume`]) and those tasks are theirs again; the
+//! outcomes they report of tasks that ended meanwhile are taken. What nobody claims is run when
+//! the window closes (at its end, or as soon as every worker on record is back).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashSet;
+use serde::{Deserialize, Serialize};
+
+use super::graph::State;
+use super::{Command, Config, Scheduler};
+use crate::protocol::{JobId, JobSpec, JobTasks, Resume, TaskBody, TaskError, TaskId, ToWorker, WorkerId};
+
+/// One entry of the scheduler's journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// A command array was accepted as `job`.
+    Submitted {
+        /// Its id.
+        job: JobId,
+        /// What was submitted.
+        spec: Box<JobSpec>,
+    },
+    /// A job that is not restored (a function graph) had this id: no later job gets it.
+    Numbered {
+        /// Its id.
+        job: JobId,
+    },
+    /// A task of a journalled job ended for good: finished (`error: None`) or failed.
+    Ended {
+        /// The task.
+        task: TaskId,
+        /// Why it failed, if it did (a command's exit code and stderr tail).
+        error: Option<TaskError>,
+    },
+    /// A job was released: nothing of it is restored.
+    Released {
+        /// Its id.
+        job: JobId,
+    },
+    /// A worker registered.
+    WorkerJoined {
+        /// Its id.
+        worker: WorkerId,
+    },
+    /// A worker left.
+    WorkerLeft {
+        /// Its id.
+        worker: WorkerId,
+    },
+}
+
+/// A journalled job, folded: its spec and the outcomes of its tasks that ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestoredJob {
+    /// What was submitted.
+    pub spec: Box<JobSpec>,
+    /// The tasks that ended, by index: `None` finished, `Some` failed.
+    pub ended: BTreeMap<u32, Option<TaskError>>,
+}
+
+/// What a journal says, folded into the state it describes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Restored {
+    /// The journalled jobs not released, by id.
+    pub jobs: BTreeMap<JobId, RestoredJob>,
+    /// The workers registered and not gone.
+    pub workers: BTreeSet<WorkerId>,
+    /// The highest job id given so far (0: none).
+    pub last_job: u32,
+    /// The highest worker id given so far (0: none).
+    pub last_worker: u32,
+}
+
+impl Restored {
+    /// Folds records, oldest first. Records about a job that is not on record are ignored.
+    pub fn fold(records: impl IntoIterator<Item = Record>) -> Restored {
+        let mut r = Restored::default();
+        for rec in records {
+            match rec {
+                Record::Submitted { job, spec } => {
+                    r.last_job = r.last_job.max(job.0);
+                    r.jobs.insert(job, RestoredJob { spec, ended: BTreeMap::new() });
+                }
+                Record::Numbered { job } => r.last_job = r.last_job.max(job.0),
+                Record::Ended { task, error } => {
+                    if let Some(j) = r.jobs.get_mut(&task.job) {
+                        j.ended.insert(task.index, error);
+                    }
+                }
+                Record::Released { job } => {
+                    r.jobs.remove(&job);
+                }
+                Record::WorkerJoined { worker } => {
+                    r.last_worker = r.last_worker.max(worker.0);
+                    r.workers.insert(worker);
+                }
+                Record::WorkerLeft { worker } => {
+                    r.workers.remove(&worker);
+                }
+            }
+        }
+        r
+    }
+
+    /// The fewest records that fold back into `self` (what a compacted journal holds).
+    pub fn records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        if self.last_job > 0 && !self.jobs.contains_key(&JobId(self.last_job)) {
+            out.push(Record::Numbered { job: JobId(self.last_job) });
+        }
+        for (id, j) in &self.jobs {
+            out.push(Record::Submitted { job: *id, spec: j.spec.clone() });
+            for (index, error) in &j.ended {
+                out.push(Record::Ended { task: TaskId { job: *id, index: *index }, error: error.clone() });
+            }
+        }
+        if self.last_worker > 0 && !self.workers.contains(&WorkerId(self.last_worker)) {
+            // The last id given went to a worker that left: joined and left again keeps it.
+            out.push(Record::WorkerJoined { worker: WorkerId(self.last_worker) });
+            out.push(Record::WorkerLeft { worker: WorkerId(self.last_worker) });
+        }
+        out.extend(self.workers.iter().map(|w| Record::WorkerJoined { worker: *w }));
+        out
+    }
+}
+
+/// Whether jobs of this spec are journalled (and so restored): command arrays.
+pub(super) fn journalled(spec: &JobSpec) -> bool {
+    spec.command.is_some() && matches!(spec.tasks, JobTasks::Array { .. })
+}
+
+/// A restored scheduler's adoption window.
+#[derive(Debug)]
+pub(super) struct Adopting {
+    /// When it closes at the latest.
+    pub(super) until: Instant,
+    /// Workers on record that have not come back.
+    pub(super) awaiting: FxHashSet<WorkerId>,
+    /// Restored tasks held back from placement until it closes.
+    pub(super) parked: Vec<TaskId>,
+    /// Tasks adopted from workers so far.
+    pub(super) adopted: usize,
+}
+
+impl Scheduler {
+    /// A scheduler restored from its journal at `now`: the journalled jobs with their ended
+    /// tasks, their other tasks parked for `window` (or until every worker on record is back).
+    pub fn restore(config: Config, now: Instant, restored: &Restored, window: Duration) -> Scheduler {
+        let mut s = Scheduler::new(config);
+        s.now = Some(now);
+        s.restoring = true;
+        s.next_worker = restored.last_worker + 1;
+        for (id, j) in &restored.jobs {
+            s.next_job = id.0;
+            if let Err(e) = s.submit_checked(0, (*j.spec).clone()) {
+                tracing::error!(job = %id, "cannot restore job from the journal: {e}");
+                continue;
+            }
+            for (index, error) in &j.ended {
+                let task = TaskId { job: *id, index: *index };
+                let Some(t) = s.task(task) else { continue };
+                if matches!(t.state(), State::Finished { .. } | State::Failed) {
+                    continue;
+                }
+                match error {
+                    None => {
+                        s.set_state(task, State::Finished { holder: None });
+                        s.on_job_done(*id);
+                    }
+                    Some(e) => s.fail(task, e.clone()),
+                }
+            }
+        }
+        s.next_job = s.next_job.max(restored.last_job + 1);
+        let parked: Vec<TaskId> = s.ready.drain(..).collect();
+        tracing::info!(
+            jobs = restored.jobs.len(),
+            parked = parked.len(),
+            workers = restored.workers.len(),
+            "restored from the journal; waiting up to {} s for the workers to come back",
+            window.as_secs()
+        );
+        s.adopting = Some(Adopting {
+            until: now + window,
+            awaiting: restored.workers.iter().copied().collect(),
+            parked,
+            adopted: 0,
+        });
+        s.restoring = false;
+        s.close_adoption_if_due(now);
+        s
+    }
+
+    /// A reconnecting worker's tasks and results: those still wanted are its again.
+    pub(super) fn adopt(&mut self, w: WorkerId, resume: Resume) {
+        if let Some(a) = &mut self.adopting {
+            a.awaiting.remove(&resume.worker);
+        }
+        let mut adopted = 0;
+        for id in resume.running {
+            if self.task(id).is_some_and(|t| t.state() == State::Ready) {
+                let _ = self.assign(id, w);
+                adopted += 1;
+            }
+        }
+        let mut stale = Vec::new();
+        for (id, size) in resume.held {
+            let wanted = self.task(id).is_some_and(|t| {
+                !matches!(t.body, TaskBody::Command) && matches!(t.state(), State::Ready | State::Waiting { .. })
+            });
+            if wanted {
+                if let Some(t) = self.task_mut(id) {
+                    t.size = size;
+                }
+                self.set_state(id, State::Finished { holder: Some(w) });
+                self.after_finish(id);
+                adopted += 1;
+            } else {
+                stale.push(id);
+            }
+        }
+        if !stale.is_empty() {
+            let conn = self.workers[&w].conn;
+            self.commands.push(Command::ToWorker(conn, ToWorker::Release(stale)));
+        }
+        if let Some(a) = &mut self.adopting {
+            a.adopted += adopted;
+        }
+        tracing::info!(worker = %w, adopted, "worker came back");
+    }
+
+    /// Closes the adoption window once it is over or every worker on record is back: what
+    /// no worker claimed is placed now.
+    pub(super) fn close_adoption_if_due(&mut self, now: Instant) {
+        let Some(a) = &self.adopting else { return };
+        if now < a.until && !a.awaiting.is_empty() {
+            return;
+        }
+        let a = self.adopting.take().expect("checked above");
+        let mut rerun = 0;
+        for id in a.parked {
+            if self.task(id).is_some_and(|t| t.state() == State::Ready) {
+                self.ready.push_back(id);
+                rerun += 1;
+            }
+        }
+        tracing::info!(
+            adopted = a.adopted,
+            rerun,
+            missing_workers = a.awaiting.len(),
+            "adoption window closed: the tasks no worker claimed run again"
+        );
+    }
+
+    /// Emits a journal record (with [`Config::journal`], and not while restoring).
+    pub(super) fn journal(&mut self, record: Record) {
+        if self.config.journal && !self.restoring {
+            self.commands.push(Command::Journal(record));
+        }
+    }
+}
