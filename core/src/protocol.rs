@@ -358,7 +358,7 @@ pub struct WorkerInfo {
     pub offer: Offer,
     /// Set when the worker comes back to a scheduler after losing one (a restarted scheduler,
     /// or the same after a broken connection): what it still runs and holds.
-    pub resume: Option<Resume>,
+    pub resume: Option<Box<Resume>>,
 }
 
 /// What a worker that lost its scheduler still has, told to the scheduler it reconnects to:

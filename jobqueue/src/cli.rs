@@ -201,6 +201,12 @@ pub struct UpArgs {
     /// Show what `up` would do (the job script, the commands) and do nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// After a crash of the cluster's scheduler, start over: cancel what it left (batch jobs,
+    /// worker processes) and forget its jobs. Without it, `up` restores the cluster from its
+    /// journal: the same jobs, workers and batch jobs carry on, and finished tasks are not run
+    /// again.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// Options of `scheduler`.
@@ -212,6 +218,10 @@ pub struct SchedulerCmd {
     /// option and the configuration.
     #[arg(long, hide = true)]
     pub spec_file: Option<PathBuf>,
+    /// Carry on from the journal of a scheduler of this cluster that died (as `up` does after
+    /// a crash): its jobs, its workers when they come back, its batch jobs and worker processes.
+    #[arg(long)]
+    pub restore: bool,
 }
 
 /// Options of the scheduler (shared by `up`, `scheduler` and `job-script`). What they mean is

@@ -98,7 +98,7 @@ pub(crate) fn cleanup(state: &StateDir) -> usize {
         .journal_entries()
         .into_iter()
         .filter_map(|e| match e {
-            Journalled::Process { pid, start } => Some((pid, Some(start))),
+            Journalled::Process { pid, start, .. } => Some((pid, Some(start))),
             _ => None,
         })
         .collect();

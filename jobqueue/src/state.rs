@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 use crate::batch::System;
 use crate::jobs::Commands;
 
+/// The scheduler's own journal in the state directory (see [`rdask::journal`]): its jobs and
+/// workers, for a restart to carry on from.
+pub const SCHEDULER_JOURNAL: &str = "scheduler.journal";
+
 /// The state directory of one cluster.
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -85,6 +89,7 @@ impl StateDir {
     /// Forgets the journal (after everything in it was ended).
     pub fn clear_journal(&self) {
         let _ = std::fs::remove_file(self.file("journal"));
+        let _ = std::fs::remove_file(self.file(SCHEDULER_JOURNAL));
     }
 }
 
@@ -98,6 +103,10 @@ pub enum Journalled {
         pid: u32,
         /// Its start time, so that a recycled pid is never signalled.
         start: u64,
+        /// The launch tag of a local worker process (none for the scheduler): a restarted
+        /// scheduler adopts the process as that allocation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        launch: Option<String>,
     },
     /// The batch system the cluster's jobs go to, and the commands that reach it.
     BatchSystem {
@@ -117,6 +126,15 @@ pub enum Journalled {
         /// The launch tag its workers carry.
         launch: String,
     },
+}
+
+/// Whether process `pid` with start time `start` (see [`process_start_time`]) is alive and
+/// not a zombie.
+pub fn process_is(pid: u32, start: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.first().is_some_and(|s| *s != "Z") && f.get(19).and_then(|s| s.parse().ok()) == Some(start)
 }
 
 /// Whether process `pid` exists and runs a program whose command line mentions `needle`

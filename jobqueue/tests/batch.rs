@@ -459,3 +459,112 @@ fn slurm_dashboard_shows_the_batch_jobs_and_events_follow_one_ending() {
     assert!(active_in("slurm", &ids).is_empty(), "jobs left after down");
     no_process_left(h);
 }
+
+fn runs_per_task(dir: &std::path::Path, n: u32) -> Vec<(u32, usize)> {
+    (1..=n)
+        .map(|i| (i, std::fs::read_to_string(dir.join(i.to_string())).map(|t| t.lines().count()).unwrap_or(0)))
+        .filter(|(_, runs)| *runs != 1)
+        .collect()
+}
+
+fn pids_of(s: &Value) -> Vec<u64> {
+    let mut p: Vec<u64> = s["workers"].as_array().unwrap().iter().map(|w| w["info"]["pid"].as_u64().unwrap()).collect();
+    p.sort();
+    p
+}
+
+/// The scheduler of a Slurm cluster is killed half-way through a 5,000-task array; `up`
+/// restores it: the same batch jobs and worker processes carry on, no task runs twice, and a
+/// `wait` started before the crash returns 0.
+#[test]
+fn slurm_scheduler_killed_mid_array_is_restored_and_its_batch_jobs_carry_on() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    const N: u32 = 5000;
+    let home = common::Home::new();
+    let h = home.path();
+    ok(h, &["up", "--backend", "slurm", "--nodes", "4", "--cores", "8", "--memory", "100MB", "--wait"]);
+    let before = wait_for(h, "4 running jobs", |s| running_jobs(s) == 4);
+    let mut ids = batch_ids(&before);
+    ids.sort();
+    let workers = pids_of(&before);
+    let runs = h.join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let script = format!("sleep 0.5; echo ran >> {}/%{{TASK_ID}}", runs.display());
+    ok(h, &["submit", "--array", &format!("1-{N}"), "--stdout", "none", "--", "sh", "-c", &script]);
+    let waiter = Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
+        .env("RDASK_HOME", h)
+        .env("RDASK_CONFIG", "/dev/null")
+        .env_remove("RDASK_CLUSTER")
+        .arg("wait")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = |s: &Value| -> u64 {
+        s["jobs"].as_array().unwrap().iter().map(|j| j["counts"]["finished"].as_u64().unwrap_or(0)).sum()
+    };
+    wait_for(h, "half the array finished", |s| finished(s) >= u64::from(N / 2));
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(h.join("default/scheduler.json")).unwrap()).unwrap();
+    let pid = file["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let up = rdask(h, &["up"]);
+    assert!(up.status.success(), "{}", common::text(&up));
+    assert!(common::text(&up).contains("restoring it from its journal"), "{}", common::text(&up));
+    let out = waiter.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "the wait started before the crash: {said}");
+    assert!(said.contains(&format!("{N} of {N} tasks finished, 0 failed")), "{said}");
+    let after = status(h);
+    let mut after_ids = batch_ids(&after);
+    after_ids.sort();
+    assert_eq!(after_ids, ids, "the same batch jobs carry on");
+    assert_eq!(pids_of(&after), workers, "the same worker processes carry on");
+    assert_eq!(runs_per_task(&runs, N), vec![], "tasks that did not run exactly once (task, runs)");
+    ok(h, &["down"]);
+    assert!(active_in("slurm", &ids).is_empty(), "jobs left after down");
+    no_process_left(h);
+}
+
+/// Without a scheduler to come back to, a batch job's worker exits after its death timeout,
+/// and the batch job ends with it.
+#[test]
+fn slurm_workers_whose_scheduler_does_not_come_back_end_their_batch_jobs() {
+    if !available("/usr/bin/sbatch", "ci/setup-slurm.sh") {
+        return;
+    }
+    let home = common::Home::new();
+    let h = home.path();
+    ok(
+        h,
+        &[
+            "up",
+            "--backend",
+            "slurm",
+            "--nodes",
+            "1",
+            "--cores",
+            "1",
+            "--memory",
+            "100MB",
+            "--death-timeout",
+            "3",
+            "--wait",
+        ],
+    );
+    let ids = batch_ids(&wait_for(h, "1 running job", |s| running_jobs(s) == 1));
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(h.join("default/scheduler.json")).unwrap()).unwrap();
+    let pid = file["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !active_in("slurm", &ids).is_empty() {
+        assert!(Instant::now() < deadline, "the batch job outlived its worker's death timeout");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ok(h, &["down"]);
+    no_process_left(h);
+}

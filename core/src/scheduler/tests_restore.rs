@@ -40,7 +40,7 @@ impl Sim {
             data_address: format!("tcp://node:{conn}"),
             lifetime_ms: None,
             offer: Offer::default(),
-            resume: Some(resume),
+            resume: Some(Box::new(resume)),
         };
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);

@@ -198,7 +198,7 @@ impl Scheduler {
             },
         );
         if let Some(r) = resume {
-            self.adopt(id, r);
+            self.adopt(id, *r);
         }
     }
 

@@ -199,7 +199,7 @@ fn data_scheme(config: &WorkerConfig) -> rdask_transport::Scheme {
 async fn connect(
     config: &WorkerConfig,
     data_port: &str,
-    resume: Option<Resume>,
+    resume: Option<Box<Resume>>,
 ) -> Result<(Connection, WorkerId, Duration), String> {
     let mut last = String::new();
     for addr in &config.cluster.addresses {
@@ -314,11 +314,11 @@ impl Worker {
     }
 
     /// What it tells a scheduler it comes back to (nothing the first time).
-    fn resume(&self) -> Option<Resume> {
+    fn resume(&self) -> Option<Box<Resume>> {
         let worker = self.id?;
         let running = self.given.keys().copied().collect();
         let held = self.store.lock().expect("store lock").iter().map(|(id, b)| (*id, b.len() as u64)).collect();
-        Some(Resume { worker, running, held })
+        Some(Box::new(Resume { worker, running, held }))
     }
 
     fn remember(&mut self, id: TaskId, outcome: impl FnOnce() -> Outcome) {
@@ -343,7 +343,7 @@ impl Worker {
         // What ended lately is told again: the scheduler may not have heard it (see `recent`).
         for (_, o) in &self.recent {
             let msg = match o {
-                Outcome::Finished(f) => ToScheduler::Finished(vec![f.clone()]),
+                Outcome::Finished(f) => ToScheduler::Finished(vec![*f]),
                 Outcome::Failed(id, e) => ToScheduler::Failed(*id, e.clone()),
             };
             let _ = out.send(protocol::frame(&msg));
@@ -500,7 +500,7 @@ impl Worker {
                             }
                             let duration_us = t.duration.as_micros().min(u128::from(u32::MAX)) as u32;
                             let f = Finished { id: t.id, size, duration_us };
-                            self.remember(t.id, || Outcome::Finished(f.clone()));
+                            self.remember(t.id, || Outcome::Finished(f));
                             self.finished.push(f);
                         }
                         Err(e) => {

@@ -60,6 +60,8 @@ pub(crate) async fn down(state: &StateDir, a: DownArgs) -> Result<i32> {
     if left > 0 {
         println!("ended {left} leftover process(es)");
     }
+    // Nothing to restore from any more: a later `up` starts a new cluster.
+    let _ = std::fs::remove_file(state.file(crate::state::SCHEDULER_JOURNAL));
     println!("cluster `{}` is down", state.name);
     Ok(0)
 }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use rdask::cluster::{SchedulerFile, SECRET_FILE};
-use rdask::protocol::AdaptSpec;
+use rdask::protocol::{AdaptSpec, AllocationState};
 use rdask::Secret;
 
 use crate::adapt;
@@ -31,7 +31,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     let batch = batch_system_of(&a);
     state.create()?;
     let me = std::process::id();
-    state.record(&Journalled::Process { pid: me, start: state::process_start_time(me).unwrap_or(0) })?;
+    state.record(&Journalled::Process { pid: me, start: state::process_start_time(me).unwrap_or(0), launch: None })?;
     let secret_path = state.file(SECRET_FILE);
     let secret = match Secret::load(&secret_path) {
         Ok(s) => s,
@@ -59,7 +59,22 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
         heartbeat_timeout: Duration::from_millis(a.scheduler.heartbeat_ms * 10),
         ..Default::default()
     };
-    let (server, controller) = rdask::server::spawn_controlled(listener, secret.clone(), config);
+    // The scheduler's journal: a fresh one, or (restoring) the dead scheduler's to carry on from.
+    let journal_path = state.file(state::SCHEDULER_JOURNAL);
+    if !cmd.restore {
+        let _ = std::fs::remove_file(&journal_path);
+    }
+    let (file, restored) = rdask::journal::JournalFile::open(&journal_path)
+        .map_err(Error::io(format!("cannot open the scheduler's journal {}", journal_path.display())))?;
+    if cmd.restore {
+        tracing::info!(
+            jobs = restored.jobs.len(),
+            workers = restored.workers.len(),
+            "restoring from the journal of the scheduler that died"
+        );
+    }
+    let journal = rdask::server::Journal { file, restored, window: ADOPTION_WINDOW };
+    let (server, controller) = rdask::server::spawn_journalled(listener, secret.clone(), config, journal);
     tracing::info!("scheduler listening; workers and clients use {}", addresses.join(", "));
     let rdask::server::Controller { notices, control } = controller;
     let dashboard = tokio_util::sync::CancellationToken::new();
@@ -104,8 +119,12 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
                 ("RDASK_DEATH_TIMEOUT".to_string(), a.workers.death_timeout.to_string()),
                 (rdask::protocol::OFFER_VAR.to_string(), local_offer(&a).to_text()),
             ];
-            let launcher = LocalLauncher::new(state, program, args, env);
-            Driver::start(provisioner_of(&a, None), launcher, control.clone(), Duration::from_secs(5)).await
+            let mut launcher = LocalLauncher::new(state, program, args, env);
+            let mut prov = provisioner_of(&a, None);
+            if cmd.restore {
+                adopt(state, &mut prov, Some(&mut launcher));
+            }
+            Driver::start(prov, launcher, control.clone(), Duration::from_secs(5)).await
         }
         Some(system) => {
             let specs: Vec<(String, batch::JobParams)> =
@@ -121,7 +140,11 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
                 a.template.as_deref(),
             )?;
             let launcher = BatchLauncher(b);
-            Driver::start(provisioner_of(&a, Some(system)), launcher, control.clone(), Duration::from_secs(60)).await
+            let mut prov = provisioner_of(&a, Some(system));
+            if cmd.restore {
+                adopt(state, &mut prov, None);
+            }
+            Driver::start(prov, launcher, control.clone(), Duration::from_secs(60)).await
         }
     };
     let driver = match started {
@@ -168,6 +191,35 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
             // The journal stays: `down` tries again.
             tracing::error!("{e}; `rdask-jobqueue down` tries again");
             Ok(5)
+        }
+    }
+}
+
+/// How long a restored scheduler waits for the workers on record to come back before running
+/// again the tasks they have not claimed (it stops waiting once they are all back).
+const ADOPTION_WINDOW: Duration = Duration::from_secs(20);
+
+/// Takes over the allocations of the scheduler process that died, from the cluster's journal:
+/// its local worker processes still alive (with `local`), its batch jobs (the next poll says
+/// which still run).
+fn adopt(state: &StateDir, prov: &mut Provisioner, mut local: Option<&mut LocalLauncher>) {
+    let now = Instant::now();
+    let pool_of = |launch: &str| launch.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+    for e in state.journal_entries() {
+        match e {
+            Journalled::Process { pid, start, launch: Some(launch) } => {
+                if let Some(l) = local.as_deref_mut() {
+                    if state::process_is(pid, start)
+                        && prov.adopt(now, &pool_of(&launch), &launch, &pid.to_string(), AllocationState::Running)
+                    {
+                        l.adopt(pid, start);
+                    }
+                }
+            }
+            Journalled::Job { id, pool, launch, .. } if local.is_none() && !launch.is_empty() => {
+                prov.adopt(now, &pool, &launch, &id, AllocationState::Pending);
+            }
+            _ => {}
         }
     }
 }

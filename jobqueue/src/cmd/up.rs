@@ -43,10 +43,30 @@ pub(crate) async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
             });
         }
     }
-    let leftovers = cleanup(state);
-    if leftovers > 0 {
-        eprintln!("cleaned up {leftovers} process(es) left by an earlier run of cluster `{}`", state.name);
+    // A scheduler that died (SIGKILL, a reboot) left its file and its journal: carry on from
+    // them, unless asked to start over.
+    let previous = SchedulerFile::read(&state.path)
+        .ok()
+        .filter(|_| !a.fresh && state.file(crate::state::SCHEDULER_JOURNAL).exists() && state.file(SPEC_FILE).exists());
+    if let Some(prev) = &previous {
+        spec = ClusterSpec::load(&state.file(SPEC_FILE))?;
+        // The same address: the workers that are still running look for it there.
+        if let Some(port) = prev.addresses.first().and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()) {
+            spec.scheduler.port = port;
+        }
+        eprintln!(
+            "the scheduler of cluster `{}` (pid {}) is gone: restoring it from its journal \
+             (`up --fresh` starts over instead)",
+            state.name, prev.pid
+        );
+    } else {
+        let leftovers = cleanup(state);
+        if leftovers > 0 {
+            eprintln!("cleaned up {leftovers} process(es) left by an earlier run of cluster `{}`", state.name);
+        }
+        let _ = std::fs::remove_file(state.file(crate::state::SCHEDULER_JOURNAL));
     }
+    let batch = batch_system_of(&spec);
     if let Some(p) = &spec.workers.program {
         if !p.exists() {
             return Err(Error::Usage(format!(
@@ -73,7 +93,9 @@ pub(crate) async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
         }
     };
     let _ = std::fs::remove_file(state.file(rdask::cluster::SCHEDULER_FILE));
-    Secret::generate().save(&state.file(SECRET_FILE))?;
+    if previous.is_none() {
+        Secret::generate().save(&state.file(SECRET_FILE))?;
+    }
     let exe = std::env::current_exe().map_err(Error::io("cannot find this program's path"))?;
     let log_path = state.file("scheduler.log");
     let log = std::fs::File::create(&log_path).map_err(Error::io(format!("cannot create {}", log_path.display())))?;
@@ -93,6 +115,9 @@ pub(crate) async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     let spec_file = state.file(SPEC_FILE);
     spec.save(&spec_file)?;
     cmd.arg("scheduler").arg("--spec-file").arg(&spec_file);
+    if previous.is_some() {
+        cmd.arg("--restore");
+    }
     if spec.scheduler.in_job {
         let Some(system) = batch else {
             return Err(Error::Usage(format!(

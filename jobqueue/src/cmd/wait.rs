@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use rdask::protocol::JobId;
-use rdask::Client;
+use rdask::{Client, ClientError};
 
 use crate::cli::{OutputMode, WaitArgs};
 use crate::connect;
@@ -45,16 +45,39 @@ pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, outp
     } else {
         None
     };
-    let waiter = client.wait(job);
-    tokio::pin!(waiter);
+    // A scheduler that dies and is restarted (`up` restores it from its journal) keeps its
+    // jobs: the wait carries on with a new connection.
+    let mut reconnected: Option<Client> = None;
     let outcome = loop {
-        tokio::select! {
-            o = &mut waiter => break o.map_err(Error::client(&state.name))?,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                if let (Some(b), Ok(c)) = (&bar, client.progress(job).await) {
-                    b.set_position(u64::from(c.finished + c.failed));
+        let result = {
+            let client = reconnected.as_ref().unwrap_or(client);
+            let waiter = client.wait(job);
+            tokio::pin!(waiter);
+            loop {
+                tokio::select! {
+                    o = &mut waiter => break o,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if let (Some(b), Ok(c)) = (&bar, client.progress(job).await) {
+                            b.set_position(u64::from(c.finished + c.failed));
+                        }
+                    }
                 }
             }
+        };
+        match result {
+            Ok(o) => break o,
+            Err(e @ (ClientError::Disconnected | ClientError::Unreachable { .. })) => {
+                eprintln!(
+                    "lost the scheduler of cluster `{}` ({e}); waiting up to {} s for it to come back \
+                     (`rdask-jobqueue up --name {}` restarts it from its journal)",
+                    state.name,
+                    RECONNECT.as_secs(),
+                    state.name
+                );
+                reconnected = Some(reconnect(state).await?);
+                eprintln!("reconnected to cluster `{}`; still waiting for job {job}", state.name);
+            }
+            Err(e) => return Err(Error::client(&state.name)(e)),
         }
     };
     if let Some(b) = bar {
@@ -81,5 +104,27 @@ pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, outp
         Ok(0)
     } else {
         Err(Error::TasksFailed { job, failed: outcome.failed.len(), tasks: u64::from(outcome.tasks) })
+    }
+}
+
+/// How long `wait` looks for a scheduler that went away.
+const RECONNECT: Duration = Duration::from_secs(600);
+
+/// A connection to the cluster's scheduler once it is back; an error once [`RECONNECT`] has
+/// passed, or at once if the cluster was taken down (its scheduler file and journal are gone).
+async fn reconnect(state: &StateDir) -> Result<Client> {
+    let deadline = std::time::Instant::now() + RECONNECT;
+    loop {
+        if let Ok(info) = rdask::cluster::ClusterInfo::from_state_dir(&state.path) {
+            if let Ok(c) = Client::connect(&info).await {
+                return Ok(c);
+            }
+        }
+        let gone = !state.file(rdask::cluster::SCHEDULER_FILE).exists()
+            && !state.file(crate::state::SCHEDULER_JOURNAL).exists();
+        if gone || std::time::Instant::now() > deadline {
+            return crate::connect(state).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

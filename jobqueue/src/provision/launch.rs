@@ -77,13 +77,22 @@ pub struct LocalLauncher {
     env: Vec<(String, String)>,
     state: StateDir,
     children: HashMap<String, Child>,
+    /// Worker processes a previous scheduler process started (adopted after a restart): not
+    /// our children, so known by pid and start time.
+    adopted: HashMap<String, (u32, u64)>,
 }
 
 impl LocalLauncher {
     /// Starts `program args…` with the worker environment `env` (scheduler address, secret
     /// file, slots…) plus the launch tag.
     pub fn new(state: &StateDir, program: PathBuf, args: Vec<String>, env: Vec<(String, String)>) -> LocalLauncher {
-        LocalLauncher { program, args, env, state: state.clone(), children: HashMap::new() }
+        LocalLauncher { program, args, env, state: state.clone(), children: HashMap::new(), adopted: HashMap::new() }
+    }
+
+    /// Takes over worker process `pid` (started at `start`) of a previous scheduler process;
+    /// its allocation id is its pid, as for the ones this launcher starts.
+    pub fn adopt(&mut self, pid: u32, start: u64) {
+        self.adopted.insert(pid.to_string(), (pid, start));
     }
 }
 
@@ -107,7 +116,7 @@ impl Launcher for LocalLauncher {
             .map_err(Error::io(format!("cannot start worker program {}", self.program.display())))?;
         let pid = child.id();
         let start = crate::state::process_start_time(pid).unwrap_or(0);
-        self.state.record(&Journalled::Process { pid, start })?;
+        self.state.record(&Journalled::Process { pid, start, launch: Some(launch.to_string()) })?;
         self.children.insert(pid.to_string(), child);
         Ok((pid.to_string(), AllocationState::Running))
     }
@@ -119,10 +128,16 @@ impl Launcher for LocalLauncher {
                 Some(Ok(None)) => AllocationState::Running,
                 Some(Ok(Some(s))) if s.success() => AllocationState::Finished,
                 Some(_) => AllocationState::Failed,
-                None => AllocationState::Gone,
+                // An adopted process's exit status is its (dead) parent's to know.
+                None => match self.adopted.get(id) {
+                    Some((pid, start)) if crate::state::process_is(*pid, *start) => AllocationState::Running,
+                    Some(_) => AllocationState::Finished,
+                    None => AllocationState::Gone,
+                },
             };
             if !state.is_active() {
                 self.children.remove(id);
+                self.adopted.remove(id);
             }
             out.insert(id.clone(), state);
         }
@@ -132,6 +147,14 @@ impl Launcher for LocalLauncher {
     fn cancel(&mut self, ids: &[String]) -> Result<()> {
         // SIGTERM: a worker finishes what it holds, hands its results over and leaves.
         for id in ids {
+            if let Some((pid, start)) = self.adopted.get(id) {
+                if crate::state::process_is(*pid, *start) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
             if let Some(c) = self.children.get_mut(id) {
                 if matches!(c.try_wait(), Ok(None)) {
                     let _ = nix::sys::signal::kill(
@@ -157,6 +180,12 @@ impl Launcher for LocalLauncher {
             let wait = deadline.saturating_duration_since(Instant::now());
             rdask::process::end(rdask::process::Target::Process(child.id()), wait, rdask::process::GRACE);
             let _ = child.wait();
+        }
+        for (_, (pid, start)) in self.adopted.drain() {
+            if crate::state::process_is(pid, start) {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                rdask::process::end(rdask::process::Target::Process(pid), wait, rdask::process::GRACE);
+            }
         }
         Ok(())
     }

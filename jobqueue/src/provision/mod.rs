@@ -249,6 +249,45 @@ impl Provisioner {
         }
     }
 
+    /// Takes over an allocation that a previous scheduler process of the cluster started
+    /// (restarting from the journal): it counts as its pool's capacity, its workers are matched
+    /// by `launch` as they come back, and the next polls tell whether it still runs. An
+    /// allocation of a pool that is no more is ignored (returns false).
+    pub fn adopt(&mut self, now: Instant, pool: &str, launch: &str, id: &str, state: AllocationState) -> bool {
+        let Some(index) = self.pools.iter().position(|p| p.config.name == pool) else { return false };
+        if self.by_launch.contains_key(launch) {
+            return false;
+        }
+        // Launch tags are `<pool>/<seq>`: new ones must not repeat an adopted one.
+        if let Some(n) = launch.rsplit_once('/').and_then(|(_, n)| n.parse::<u64>().ok()) {
+            self.next_seq = self.next_seq.max(n + 1);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_launch.insert(launch.to_string(), seq);
+        self.by_id.insert(id.to_string(), seq);
+        self.allocs.insert(
+            seq,
+            Alloc {
+                pool: index,
+                launch: launch.to_string(),
+                id: Some(id.to_string()),
+                state,
+                workers: BTreeSet::new(),
+                // Its workers joined the scheduler before: an end now is not a failed start.
+                ever_joined: true,
+                retire_token: None,
+                retiring: false,
+                refused_at: None,
+                cancel_sent: false,
+                submitted_at: now,
+                note: None,
+            },
+        );
+        tracing::info!(job = %id, %launch, "allocation adopted from the previous scheduler process");
+        true
+    }
+
     /// Takes what there is to do, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
