@@ -23,14 +23,24 @@ use pyo3::types::{PyByteArray, PyBytes};
 use rdask::protocol::{CommandSpec, JobId, JobOutcome, JobSpec, JobTasks, Needs, TaskBody, TaskId, TaskRef, TaskSpec};
 use rdask::{ClusterInfo, Registry};
 
-create_exception!(_rdask, RdaskError, PyException, "An rdask command or request failed: (message, exit code).");
+create_exception!(
+    _rdask,
+    RdaskError,
+    PyException,
+    "An rdask command or request failed; `exit_code` is the CLI's exit code for the same failure."
+);
 
 /// The name under which Python tasks are registered in the workers.
 const PYTHON_FN: &str = "python";
 
-/// An `RdaskError(message, code)`; `code` is the CLI's exit code for the same failure.
+/// An `RdaskError(message)` whose `exit_code` is `code`, the CLI's exit code for the same failure.
 fn error(message: impl ToString, code: i32) -> PyErr {
-    RdaskError::new_err((message.to_string(), code))
+    let e = RdaskError::new_err(message.to_string());
+    Python::with_gil(|py| {
+        // Setting an attribute on a fresh exception object cannot fail but for memory.
+        let _ = e.value(py).setattr("exit_code", code);
+    });
+    e
 }
 
 fn cli_error(e: rdask_jobqueue::Error) -> PyErr {
@@ -94,6 +104,8 @@ fn job_script(py: Python<'_>, argv: Vec<String>) -> PyResult<String> {
 #[pyfunction]
 #[pyo3(signature = (name, home=None))]
 fn state_dir(name: &str, home: Option<PathBuf>) -> PyResult<PathBuf> {
+    // As the CLI's `--home`, whose fallback is RDASK_HOME.
+    let home = home.or_else(|| std::env::var_os("RDASK_HOME").filter(|h| !h.is_empty()).map(PathBuf::from));
     Ok(rdask_jobqueue::state::StateDir::locate(home.as_deref(), name).map_err(cli_error)?.path)
 }
 

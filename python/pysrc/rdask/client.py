@@ -97,7 +97,7 @@ class Future:
         failure = self._job.failed.get(self._index)
         if failure is not None:
             kind, message = failure
-            return _serialize.ERROR, (TaskError(f"task {self.key} {message}", 1), None)
+            return _serialize.ERROR, (TaskError(f"task {self.key} {message}"), None)
         self._job.fetch([self._index])
         return _serialize.loads(self._job.results[self._index])
 
@@ -230,7 +230,7 @@ class Client:
 
     def _conn(self):
         if self._connection is None:
-            raise RdaskError("this client is closed", 3)
+            raise RdaskError("this client is closed")
         return self._connection
 
     def _release_later(self, job_id):

@@ -33,7 +33,9 @@ def _cli(args):
     """Runs the CLI with ``args``; raises ``RdaskError`` on failure."""
     code = _rdask.run_cli(["rdask"] + args)
     if code != 0:
-        raise _rdask.RdaskError(f"`rdask-jobqueue {' '.join(args)}` exited with {code}", code)
+        e = _rdask.RdaskError(f"`rdask-jobqueue {' '.join(args)}` exited with {code}")
+        e.exit_code = code
+        raise e
 
 
 class _Cluster:
