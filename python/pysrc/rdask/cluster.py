@@ -148,12 +148,14 @@ class JobQueueCluster(_Cluster):
         job_extra_directives=None,
         job_directives_skip=None,
         job_script_prologue=None,
+        job_script_epilogue=None,
         resource_spec=None,
         log_directory=None,
         interface=None,
         death_timeout=None,
         local_directory=None,
         worker_extra_args=None,
+        shebang=None,
         *,
         name=None,
         home=None,
@@ -181,6 +183,7 @@ class JobQueueCluster(_Cluster):
             ("--job-extra-directives", job_extra_directives),
             ("--job-directives-skip", job_directives_skip),
             ("--job-script-prologue", job_script_prologue),
+            ("--job-script-epilogue", job_script_epilogue),
             ("--worker-extra-args", worker_extra_args),
         ):
             for v in _words(values):
@@ -190,6 +193,7 @@ class JobQueueCluster(_Cluster):
         opt("--interface", interface)
         opt("--death-timeout", None if death_timeout is None else int(death_timeout))
         opt("--local-directory", local_directory)
+        opt("--shebang", shebang)
         opt("--submit-command", submit_command)
         opt("--status-command", status_command)
         opt("--cancel-command", cancel_command)
