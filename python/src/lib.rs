@@ -1,11 +1,11 @@
 //! `rdask._rdask`, the extension module under the Python package `rdask` (`pysrc/rdask`):
 //!
-//! - the `rdask-jobqueue` CLI in this process ([`main`], [`run_cli`], [`job_script`]), with the
+//! - the `rdask-jobqueue` CLI in this process (`main`, `run_cli`, `job_script`), with the
 //!   command that starts this program again set to `sys.executable -m rdask`, so that the
 //!   scheduler and the workers a cluster starts run in the client's interpreter and environment;
 //! - the worker's `"python"` function, which hands a task's bytes to `rdask._worker.run_task`
 //!   under the GIL;
-//! - [`Connection`], a client of a running cluster: jobs of Python tasks and of commands, their
+//! - `Connection`, a client of a running cluster: jobs of Python tasks and of commands, their
 //!   outcomes and results as bytes. Pickling, futures and the Dask-like API are Python's
 //!   (`pysrc/rdask/`); nothing here knows what the bytes mean.
 
@@ -115,6 +115,9 @@ struct Outcomes {
     done: Mutex<HashMap<u32, Result<JobOutcome, String>>>,
     changed: Condvar,
 }
+
+/// A job's outcome for Python: tasks, finished, and the failed ones as `(index, kind, message)`.
+type Outcome = (u32, u32, Vec<(u32, String, String)>);
 
 /// A connection to a running cluster's scheduler.
 #[pyclass(frozen)]
@@ -235,7 +238,8 @@ impl Connection {
         };
         let cwd = match cwd {
             Some(c) => c,
-            None => std::env::current_dir().map_err(|e| error(format!("cannot read the current directory: {e}"), 5))?
+            None => std::env::current_dir()
+                .map_err(|e| error(format!("cannot read the current directory: {e}"), 5))?
                 .display()
                 .to_string(),
         };
@@ -293,7 +297,7 @@ impl Connection {
     /// An ended job's outcome: `(tasks, finished, failed)`, `failed` a list of
     /// `(index, kind, message)`. Raises `RdaskError` if the job has not ended or the
     /// connection broke while waiting.
-    fn outcome(&self, job: u32) -> PyResult<(u32, u32, Vec<(u32, String, String)>)> {
+    fn outcome(&self, job: u32) -> PyResult<Outcome> {
         let done = self.outcomes.done.lock().expect("outcomes lock");
         match done.get(&job) {
             None => Err(error(format!("job {job} has not ended"), 5)),
