@@ -163,6 +163,7 @@ class JobQueueCluster(_Cluster):
         status_command=None,
         cancel_command=None,
         dashboard_address=None,
+        poll_interval=None,
         start=True,
     ):
         o = []
@@ -198,11 +199,15 @@ class JobQueueCluster(_Cluster):
         opt("--status-command", status_command)
         opt("--cancel-command", cancel_command)
         self._dashboard = dashboard_address
+        self._poll_interval = poll_interval
         super().__init__(name, home, o, start=start)
 
     def _start_options(self):
         d = self._dashboard
-        return ["--nodes", "0"] + (["--no-dashboard"] if d is None else ["--dashboard-address", d])
+        o = ["--nodes", "0"] + (["--no-dashboard"] if d is None else ["--dashboard-address", d])
+        if self._poll_interval is not None:
+            o += ["--poll-interval", str(self._poll_interval)]
+        return o
 
     def job_script(self):
         """The script of one worker job: what ``rdask-jobqueue job-script`` prints for the same
