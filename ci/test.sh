@@ -39,11 +39,20 @@ step "cargo test: the MPI bootstrap again, built against MPICH (the run above us
 CARGO_TARGET_DIR=target/mpich MPICC=mpicc.mpich cargo test -p rdask-jobqueue -p rdask-examples \
     --features rdask-jobqueue/mpi,rdask-examples/mpi --test mpi --locked
 
+step "Python: pip install ./python into the venv of ci/setup-python.sh, then pytest"
+VENV="${RDASK_VENV:-/opt/rdask-ci/venv}"
+# A dev-profile build: the tests need no optimised extension, and it takes a fraction of the time.
+MATURIN_PEP517_ARGS="--profile dev" "$VENV/bin/pip" install -q --force-reinstall --no-deps ./python
+(cd python && "$VENV/bin/python" -m pytest -q)
+
 step "no process started by the tests is left running"
 sleep 1
-if pgrep -f "$PWD/target/" >/dev/null; then
-    pgrep -af "$PWD/target/"
-    echo "error: the tests left processes behind" >&2
-    exit 1
-fi
+# Rust tests' processes run from target/, the Python tests' as `$VENV/bin/python -m rdask`.
+for pattern in "$PWD/target/" "$VENV/bin/python -m rdask"; do
+    if pgrep -f "$pattern" >/dev/null; then
+        pgrep -af "$pattern"
+        echo "error: the tests left processes behind" >&2
+        exit 1
+    fi
+done
 echo "all checks passed"

@@ -16,6 +16,7 @@ pub mod cli;
 mod cmd;
 pub mod config;
 pub mod dashboard;
+pub mod embed;
 pub mod error;
 #[cfg(any(test, feature = "fake-batch"))]
 pub mod fake;

@@ -24,12 +24,14 @@ pub(crate) fn job_params(spec: &ClusterSpec) -> batch::JobParams {
 /// The worker command of a job: this program (or `--worker-command`) joining the cluster,
 /// which runs `--worker-program` as the worker where one is given.
 pub(crate) fn worker_argv(spec: &ClusterSpec, state: &StateDir, addresses: &[String]) -> Result<Vec<String>> {
-    let exe = match &spec.workers.command {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(Error::io("cannot find this program's path"))?,
+    let (exe, leading) = match &spec.workers.command {
+        Some(p) => (p.clone(), Vec::new()),
+        None => crate::embed::self_command()?,
     };
     let addresses = if addresses.is_empty() { "<scheduler-address>".to_string() } else { addresses.join(",") };
-    let mut v = vec![exe.display().to_string(), "--name".into(), state.name.clone()];
+    let mut v = vec![exe.display().to_string()];
+    v.extend(leading);
+    v.extend(["--name".into(), state.name.clone()]);
     if let Some(h) = state.path.parent() {
         v.extend(["--home".into(), h.display().to_string()]);
     }

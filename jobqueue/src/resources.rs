@@ -172,12 +172,12 @@ impl OfferArgs {
 /// the first failure's, else 0.
 pub async fn worker_per_gpu(args: &[String], offer: &Offer, slots: u16) -> std::io::Result<i32> {
     let n = offer.gpus.len().max(1);
-    let exe = std::env::current_exe()?;
+    let (exe, leading) = crate::embed::self_command().map_err(std::io::Error::other)?;
     let mut children = Vec::new();
     for (i, gpu) in offer.gpus.iter().enumerate() {
         let share = |total: u64| total / n as u64 + u64::from((i as u64) < total % n as u64);
         let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(args).args(["--gpus", gpu]);
+        cmd.args(&leading).args(args).args(["--gpus", gpu]);
         cmd.args(["--slots", &(slots as usize / n).max(1).to_string()]);
         if offer.memory > 0 {
             cmd.args(["--memory", &format!("{}B", share(offer.memory))]);

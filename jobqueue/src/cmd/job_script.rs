@@ -11,6 +11,12 @@ use crate::state::StateDir;
 
 /// `job-script`: the script `up` would submit.
 pub(crate) fn job_script(state: &StateDir, spec: &ClusterSpec) -> Result<i32> {
+    print!("{}", render(state, spec)?);
+    Ok(0)
+}
+
+/// The script `up` would submit (what `job-script` prints).
+pub(crate) fn render(state: &StateDir, spec: &ClusterSpec) -> Result<String> {
     let Some(system) = batch_system_of(spec) else {
         return Err(Error::Usage(format!(
             "the local backend submits no job script; choose a batch system with --backend {}",
@@ -18,9 +24,5 @@ pub(crate) fn job_script(state: &StateDir, spec: &ClusterSpec) -> Result<i32> {
         )));
     };
     let addresses = SchedulerFile::read(&state.path).map(|f| f.addresses).unwrap_or_default();
-    print!(
-        "{}",
-        backend::render(system, &job_params(spec), &worker_argv(spec, state, &addresses)?, spec.template.as_deref())?
-    );
-    Ok(0)
+    Ok(backend::render(system, &job_params(spec), &worker_argv(spec, state, &addresses)?, spec.template.as_deref())?)
 }

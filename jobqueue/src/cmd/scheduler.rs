@@ -96,11 +96,11 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
     }
     let started = match batch {
         None => {
-            let ours = vec!["--name".to_string(), state.name.clone(), "worker".to_string()];
-            let exe = || std::env::current_exe().map_err(Error::io("cannot find this program's path"));
+            let (exe, mut ours) = crate::embed::self_command()?;
+            ours.extend(["--name".to_string(), state.name.clone(), "worker".to_string()]);
             let (program, args) = match (&a.workers.program, a.workers.per_gpu) {
                 (Some(p), false) => (p.clone(), Vec::new()),
-                (None, false) => (exe()?, ours),
+                (None, false) => (exe, ours),
                 // `worker --worker-per-gpu` starts the pinned workers (running the program, if any).
                 (program, true) => {
                     let mut args = ours;
@@ -108,7 +108,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
                     if let Some(p) = program {
                         args.extend(["--program".into(), p.display().to_string()]);
                     }
-                    (exe()?, args)
+                    (exe, args)
                 }
             };
             let env = vec![

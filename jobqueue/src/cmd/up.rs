@@ -96,11 +96,11 @@ pub(crate) async fn up(state: &StateDir, a: UpArgs) -> Result<i32> {
     if previous.is_none() {
         Secret::generate().save(&state.file(SECRET_FILE))?;
     }
-    let exe = std::env::current_exe().map_err(Error::io("cannot find this program's path"))?;
+    let (exe, leading) = crate::embed::self_command()?;
     let log_path = state.file("scheduler.log");
     let log = std::fs::File::create(&log_path).map_err(Error::io(format!("cannot create {}", log_path.display())))?;
     let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("--name").arg(&state.name);
+    cmd.args(&leading).arg("--name").arg(&state.name);
     if let Some(h) = state.path.parent() {
         cmd.arg("--home").arg(h);
     }
@@ -279,8 +279,13 @@ async fn scheduler_in_job(state: &StateDir, a: &UpArgs, spec: &ClusterSpec, syst
     params.local_directory = None;
     params.worker_extra_args.clear();
     params.interface = None;
-    let exe = spec.workers.command.clone().unwrap_or_else(|| exe.to_path_buf());
-    let mut argv = vec![exe.display().to_string(), "--name".into(), state.name.clone()];
+    let (exe, leading) = match &spec.workers.command {
+        Some(p) => (p.clone(), Vec::new()),
+        None => (exe.to_path_buf(), crate::embed::self_command()?.1),
+    };
+    let mut argv = vec![exe.display().to_string()];
+    argv.extend(leading);
+    argv.extend(["--name".into(), state.name.clone()]);
     if let Some(h) = state.path.parent() {
         argv.extend(["--home".into(), h.display().to_string()]);
     }

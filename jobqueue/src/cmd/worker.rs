@@ -103,7 +103,7 @@ pub(crate) async fn worker(state: &StateDir, a: WorkerArgs) -> Result<i32> {
     if let Some(program) = &a.program {
         return Err(exec_worker_program(program, &config, secret_file.as_deref()));
     }
-    rdask::worker::run(config, std::sync::Arc::new(rdask::Registry::new())).await?;
+    rdask::worker::run(config, crate::embed::worker_registry()).await?;
     Ok(0)
 }
 

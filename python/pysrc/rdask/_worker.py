@@ -1,0 +1,47 @@
+"""What a worker runs for a Python task (called by the extension under the GIL)."""
+
+import traceback
+
+from rdask import _serialize
+
+
+class Dep:
+    """In a task's arguments: the result of its ``index``-th dependency."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __reduce__(self):
+        return (Dep, (self.index,))
+
+
+def substitute(obj, values):
+    """``obj`` with each ``Dep`` replaced by its value (in lists, tuples, sets and dicts too)."""
+    if isinstance(obj, Dep):
+        return values[obj.index]
+    if type(obj) in (list, tuple, set):
+        return type(obj)(substitute(x, values) for x in obj)
+    if type(obj) is dict:
+        return {k: substitute(v, values) for k, v in obj.items()}
+    return obj
+
+
+def run_task(args, inputs):
+    """Runs ``fn(*args, **kwargs)`` from the message ``args``, the results of its dependencies
+    in ``inputs``; returns the result's message, or the exception's (a dependency's exception
+    is passed on as it is, as Dask does)."""
+    try:
+        values = []
+        for data in inputs:
+            if _serialize.tag_of(data) == _serialize.ERROR:
+                return data
+            values.append(_serialize.loads(data)[1])
+        _, (fn, a, kw) = _serialize.loads(args)
+        if values:
+            a, kw = substitute(a, values), substitute(kw, values)
+        result = fn(*a, **kw)
+        return _serialize.dumps(result)
+    except BaseException as e:  # noqa: B036 - every failure goes back to the client
+        return _serialize.dumps_error(e, traceback.format_exc())

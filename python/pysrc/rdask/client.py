@@ -1,0 +1,426 @@
+"""The client: futures of Python tasks and command jobs on an rdask cluster, with Dask's names."""
+
+import concurrent.futures
+import itertools
+import json
+import os
+import threading
+import weakref
+
+from rdask import _rdask, _serialize
+from rdask._worker import Dep
+
+RdaskError = _rdask.RdaskError
+
+
+class TaskError(RdaskError):
+    """A task failed without a Python exception of its own: its workers died too often
+    (``WorkerLost``), or a dependency failed, or the worker could not run it."""
+
+
+class CancelledError(concurrent.futures.CancelledError):
+    """The future was cancelled."""
+
+
+class _Job:
+    """One submitted job: its id, its outcome once known, and its release when no future of
+    it is left."""
+
+    def __init__(self, client, job_id):
+        self.client = client
+        self.id = job_id
+        self.results = {}
+        self.failed = None
+        # When the job's last future is gone, its results are dropped on the workers.
+        self._finalizer = weakref.finalize(self, client._release_later, job_id)
+
+    def wait(self, timeout=None):
+        """Whether the job ended within ``timeout`` seconds."""
+        if self.failed is None:
+            if not self.client._conn().wait([self.id], timeout=timeout):
+                return False
+            _, _, failed = self.client._conn().outcome(self.id)
+            self.failed = {i: (kind, message) for i, kind, message in failed}
+        return True
+
+    def done(self):
+        return self.failed is not None or self.client._conn().done(self.id)
+
+    def fetch(self, indices):
+        """Fetches the results (messages) of ``indices`` not fetched yet."""
+        want = [i for i in indices if i not in self.results and i not in self.failed]
+        if want:
+            for i, data in zip(want, self.client._conn().fetch(self.id, want)):
+                self.results[i] = data
+
+
+class Future:
+    """The result of a task that will be computed (``concurrent.futures.Future``'s and Dask's
+    methods). Passed as an argument to ``submit``/``map``, it is a dependency: its value goes
+    from worker to worker, never through the client."""
+
+    def __init__(self, job, index, deps=()):
+        self._job = job
+        self._index = index
+        # The futures this task depends on are kept until it ended, so that their results are
+        # not released before it ran.
+        self._deps = list(deps)
+        self._cancelled = False
+
+    @property
+    def key(self):
+        """``(job, task)``, unique in the cluster."""
+        return (self._job.id, self._index)
+
+    @property
+    def client(self):
+        return self._job.client
+
+    def done(self):
+        """Whether the task ended (with a result or an error) or was cancelled."""
+        return self._cancelled or self._job.done()
+
+    def cancelled(self):
+        return self._cancelled
+
+    def cancel(self):
+        """Cancels the future: its result is no longer wanted."""
+        self.client.cancel([self])
+
+    def _outcome(self, timeout):
+        """``(tag, value)`` of an ended task."""
+        if self._cancelled:
+            raise CancelledError(f"task {self.key} was cancelled")
+        if not self._job.wait(timeout):
+            raise TimeoutError(f"task {self.key} did not end within {timeout} s")
+        self._deps = []
+        failure = self._job.failed.get(self._index)
+        if failure is not None:
+            kind, message = failure
+            return _serialize.ERROR, (TaskError(f"task {self.key} {message}"), None)
+        self._job.fetch([self._index])
+        return _serialize.loads(self._job.results[self._index])
+
+    def result(self, timeout=None):
+        """The task's value; re-raises its exception (with the remote traceback as its cause)."""
+        tag, value = self._outcome(timeout)
+        if tag == _serialize.ERROR:
+            raise _rebuild(*value)
+        return value
+
+    def exception(self, timeout=None):
+        """The task's exception, or ``None``."""
+        tag, value = self._outcome(timeout)
+        return _rebuild(*value) if tag == _serialize.ERROR else None
+
+    def add_done_callback(self, fn):
+        """Calls ``fn(future)`` once the future is done (from another thread)."""
+
+        def wait_then_call():
+            try:
+                self._job.wait()
+            except Exception:  # a lost connection; the callback still runs, result() raises
+                pass
+            fn(self)
+
+        threading.Thread(target=wait_then_call, daemon=True).start()
+
+    def __repr__(self):
+        state = "cancelled" if self._cancelled else "done" if self.done() else "pending"
+        return f"<rdask.Future {self.key} {state}>"
+
+
+def _rebuild(exc, traceback_text):
+    if traceback_text is not None:
+        exc.__cause__ = _serialize.RemoteTraceback(traceback_text)
+    return exc
+
+
+def _find_deps(obj, deps):
+    """``obj`` with every Future replaced by a ``Dep`` (in lists, tuples, sets and dicts too)."""
+    if isinstance(obj, Future):
+        deps.append(obj)
+        return Dep(len(deps) - 1)
+    if type(obj) in (list, tuple, set):
+        return type(obj)(_find_deps(x, deps) for x in obj)
+    if type(obj) is dict:
+        return {k: _find_deps(v, deps) for k, v in obj.items()}
+    return obj
+
+
+def _task(fn, args, kwargs):
+    """A task's message and its dependencies' futures; raises at once if something cannot be
+    pickled."""
+    deps = []
+    args = _find_deps(tuple(args), deps)
+    kwargs = _find_deps(dict(kwargs), deps)
+    try:
+        data = _serialize.dumps((fn, args, kwargs))
+    except Exception as e:
+        raise TypeError(f"cannot pickle the task {getattr(fn, '__name__', fn)!r}: {e}") from e
+    return data, deps
+
+
+class CommandJob:
+    """A submitted array of command tasks (``Client.submit_command``)."""
+
+    def __init__(self, client, job_id, tasks):
+        self.client = client
+        self.id = job_id
+        self.tasks = tasks
+
+    def wait(self, timeout=None):
+        """Waits until every task ended; returns ``True`` if all succeeded (the CLI's ``wait``
+        exits 0), ``False`` if any failed (see ``failed``). Raises ``TimeoutError``."""
+        if not self.client._conn().wait([self.id], timeout=timeout):
+            raise TimeoutError(f"job {self.id} did not end within {timeout} s")
+        return not self.failed()
+
+    def failed(self):
+        """Failed tasks of an ended job: ``{array index: why}``."""
+        _, _, failed = self.client._conn().outcome(self.id)
+        return {i: message for i, _, message in failed}
+
+    def done(self):
+        return self.client._conn().done(self.id)
+
+    def status(self):
+        """Task counts now: ``total``, ``waiting``, ``running``, ``finished``, ``failed``."""
+        return json.loads(self.client._conn().progress(self.id))
+
+    def __repr__(self):
+        return f"<rdask.CommandJob {self.id} ({self.tasks} tasks)>"
+
+
+class Client:
+    """A client of an rdask cluster.
+
+    ``Client()`` connects to the running cluster named ``default`` (state in ``$RDASK_HOME``
+    or ``~/.rdask``, as for the CLI); if none is up it starts a local one, ended with the
+    client. ``Client("name")`` connects to a named cluster, ``Client(cluster)`` to a cluster
+    object (``LocalCluster``, ``SLURMCluster``…).
+    """
+
+    def __init__(self, address=None, *, home=None, **local_cluster_kwargs):
+        from rdask.cluster import LocalCluster, _Cluster
+
+        self.cluster = None
+        self._own_cluster = None
+        self._lock = threading.Lock()
+        self._releases = []
+        self._connection = None
+        if isinstance(address, _Cluster):
+            self.cluster = address
+            state = address.state_dir
+        elif address is None:
+            state = _rdask.state_dir("default", home)
+            if not os.path.exists(os.path.join(state, "scheduler.json")):
+                self._own_cluster = self.cluster = LocalCluster(home=home, **local_cluster_kwargs)
+                state = self.cluster.state_dir
+        elif isinstance(address, str):
+            state = _rdask.state_dir(address, home)
+        else:
+            raise TypeError(f"Client(): a cluster name or a cluster object, not {type(address).__name__}")
+        try:
+            self._connection = _rdask.Connection.connect(state)
+        except BaseException:
+            if self._own_cluster is not None:
+                self._own_cluster.close()
+            raise
+
+    def _conn(self):
+        if self._connection is None:
+            raise RdaskError("this client is closed")
+        return self._connection
+
+    def _release_later(self, job_id):
+        # Called by the garbage collector: only note it (no call into the connection here).
+        self._releases.append(job_id)
+
+    def _flush_releases(self):
+        while self._releases:
+            job = self._releases.pop()
+            if self._connection is not None:
+                self._connection.release(job)
+
+    def _submit(self, tasks, name):
+        """Submits ``[(message, deps)]`` as one job; returns its futures."""
+        self._flush_releases()
+        keys = [[d.key for d in deps] for _, deps in tasks]
+        job_id = self._conn().submit_python([(data, k) for (data, _), k in zip(tasks, keys)], name=name)
+        job = _Job(self, job_id)
+        return [Future(job, i, deps) for i, (_, deps) in enumerate(tasks)]
+
+    def submit(self, fn, *args, **kwargs):
+        """Runs ``fn(*args, **kwargs)`` on a worker; returns its ``Future``. Futures among the
+        arguments are replaced by their values."""
+        if not callable(fn):
+            raise TypeError(f"submit(): {fn!r} is not callable")
+        return self._submit([_task(fn, args, kwargs)], getattr(fn, "__name__", "python"))[0]
+
+    def map(self, fn, *iterables, **kwargs):
+        """``[submit(fn, *items, **kwargs) for items in zip(*iterables)]``, as one job."""
+        if not callable(fn):
+            raise TypeError(f"map(): {fn!r} is not callable")
+        tasks = [_task(fn, items, kwargs) for items in zip(*iterables)]
+        if not tasks:
+            return []
+        return self._submit(tasks, getattr(fn, "__name__", "python"))
+
+    def gather(self, futures):
+        """The results of ``futures`` (a future, or a list, tuple or dict of them), in the same
+        shape; re-raises the first task's exception."""
+        if isinstance(futures, Future):
+            return futures.result()
+        if isinstance(futures, dict):
+            return dict(zip(futures.keys(), self.gather(list(futures.values()))))
+        items = list(futures)
+        fs = [f for f in items if isinstance(f, Future)]
+        # One fetch per job for all its results.
+        by_job = {}
+        for f in fs:
+            by_job.setdefault(id(f._job), (f._job, []))[1].append(f._index)
+        for job, indices in by_job.values():
+            job.wait()
+            job.fetch(indices)
+        out = [f.result() if isinstance(f, Future) else f for f in items]
+        return type(futures)(out) if isinstance(futures, (list, tuple)) else out
+
+    def cancel(self, futures):
+        """Cancels futures: their results are no longer wanted (tasks already running finish)."""
+        if isinstance(futures, Future):
+            futures = [futures]
+        for f in futures:
+            if not f._job.done():
+                f._cancelled = True
+                f._deps = []
+
+    def submit_command(self, argv, array=None, cpus=1, env=None, cwd=None, stdout=None, stderr=None, name=None):
+        """Submits a command, or an array of them (``array="1-1000"``), as ``rdask-jobqueue
+        submit`` does: each task gets its index as ``RDASK_TASK_ID``, ``%{TASK_ID}`` and
+        ``%{JOB_ID}`` are replaced in ``argv``, ``cwd``, ``stdout`` and ``stderr``. Returns a
+        ``CommandJob``."""
+        if isinstance(argv, str):
+            raise TypeError("submit_command(): argv is a list of words, e.g. ['sh', '-c', 'echo hi']")
+        argv = [str(a) for a in argv]
+        env = sorted((str(k), str(v)) for k, v in (env or {}).items())
+        job = self._conn().submit_command(
+            argv, array, cpus, env, None if cwd is None else str(cwd), stdout, stderr, name
+        )
+        tasks = json.loads(self._conn().progress(job))["total"]
+        return CommandJob(self, job, tasks)
+
+    def get_executor(self):
+        """A ``concurrent.futures.Executor`` running its calls on this cluster."""
+        return Executor(self)
+
+    def status(self):
+        """The cluster as its scheduler sees it (what ``rdask-jobqueue status --output json`` shows)."""
+        return json.loads(self._conn().status())
+
+    def close(self):
+        """Closes the connection (and ends the cluster this client started)."""
+        if self._connection is not None:
+            self._flush_releases()
+            self._connection.close()
+            self._connection = None
+        if self._own_cluster is not None:
+            self._own_cluster.close()
+            self._own_cluster = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._connection is None else self._connection.state
+        return f"<rdask.Client {state}>"
+
+
+def as_completed(futures, timeout=None):
+    """Yields ``futures`` as they end (a job's tasks together: a ``map``'s futures are one job)."""
+    pending = list(futures)
+    if not pending:
+        return
+    client = pending[0].client
+    deadline = None if timeout is None else _now() + timeout
+    while pending:
+        ready = [f for f in pending if f.cancelled() or f._job.failed is not None]
+        if not ready:
+            left = None if deadline is None else max(0.0, deadline - _now())
+            jobs = list({f._job.id for f in pending})
+            ended = set(client._conn().wait(jobs, timeout=left, all=False))
+            if not ended:
+                raise TimeoutError(f"{len(pending)} of the futures did not end within {timeout} s")
+            for f in pending:
+                if f._job.id in ended:
+                    f._job.wait(0)
+            ready = [f for f in pending if f._job.id in ended]
+        ids = {id(f) for f in ready}
+        pending = [f for f in pending if id(f) not in ids]
+        yield from ready
+
+
+def wait(futures, timeout=None):
+    """Waits until every future is done; returns ``(done, not_done)`` sets."""
+    fs = list(futures)
+    try:
+        for _ in as_completed(fs, timeout=timeout):
+            pass
+    except TimeoutError:
+        pass
+    done = {f for f in fs if f.done()}
+    return done, set(fs) - done
+
+
+def _now():
+    import time
+
+    return time.monotonic()
+
+
+class Executor(concurrent.futures.Executor):
+    """``concurrent.futures.Executor`` over a client: ``submit`` returns standard futures."""
+
+    _ids = itertools.count()
+
+    def __init__(self, client):
+        self._client = client
+        self._shutdown = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        return self._wrap(self._client.submit(fn, *args, **kwargs))
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        futures = self._client.map(fn, *iterables)
+
+        def results():
+            for f in futures:
+                yield f.result(timeout)
+
+        return results()
+
+    @staticmethod
+    def _wrap(rf):
+        cf = concurrent.futures.Future()
+        cf.set_running_or_notify_cancel()
+
+        def finish(f):
+            try:
+                cf.set_result(f.result())
+            except BaseException as e:
+                cf.set_exception(e)
+
+        rf.add_done_callback(finish)
+        # The rdask future lives as long as the standard one.
+        cf._rdask_future = rf
+        return cf
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._shutdown = True

@@ -1,0 +1,216 @@
+"""The client on a local cluster: futures, dependencies, errors, commands, the executor."""
+
+import concurrent.futures
+import os
+import shutil
+import sys
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+import rdask
+
+# The workers cannot import this test module: its functions travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def inc(x):
+    return x + 1
+
+
+def add(a, b):
+    return a + b
+
+
+def fail(x):
+    raise ValueError(f"no good: {x}")
+
+
+def test_submit_returns_a_future_with_the_result(client):
+    f = client.submit(inc, 41)
+    assert f.result(timeout=30) == 42
+    assert f.done()
+    assert f.exception() is None
+
+
+def test_keyword_arguments_reach_the_function(client):
+    assert client.submit(lambda a, b=0: a - b, 10, b=3).result() == 7
+
+
+def test_map_and_gather_keep_the_order(client):
+    futures = client.map(inc, range(200))
+    assert client.gather(futures) == list(range(1, 201))
+    assert client.gather(client.map(add, [1, 2, 3], [10, 20, 30])) == [11, 22, 33]
+    assert client.map(inc, []) == []
+
+
+def test_gather_keeps_the_shape_of_dicts_and_tuples(client):
+    a, b = client.submit(inc, 1), client.submit(inc, 2)
+    assert client.gather({"a": a, "b": b}) == {"a": 2, "b": 3}
+    assert client.gather((a, b, 7)) == (2, 3, 7)
+
+
+def test_as_completed_yields_every_future_once(client):
+    futures = [client.submit(time.sleep, 0.01 * (i % 3)) for i in range(12)] + client.map(inc, range(5))
+    seen = list(rdask.as_completed(futures, timeout=60))
+    assert sorted(map(id, seen)) == sorted(map(id, futures))
+    assert all(f.done() for f in seen)
+
+
+def test_as_completed_yields_a_quick_task_before_a_slow_one(client):
+    slow = client.submit(time.sleep, 2)
+    quick = client.submit(inc, 1)
+    first = next(iter(rdask.as_completed([slow, quick])))
+    assert first is quick
+
+
+def test_futures_as_arguments_are_dependencies(client):
+    a = client.submit(inc, 1)
+    b = client.submit(add, a, 10)
+    c = client.submit(lambda xs, d: sum(xs) + d["k"], [a, b], {"k": a})
+    assert c.result() == 2 + 12 + 2
+
+
+def test_a_tree_reduction_of_1000_tasks(client):
+    level = client.map(inc, range(1000))
+    while len(level) > 1:
+        pairs = [level[i : i + 2] for i in range(0, len(level), 2)]
+        level = [client.submit(add, *p) if len(p) == 2 else p[0] for p in pairs]
+    assert level[0].result(timeout=120) == sum(range(1, 1001))
+
+
+def test_an_exception_is_reraised_with_the_remote_traceback(client):
+    f = client.submit(fail, 7)
+    with pytest.raises(ValueError, match="no good: 7") as info:
+        f.result()
+    cause = info.value.__cause__
+    assert isinstance(cause, rdask.RemoteTraceback)
+    assert "in fail" in cause.text and "ValueError: no good: 7" in cause.text
+    assert isinstance(f.exception(), ValueError)
+
+
+def test_an_exception_passes_on_to_dependents(client):
+    bad = client.submit(fail, 1)
+    after = client.submit(inc, bad)
+    with pytest.raises(ValueError, match="no good: 1"):
+        after.result()
+    with pytest.raises(ValueError):
+        client.gather([client.submit(inc, 1), bad])
+
+
+def test_an_exception_that_cannot_be_pickled_comes_back_as_remote_error(client):
+    def raise_unpicklable():
+        class Local(Exception):
+            def __reduce__(self):
+                raise TypeError("not picklable")
+
+        raise Local("local trouble")
+
+    with pytest.raises(rdask.RemoteError, match="local trouble"):
+        client.submit(raise_unpicklable).result()
+
+
+def test_an_unpicklable_argument_fails_at_submit(client):
+    with pytest.raises(TypeError, match="cannot pickle"):
+        client.submit(inc, threading.Lock())
+
+
+def test_a_result_that_cannot_be_pickled_is_an_error(client):
+    with pytest.raises(TypeError):
+        client.submit(threading.Lock).result()
+
+
+def test_result_times_out(client):
+    f = client.submit(time.sleep, 3)
+    with pytest.raises(TimeoutError):
+        f.result(timeout=0.2)
+    assert not f.done()
+
+
+def test_numpy_arrays_move_between_workers_out_of_band(client):
+    np = pytest.importorskip("numpy")
+    a = client.submit(np.arange, 1_000_000, dtype=np.float64)
+    b = client.submit(lambda x: x * 2, a)
+    out = b.result()
+    assert out.dtype == np.float64 and out.shape == (1_000_000,)
+    assert out[-1] == 2 * 999_999
+    out += 1  # results are writable
+    assert np.array_equal(client.submit(lambda x, y: x + y, a, a).result(), out - 1)
+
+
+def test_cancel_marks_futures_cancelled(client):
+    f = client.submit(time.sleep, 2)
+    client.cancel([f])
+    assert f.cancelled() and f.done()
+    with pytest.raises(concurrent.futures.CancelledError):
+        f.result()
+
+
+def test_command_arrays(client, tmp_path):
+    job = client.submit_command(
+        ["sh", "-c", 'echo "task $RDASK_TASK_ID" > out-%{TASK_ID}.txt'], array="1-20", cwd=tmp_path
+    )
+    assert job.tasks == 20
+    assert job.wait(timeout=60) is True
+    assert job.status()["finished"] == 20
+    for i in range(1, 21):
+        assert (tmp_path / f"out-{i}.txt").read_text() == f"task {i}\n"
+
+
+def test_a_failing_command_is_reported(client):
+    job = client.submit_command(["sh", "-c", 'test "$RDASK_TASK_ID" != 3'], array="1-4", env={"X": "1"})
+    assert job.wait(timeout=60) is False
+    failed = job.failed()
+    assert list(failed) == [3] and "exit" in failed[3]
+
+
+def test_the_executor_runs_calls_on_the_cluster(client):
+    with client.get_executor() as ex:
+        assert isinstance(ex, concurrent.futures.Executor)
+        f = ex.submit(inc, 1)
+        assert isinstance(f, concurrent.futures.Future)
+        assert f.result(timeout=30) == 2
+        assert list(ex.map(add, [1, 2], [3, 4])) == [4, 6]
+        done, _ = concurrent.futures.wait([ex.submit(inc, i) for i in range(10)], timeout=60)
+        assert sorted(f.result() for f in done) == list(range(1, 11))
+        with pytest.raises(ValueError):
+            ex.submit(fail, 0).result(timeout=30)
+
+
+def test_a_wrong_secret_is_refused(cluster, tmp_path):
+    with rdask.LocalCluster(n_workers=0) as other:
+        fake = tmp_path / "fake"
+        fake.mkdir()
+        shutil.copy(os.path.join(cluster.state_dir, "scheduler.json"), fake / "scheduler.json")
+        shutil.copy(os.path.join(other.state_dir, "secret"), fake / "secret")
+        os.chmod(fake / "secret", 0o600)
+        with pytest.raises(rdask.RdaskError) as info:
+            rdask._rdask.Connection.connect(str(fake))
+        assert info.value.exit_code == 3
+
+
+def test_client_by_name_and_closed_client(cluster):
+    c = rdask.Client(cluster.name)
+    assert c.submit(inc, 1).result() == 2
+    c.close()
+    with pytest.raises(rdask.RdaskError, match="closed"):
+        c.submit(inc, 1)
+
+
+def test_a_client_with_no_cluster_up_starts_one_and_ends_it():
+    with rdask.Client(n_workers=1) as c:
+        state = c.cluster.state_dir
+        assert os.path.exists(os.path.join(state, "scheduler.json"))
+        assert c.submit(inc, 1).result() == 2
+    assert not os.path.exists(os.path.join(state, "scheduler.json"))
+
+
+def test_python_m_rdask_is_the_cli():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "rdask", "--help"], capture_output=True, text=True, check=True)
+    assert "job-script" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "rdask", "no-such-command"], capture_output=True, text=True)
+    assert bad.returncode == 2
