@@ -26,7 +26,7 @@ mod ucx;
 pub(crate) type R<T> = Result<T, Box<dyn Error>>;
 
 const BENCHES: &[&str] =
-    &["memory", "trivial", "command", "roundtrip", "register", "transfer", "dashboard", "dask", "ucx"];
+    &["memory", "trivial", "command", "roundtrip", "register", "transfer", "dashboard", "journal", "dask", "ucx"];
 const MIB: usize = 1 << 20;
 
 fn registry() -> Registry {
@@ -118,6 +118,7 @@ fn main() {
             "register" => rt.block_on(register(20)),
             "transfer" => rt.block_on(transfer(512 * MIB, 5)),
             "dashboard" => rt.block_on(dashboard::bench(quick)),
+            "journal" => rt.block_on(journal(quick)),
             #[cfg(feature = "ucx")]
             "ucx" => rt.block_on(ucx::bench(quick)),
             #[cfg(not(feature = "ucx"))]
@@ -288,6 +289,65 @@ async fn command(n: u32) -> R<Value> {
         "runs_tasks_per_s": ours, "runs_machine_spawn_per_s": machine, "ratio": o / m, "target_ratio": 0.9,
         "method": "submit_array(/bin/true, stdout/stderr None) to wait(), 2 workers x 1 slot; machine: 2 threads of std::process::Command::status(), same count; alternated 3 times, medians",
     }))
+}
+
+// ---------------------------------------------------------------- journal
+
+/// Tasks per second of one array of `n` `spec` tasks, submit to wait.
+async fn command_round(c: &Client, spec: &rdask::protocol::CommandSpec, n: u32) -> R<f64> {
+    let t = Instant::now();
+    let job = c.submit_array("true", spec.clone(), vec![(1, n)], 1).await?;
+    let out = c.wait(job).await?;
+    if out.finished != n {
+        return Err(format!("{} of {n} commands finished", out.finished).into());
+    }
+    c.release(job).await?;
+    Ok(f64::from(n) / secs(t.elapsed()))
+}
+
+/// Throughput with the scheduler journalling (as `rdask-jobqueue`'s always does) against
+/// without: command arrays (journalled per task) and function graphs (only their id), on two
+/// clusters of the same shape, in alternating rounds.
+async fn journal(quick: bool) -> R<Value> {
+    let (cmd_n, fn_n, pairs) = if quick { (3_000u32, 50_000usize, 3) } else { (5_000, 100_000, 5) };
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("scheduler.journal");
+    let plain = LocalCluster::start(2, 1).await?;
+    let journalled = LocalCluster::start_journalled(2, 1, &path).await?;
+    let res: R<Value> = async {
+        let (a, b) = (plain.client(2).await?, journalled.client(2).await?);
+        let spec = true_command();
+        for c in [&a, &b] {
+            inc_round(c, 1_000).await?;
+        }
+        let (mut cmd_off, mut cmd_on, mut fn_off, mut fn_on) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..pairs {
+            cmd_off.push(command_round(&a, &spec, cmd_n).await?);
+            cmd_on.push(command_round(&b, &spec, cmd_n).await?);
+            let [x, y, z] = inc_round(&a, fn_n).await?;
+            fn_off.push(fn_n as f64 / (x + y + z));
+            let [x, y, z] = inc_round(&b, fn_n).await?;
+            fn_on.push(fn_n as f64 / (x + y + z));
+        }
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let (co, cn, fo, fnn) =
+            (median(&mut cmd_off.clone()), median(&mut cmd_on.clone()), median(&mut fn_off.clone()), median(&mut fn_on.clone()));
+        eprintln!(
+            "   command x{cmd_n}: {co:.0}/s without, {cn:.0}/s journalled ({:+.1}%); functions x{fn_n}: {fo:.0}/s without, {fnn:.0}/s journalled ({:+.1}%); journal {bytes} bytes",
+            (cn / co - 1.0) * 100.0,
+            (fnn / fo - 1.0) * 100.0
+        );
+        Ok(json!({
+            "command_tasks": cmd_n, "function_tasks": fn_n, "pairs": pairs, "workers": 2, "slots_per_worker": 1,
+            "command_off": cmd_off, "command_on": cmd_on, "function_off": fn_off, "function_on": fn_on,
+            "command_ratio": cn / co, "function_ratio": fnn / fo, "journal_bytes": bytes,
+            "method": "two LocalClusters of 2 workers x 1 slot, one journalling (server::spawn_journalled); alternating rounds: /bin/true arrays submit->wait, trivial inc graphs build->gather; medians",
+        }))
+    }
+    .await;
+    plain.shutdown().await;
+    journalled.shutdown().await;
+    res
 }
 
 // ---------------------------------------------------------------- scheduler memory
@@ -642,6 +702,26 @@ fn summarize(r: &Value) -> Vec<Value> {
         let note =
             format!("{:.0}/s vs {:.0}/s without ({:+.1}%)", f(&d["on_median"]), f(&d["off_median"]), (q - 1.0) * 100.0);
         row(fig, format!("{:.0}/s", f(&d["on_median"])), "within 5% of without", Some(q >= 0.95), note);
+    }
+    let j = &r["journal"];
+    if j["command_ratio"].is_number() {
+        let (c, g) = (f(&j["command_ratio"]), f(&j["function_ratio"]));
+        let note = format!("{} /bin/true tasks, {:+.1}%", j["command_tasks"], (c - 1.0) * 100.0);
+        row(
+            "command tasks/s, journalled vs not".into(),
+            format!("{:.0}%", c * 100.0),
+            "within 10%",
+            Some(c >= 0.9),
+            note,
+        );
+        let note = format!("{} inc tasks, {:+.1}%", j["function_tasks"], (g - 1.0) * 100.0);
+        row(
+            "function tasks/s, journalled vs not".into(),
+            format!("{:.0}%", g * 100.0),
+            "within 5%",
+            Some(g >= 0.95),
+            note,
+        );
     }
     let c = &r["command"];
     if c["ratio"].is_number() {

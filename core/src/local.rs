@@ -128,6 +128,29 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Like [`LocalCluster::start`], with the scheduler journalling to `journal` (see
+    /// [`crate::server::spawn_journalled`]; a journal already there is restored from).
+    pub async fn start_journalled(
+        workers: usize,
+        slots: u16,
+        journal: &std::path::Path,
+    ) -> std::io::Result<LocalCluster> {
+        let secret = Secret::generate();
+        let listener =
+            rdask_transport::listen(&Address { scheme: rdask_transport::Scheme::Tcp, host_port: "127.0.0.1:0".into() })
+                .await?;
+        let (file, restored) = crate::journal::JournalFile::open(journal)?;
+        let journal = server::Journal { file, restored, window: Duration::from_secs(10) };
+        // Nobody provisions: the notices go unread, and no control comes.
+        let (server, _controller) = server::spawn_journalled(listener, secret.clone(), Config::default(), journal);
+        let info = ClusterInfo { addresses: vec![server.address.clone()], secret };
+        let mut cluster = LocalCluster { info, server: Some(server), workers: Vec::new() };
+        for _ in 0..workers {
+            cluster.add_worker(slots)?;
+        }
+        Ok(cluster)
+    }
+
     /// Starts one more worker process.
     pub fn add_worker(&mut self, slots: u16) -> std::io::Result<u32> {
         let exe = std::env::current_exe()?;
