@@ -267,7 +267,10 @@ def main(argv=None):
     report["rdask"] = run_rdask(args)
 
     python = None if args.no_dask else dask_python(args.dask_python)
-    if python is None:
+    if args.no_dask:
+        print("--no-dask: measuring rdask alone")
+        report["dask"] = None
+    elif python is None:
         print("Dask is missing (no `distributed` here, no bench/peers/.venv; bench/peers/setup.sh makes it): "
               "measuring rdask alone")
         report["dask"] = None
