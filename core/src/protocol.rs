@@ -363,9 +363,9 @@ pub struct WorkerInfo {
 
 /// What a worker that lost its scheduler still has, told to the scheduler it reconnects to:
 /// the tasks it was given and has not ended (running or queued on it), and the results it
-/// holds. A restarted scheduler adopts them instead of running them again. The outcomes of
-/// tasks that ended while no scheduler listened follow as ordinary
-/// [`ToScheduler::Finished`] and [`ToScheduler::Failed`] messages.
+/// holds, and the command outcomes it reported lately (the scheduler may have died before it
+/// journalled them). A restarted scheduler adopts them instead of running them again. Tasks
+/// that end while no scheduler listens are reported as running, and then as usual.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resume {
     /// The id it had.
@@ -374,6 +374,10 @@ pub struct Resume {
     pub running: Vec<TaskId>,
     /// Results it holds, with their sizes.
     pub held: Vec<(TaskId, u64)>,
+    /// Command tasks it reported finished lately.
+    pub finished: Vec<Finished>,
+    /// Command tasks it reported failed lately.
+    pub failed: Vec<(TaskId, TaskError)>,
 }
 
 /// A task handed to a worker.

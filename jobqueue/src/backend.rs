@@ -195,7 +195,7 @@ pub fn journalled_jobs(state: &StateDir) -> JournalledJobs {
         match entry {
             Journalled::BatchSystem { system, commands } => j.system = Some((system, commands)),
             Journalled::Job { system, id, .. } => j.jobs.entry(system).or_default().push(id),
-            Journalled::Process { .. } => {}
+            Journalled::Process { .. } | Journalled::Setting { .. } => {}
         }
     }
     j

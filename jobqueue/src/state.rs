@@ -94,7 +94,7 @@ impl StateDir {
 }
 
 /// One entry of a cluster's journal: what it started, for `down` to end after a crash.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Journalled {
     /// A process (the scheduler, a local worker): its pid and start time (see [`process_start_time`]).
@@ -114,6 +114,11 @@ pub enum Journalled {
         system: System,
         /// Its commands.
         commands: Commands,
+    },
+    /// A `scale` or `adapt` request the provisioner accepted, for a restart to apply again.
+    Setting {
+        /// The request.
+        request: rdask::protocol::ControlRequest,
     },
     /// A batch job, journalled as soon as the batch system gave its id.
     Job {

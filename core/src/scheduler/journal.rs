@@ -213,6 +213,14 @@ impl Scheduler {
         if let Some(a) = &mut self.adopting {
             a.awaiting.remove(&resume.worker);
         }
+        // Outcomes it reported that the scheduler may not have journalled: taken now, before
+        // the window can close and place those tasks again.
+        if !resume.finished.is_empty() {
+            self.on_finished(w, resume.finished);
+        }
+        for (id, e) in resume.failed {
+            self.on_failed(w, id, e);
+        }
         let mut adopted = 0;
         for id in resume.running {
             if self.task(id).is_some_and(|t| t.state() == State::Ready) {

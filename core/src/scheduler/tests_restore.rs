@@ -87,12 +87,17 @@ fn a_restarted_scheduler_keeps_what_ended_and_adopts_what_workers_still_run() {
     assert!(sim.all_computes().is_empty());
     let running = |conn: ConnId| second.iter().filter(|(c, _)| *c == conn).map(|(_, t)| t.id).collect::<Vec<_>>();
     let (ra, rb) = (running(a), running(b));
-    let (a2, wa2) = sim.reconnect_worker(2, Resume { worker: wa, running: ra[1..].to_vec(), held: vec![] });
+    // Worker a reported ra[0] finished just before the crash (not journalled): it says so again.
+    let lately = vec![Finished { id: ra[0], size: 0, duration_us: 500_000 }];
+    let resume = Resume { worker: wa, running: ra[1..].to_vec(), held: vec![], finished: lately, failed: vec![] };
+    let (a2, wa2) = sim.reconnect_worker(2, resume);
     assert_eq!(wa2, wa, "a worker coming back keeps its id");
-    // What ended while no scheduler listened is told after registering.
-    sim.finish(a2, &[ra[0]]);
     assert!(sim.all_computes().is_empty(), "worker b is on record and not back yet: nothing is placed");
-    let (b2, wb2) = sim.reconnect_worker(2, Resume { worker: wb, running: rb.clone(), held: vec![] });
+    // b comes back last, with an outcome it reported just before the crash: the window closes
+    // at its registration, and that task must not be placed again.
+    let lately = vec![Finished { id: rb[0], size: 0, duration_us: 500_000 }];
+    let resume = Resume { worker: wb, running: rb[1..].to_vec(), held: vec![], finished: lately, failed: vec![] };
+    let (b2, wb2) = sim.reconnect_worker(2, resume);
     assert_eq!(wb2, wb);
     // Everyone is back: the window closes and the rest is placed; nothing adopted runs again.
     let third = sim.all_computes();
@@ -104,7 +109,7 @@ fn a_restarted_scheduler_keeps_what_ended_and_adopts_what_workers_still_run() {
         sim.finish(conn, &[t.id]);
     }
     sim.finish(a2, &ra[1..]);
-    sim.finish(b2, &rb);
+    sim.finish(b2, &rb[1..]);
     sim.run_to_end();
     let r = sim.request_async(client, Request::Wait(job));
     let replies = sim.replies(client);

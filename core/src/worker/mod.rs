@@ -267,7 +267,7 @@ struct Worker {
     /// Tasks given and not ended, and whether each is a command.
     given: HashMap<TaskId, bool>,
     /// Outcomes of command tasks reported in the last [`RESEND`], oldest first: a scheduler
-    /// killed before it journalled them hears them again when the worker comes back.
+    /// killed before it journalled them hears them again in the [`Resume`].
     recent: VecDeque<(Instant, Outcome)>,
 }
 
@@ -318,7 +318,14 @@ impl Worker {
         let worker = self.id?;
         let running = self.given.keys().copied().collect();
         let held = self.store.lock().expect("store lock").iter().map(|(id, b)| (*id, b.len() as u64)).collect();
-        Some(Box::new(Resume { worker, running, held }))
+        let (mut finished, mut failed) = (Vec::new(), Vec::new());
+        for (_, o) in &self.recent {
+            match o {
+                Outcome::Finished(f) => finished.push(*f),
+                Outcome::Failed(id, e) => failed.push((*id, e.clone())),
+            }
+        }
+        Some(Box::new(Resume { worker, running, held, finished, failed }))
     }
 
     fn remember(&mut self, id: TaskId, outcome: impl FnOnce() -> Outcome) {
@@ -340,14 +347,6 @@ impl Worker {
         let writer = tokio::spawn(rdask_transport::pump(tx, out_rx));
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         let mut last_heard = Instant::now();
-        // What ended lately is told again: the scheduler may not have heard it (see `recent`).
-        for (_, o) in &self.recent {
-            let msg = match o {
-                Outcome::Finished(f) => ToScheduler::Finished(vec![*f]),
-                Outcome::Failed(id, e) => ToScheduler::Failed(*id, e.clone()),
-            };
-            let _ = out.send(protocol::frame(&msg));
-        }
         let ended = loop {
             tokio::select! {
                 frame = rx.recv() => {

@@ -147,7 +147,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
             Driver::start(prov, launcher, control.clone(), Duration::from_secs(60)).await
         }
     };
-    let driver = match started {
+    let mut driver = match started {
         Ok(d) => d,
         Err(e) => {
             // `up` sees the scheduler exit without its file and shows this from the log.
@@ -157,6 +157,7 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
             return Err(Error::Launch(e));
         }
     };
+    driver.journal_settings(state.clone());
     // Ready: `up` waits for this file, so a failed submission above is reported by `up` itself.
     SchedulerFile { addresses: addresses.clone(), pid: std::process::id(), host: rdask::worker::hostname() }
         .write(&state.path)
@@ -219,6 +220,7 @@ fn adopt(state: &StateDir, prov: &mut Provisioner, mut local: Option<&mut LocalL
             Journalled::Job { id, pool, launch, .. } if local.is_none() && !launch.is_empty() => {
                 prov.adopt(now, &pool, &launch, &id, AllocationState::Pending);
             }
+            Journalled::Setting { request } => prov.reapply(now, request),
             _ => {}
         }
     }

@@ -33,7 +33,7 @@ pub fn execute(launcher: &mut dyn Launcher, action: Action) -> Option<Input> {
             let note = launcher.explain(&id);
             Input::Explained { id, note }
         }
-        Action::Scheduler(_) => return None,
+        Action::Scheduler(_) | Action::Record(_) => return None,
     })
 }
 
@@ -50,6 +50,8 @@ pub struct Driver {
     jobs: std::sync::mpsc::Sender<Job>,
     results: mpsc::UnboundedReceiver<Input>,
     end_timeout: Duration,
+    /// Where accepted `scale`/`adapt` requests are journalled.
+    journal: Option<crate::state::StateDir>,
 }
 
 impl Driver {
@@ -64,7 +66,7 @@ impl Driver {
     ) -> Result<Driver, SubmissionRefused> {
         let (jobs, results) = launcher_thread(launcher);
         prov.handle(Instant::now(), Input::Tick);
-        let mut d = Driver { prov, control, jobs, results, end_timeout };
+        let mut d = Driver { prov, control, jobs, results, end_timeout, journal: None };
         d.dispatch();
         let mut refused = None;
         while d.prov.submitting() > 0 {
@@ -84,11 +86,23 @@ impl Driver {
         Ok(d)
     }
 
+    /// Journals accepted `scale`/`adapt` requests in `state`'s journal from now on.
+    pub fn journal_settings(&mut self, state: crate::state::StateDir) {
+        self.journal = Some(state);
+    }
+
     fn dispatch(&mut self) {
         for a in self.prov.take_actions() {
             match a {
                 Action::Scheduler(c) => {
                     let _ = self.control.send(c);
+                }
+                Action::Record(request) => {
+                    if let Some(state) = &self.journal {
+                        if let Err(e) = state.record(&crate::state::Journalled::Setting { request }) {
+                            tracing::error!("{e}: a restart would not know of this scale/adapt request");
+                        }
+                    }
                 }
                 other => {
                     let _ = self.jobs.send(Job::Do(other));

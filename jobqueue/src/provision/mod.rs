@@ -125,6 +125,9 @@ pub enum Action {
     Explain(String),
     /// Send this to the scheduler.
     Scheduler(Control),
+    /// Journal this accepted `scale`/`adapt` request: a restarted scheduler applies it again
+    /// ([`Provisioner::reapply`]).
+    Record(ControlRequest),
 }
 
 #[derive(Debug)]
@@ -288,6 +291,14 @@ impl Provisioner {
         true
     }
 
+    /// Applies a `scale`/`adapt` request that a previous scheduler process accepted and
+    /// journalled (restarting): the pools come back with the sizes they were given last.
+    pub fn reapply(&mut self, now: Instant, body: ControlRequest) {
+        if let Err(r) = self.request(now, body) {
+            tracing::warn!("a journalled scale/adapt request no longer applies: {r}");
+        }
+    }
+
     /// Takes what there is to do, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
@@ -391,8 +402,11 @@ impl Provisioner {
                 }
             }
             Notice::Request { conn, req, body } => {
-                let reply = match self.request(now, body) {
-                    Ok(text) => Reply::Control(text),
+                let reply = match self.request(now, body.clone()) {
+                    Ok(text) => {
+                        self.actions.push(Action::Record(body));
+                        Reply::Control(text)
+                    }
                     Err(r) => Reply::Refused(r),
                 };
                 self.replies.push(Action::Scheduler(Control::Reply { conn, req, reply }));
