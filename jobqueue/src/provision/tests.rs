@@ -44,6 +44,8 @@ struct Sim {
     published: Option<ProvisioningStatus>,
     /// What the scheduler had been given to show when each reply reached the client.
     published_at_reply: HashMap<u64, Option<ProvisioningStatus>>,
+    /// The accepted scale/adapt requests the driver would journal, in order.
+    recorded: Vec<rdask::protocol::ControlRequest>,
 }
 
 fn pool(name: &str, workers: u32, initial: u32) -> PoolConfig {
@@ -103,6 +105,7 @@ impl Sim {
             replies: HashMap::new(),
             published: None,
             published_at_reply: HashMap::new(),
+            recorded: Vec::new(),
         };
         sim.client = sim.connect();
         sim.sched.handle(now, Event::Message(sim.client, ToScheduler::RegisterClient(ClientInfo::default())));
@@ -143,6 +146,8 @@ impl Sim {
                             self.command(c);
                         }
                     }
+                    // What the driver journals (accepted scale/adapt requests) needs no answer.
+                    Action::Record(request) => self.recorded.push(request),
                     other => {
                         let input = execute(&mut self.launcher, other).expect("an answer");
                         self.prov.handle(self.now, input);
@@ -486,6 +491,9 @@ fn requests_are_answered_from_live_state_and_refused_with_a_kind() {
     // Status comes with the scheduler's own reply, not from a file.
     let Reply::Status(s) = sim.request(Request::Status) else { panic!() };
     assert_eq!(s.provisioning.unwrap().pools[0].jobs.len(), 2);
+    // Only the accepted request is journalled, for a restart to apply again.
+    let accepted = ControlRequest::Scale { pool: None, target: ScaleTarget::Workers(3) };
+    assert_eq!(sim.recorded, vec![accepted]);
 }
 
 #[test]
