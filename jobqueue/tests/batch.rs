@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::browser::Browser;
 use common::{
-    active_in, available, batch_ids, dashboard_url, no_process_left, ok, rdask, running_jobs, status, wait_active,
-    wait_for, Follower,
+    active_in, available, batch_ids, dashboard_url, finished_tasks, no_process_left, ok, rdask, running_jobs,
+    runs_per_task, scheduler_pid, sigkill, status, wait_active, wait_for, worker_pids, Follower,
 };
 use serde_json::Value;
 
@@ -151,10 +151,7 @@ fn killed_scheduler_then_down_cancels_every_job() {
     ok(h, &["up", "--backend", "slurm", "--nodes", "2", "--cores", "1", "--memory", "100MB", "--wait"]);
     let s = wait_for(h, "2 running jobs", |s| running_jobs(s) == 2);
     let ids = batch_ids(&s);
-    let file: Value =
-        serde_json::from_str(&std::fs::read_to_string(h.join("default/scheduler.json")).unwrap()).unwrap();
-    let pid = file["pid"].as_u64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    sigkill(scheduler_pid(h));
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(active_in("slurm", &ids).len(), 2, "the jobs outlive the killed scheduler");
     let down = ok(h, &["down"]);
@@ -460,19 +457,6 @@ fn slurm_dashboard_shows_the_batch_jobs_and_events_follow_one_ending() {
     no_process_left(h);
 }
 
-fn runs_per_task(dir: &std::path::Path, n: u32) -> Vec<(u32, usize)> {
-    (1..=n)
-        .map(|i| (i, std::fs::read_to_string(dir.join(i.to_string())).map(|t| t.lines().count()).unwrap_or(0)))
-        .filter(|(_, runs)| *runs != 1)
-        .collect()
-}
-
-fn pids_of(s: &Value) -> Vec<u64> {
-    let mut p: Vec<u64> = s["workers"].as_array().unwrap().iter().map(|w| w["info"]["pid"].as_u64().unwrap()).collect();
-    p.sort();
-    p
-}
-
 /// The scheduler of a Slurm cluster is killed half-way through a 5,000-task array; `up`
 /// restores it: the same batch jobs and worker processes carry on, no task runs twice, and a
 /// `wait` started before the crash returns 0.
@@ -489,28 +473,18 @@ fn slurm_scheduler_killed_mid_array_is_restored_and_its_batch_jobs_carry_on() {
     let before = wait_for(h, "2 running jobs", |s| running_jobs(s) == 2);
     let mut ids = batch_ids(&before);
     ids.sort();
-    let workers = pids_of(&before);
+    let workers = worker_pids(&before);
     let runs = h.join("runs");
     std::fs::create_dir(&runs).unwrap();
     let script = format!("sleep 0.5; echo ran by $PPID at $(date +%s.%N) >> {}/%{{TASK_ID}}", runs.display());
     ok(h, &["submit", "--array", &format!("1-{N}"), "--stdout", "none", "--", "sh", "-c", &script]);
-    let waiter = Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
-        .env("RDASK_HOME", h)
-        .env("RDASK_CONFIG", "/dev/null")
-        .env_remove("RDASK_CLUSTER")
-        .arg("wait")
+    let waiter = common::rdask_command(h, &["wait"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let finished = |s: &Value| -> u64 {
-        s["jobs"].as_array().unwrap().iter().map(|j| j["counts"]["finished"].as_u64().unwrap_or(0)).sum()
-    };
-    wait_for(h, "half the array finished", |s| finished(s) >= u64::from(N / 2));
-    let file: Value =
-        serde_json::from_str(&std::fs::read_to_string(h.join("default/scheduler.json")).unwrap()).unwrap();
-    let pid = file["pid"].as_u64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_for(h, "half the array finished", |s| finished_tasks(s) >= u64::from(N / 2));
+    sigkill(scheduler_pid(h));
     std::thread::sleep(Duration::from_secs(2));
     let up = rdask(h, &["up"]);
     assert!(up.status.success(), "{}", common::text(&up));
@@ -523,7 +497,7 @@ fn slurm_scheduler_killed_mid_array_is_restored_and_its_batch_jobs_carry_on() {
     let mut after_ids = batch_ids(&after);
     after_ids.sort();
     assert_eq!(after_ids, ids, "the same batch jobs carry on");
-    assert_eq!(pids_of(&after), workers, "the same worker processes carry on");
+    assert_eq!(worker_pids(&after), workers, "the same worker processes carry on");
     let twice = runs_per_task(&runs, N);
     if !twice.is_empty() {
         let runs: Vec<String> =
@@ -563,10 +537,7 @@ fn slurm_workers_whose_scheduler_does_not_come_back_end_their_batch_jobs() {
         ],
     );
     let ids = batch_ids(&wait_for(h, "1 running job", |s| running_jobs(s) == 1));
-    let file: Value =
-        serde_json::from_str(&std::fs::read_to_string(h.join("default/scheduler.json")).unwrap()).unwrap();
-    let pid = file["pid"].as_u64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    sigkill(scheduler_pid(h));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !active_in("slurm", &ids).is_empty() {
         assert!(Instant::now() < deadline, "the batch job outlived its worker's death timeout");

@@ -104,17 +104,7 @@ fn a_worker_killed_with_sigkill_leaves_no_command_running() {
         pids.display()
     );
     ok(h, &["submit", "--array", "1-3", "--", "sh", "-c", &record]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let sleeps: Vec<u32> = loop {
-        let read: Vec<u32> = (1..=3)
-            .filter_map(|i| std::fs::read_to_string(pids.join(i.to_string())).ok()?.trim().parse().ok())
-            .collect();
-        if read.len() == 3 {
-            break read;
-        }
-        assert!(Instant::now() < deadline, "the 3 tasks did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let sleeps = common::recorded_pids(&pids, 3);
     assert!(sleeps.iter().all(|p| process_alive(*p, "")));
     let worker = cluster_pids(h)[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker as i32), nix::sys::signal::Signal::SIGKILL).unwrap();

@@ -4,35 +4,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ok, rdask, status, text, wait_for};
-
-fn scheduler_pid(home: &Path) -> u32 {
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(home.join("default/scheduler.json")).unwrap()).unwrap();
-    file["pid"].as_u64().unwrap() as u32
-}
-
-fn worker_pids(s: &serde_json::Value) -> Vec<u64> {
-    let mut p: Vec<u64> = s["workers"].as_array().unwrap().iter().map(|w| w["info"]["pid"].as_u64().unwrap()).collect();
-    p.sort();
-    p
-}
-
-fn finished(s: &serde_json::Value) -> u64 {
-    s["jobs"].as_array().unwrap().iter().map(|j| j["counts"]["finished"].as_u64().unwrap_or(0)).sum()
-}
-
-/// Every task appends a line to its own file: after the job, each file must hold one line.
-fn runs_per_task(dir: &Path, n: u32) -> Vec<(u32, usize)> {
-    (1..=n)
-        .map(|i| (i, std::fs::read_to_string(dir.join(i.to_string())).map(|t| t.lines().count()).unwrap_or(0)))
-        .filter(|(_, runs)| *runs != 1)
-        .collect()
-}
+use common::{
+    finished_tasks, ok, rdask, rdask_command, runs_per_task, scheduler_pid, sigkill, status, text, wait_for,
+    worker_pids,
+};
 
 #[test]
 fn a_scheduler_killed_mid_array_is_restored_and_the_same_workers_finish_it_without_reruns() {
@@ -45,20 +23,12 @@ fn a_scheduler_killed_mid_array_is_restored_and_the_same_workers_finish_it_witho
     let script = format!("sleep 0.5; echo ran >> {}/%{{TASK_ID}}", runs.display());
     ok(h, &["submit", "--array", &format!("1-{N}"), "--", "sh", "-c", &script]);
     // A `wait` started before the crash.
-    let waiter = Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
-        .env("RDASK_HOME", h)
-        .env("RDASK_CONFIG", "/dev/null")
-        .env_remove("RDASK_CLUSTER")
-        .arg("wait")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let before = wait_for(h, "half the array finished", |s| finished(s) >= u64::from(N / 2));
+    let waiter = rdask_command(h, &["wait"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let before = wait_for(h, "half the array finished", |s| finished_tasks(s) >= u64::from(N / 2));
     let workers = worker_pids(&before);
     assert_eq!(workers.len(), 2);
     let scheduler = scheduler_pid(h);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(scheduler as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    sigkill(scheduler);
     let deadline = Instant::now() + Duration::from_secs(5);
     while rdask_jobqueue::state::process_alive(scheduler, "") {
         assert!(Instant::now() < deadline, "the scheduler survived SIGKILL");
@@ -90,7 +60,7 @@ fn up_fresh_after_a_crash_starts_over_and_ends_what_was_left() {
     ok(h, &["up", "--workers", "1", "--slots", "1"]);
     let workers = worker_pids(&status(h));
     let scheduler = scheduler_pid(h);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(scheduler as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    sigkill(scheduler);
     std::thread::sleep(Duration::from_millis(300));
     let up = rdask(h, &["up", "--fresh", "--workers", "1", "--slots", "1"]);
     assert!(up.status.success(), "{}", text(&up));
@@ -112,20 +82,10 @@ fn workers_whose_scheduler_does_not_come_back_exit_after_their_death_timeout_and
         pids.display()
     );
     ok(h, &["submit", "--array", "1-2", "--", "sh", "-c", &record]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let sleeps: Vec<u32> = loop {
-        let read: Vec<u32> = (1..=2)
-            .filter_map(|i| std::fs::read_to_string(pids.join(i.to_string())).ok()?.trim().parse().ok())
-            .collect();
-        if read.len() == 2 {
-            break read;
-        }
-        assert!(Instant::now() < deadline, "the tasks did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let sleeps = common::recorded_pids(&pids, 2);
     let worker = worker_pids(&status(h))[0] as u32;
     let scheduler = scheduler_pid(h);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(scheduler as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    sigkill(scheduler);
     let killed = Instant::now();
     let alive = |p: u32| rdask_jobqueue::state::process_alive(p, "");
     while alive(worker) {

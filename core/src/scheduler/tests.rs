@@ -113,19 +113,23 @@ impl Sim {
 
     /// A worker that must be gone `lifetime` from now (`None`: never).
     fn connect_mortal_worker(&mut self, slots: u16, lifetime: Option<Duration>) -> (ConnId, WorkerId) {
+        self.connect_worker_with(slots, |info| info.lifetime_ms = lifetime.map(|d| d.as_millis() as u64))
+    }
+
+    /// A worker of `slots` slots registering with what `edit` sets besides.
+    fn connect_worker_with(&mut self, slots: u16, edit: impl FnOnce(&mut WorkerInfo)) -> (ConnId, WorkerId) {
         let conn = self.connect();
-        let data_address = format!("tcp://node:{conn}");
-        let lifetime_ms = lifetime.map(|d| d.as_millis() as u64);
-        let info = WorkerInfo {
+        let mut info = WorkerInfo {
             slots,
             host: "node".into(),
             pid: 1,
             launch: None,
-            data_address,
-            lifetime_ms,
+            data_address: format!("tcp://node:{conn}"),
+            lifetime_ms: None,
             offer: Offer::default(),
             resume: None,
         };
+        edit(&mut info);
         self.send(conn, ToScheduler::RegisterWorker(info));
         self.seen.insert(conn, self.now);
         let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
@@ -216,21 +220,7 @@ impl Sim {
 
     /// Registers a worker echoing `launch`.
     fn connect_tagged_worker(&mut self, slots: u16, launch: &str) -> (ConnId, WorkerId) {
-        let conn = self.connect();
-        let info = WorkerInfo {
-            slots,
-            host: "node".into(),
-            pid: 1,
-            launch: Some(launch.into()),
-            data_address: format!("tcp://node:{conn}"),
-            lifetime_ms: None,
-            offer: Offer::default(),
-            resume: None,
-        };
-        self.send(conn, ToScheduler::RegisterWorker(info));
-        self.seen.insert(conn, self.now);
-        let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
-        (conn, ids[0])
+        self.connect_worker_with(slots, |info| info.launch = Some(launch.into()))
     }
 
     fn closes(&mut self) -> Vec<ConnId> {

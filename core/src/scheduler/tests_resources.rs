@@ -6,21 +6,7 @@ use std::collections::HashSet;
 
 impl Sim {
     fn connect_offering(&mut self, slots: u16, offer: Offer) -> (ConnId, WorkerId) {
-        let conn = self.connect();
-        let info = WorkerInfo {
-            slots,
-            host: "node".into(),
-            pid: 1,
-            launch: None,
-            data_address: format!("tcp://node:{conn}"),
-            lifetime_ms: None,
-            offer,
-            resume: None,
-        };
-        self.send(conn, ToScheduler::RegisterWorker(info));
-        self.seen.insert(conn, self.now);
-        let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
-        (conn, ids[0])
+        self.connect_worker_with(slots, |info| info.offer = offer)
     }
 }
 

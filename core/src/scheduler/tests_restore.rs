@@ -31,21 +31,7 @@ impl Sim {
 
     /// A worker coming back with what it still runs; returns its connection and new id.
     fn reconnect_worker(&mut self, slots: u16, resume: Resume) -> (ConnId, WorkerId) {
-        let conn = self.connect();
-        let info = WorkerInfo {
-            slots,
-            host: "node".into(),
-            pid: 1,
-            launch: None,
-            data_address: format!("tcp://node:{conn}"),
-            lifetime_ms: None,
-            offer: Offer::default(),
-            resume: Some(Box::new(resume)),
-        };
-        self.send(conn, ToScheduler::RegisterWorker(info));
-        self.seen.insert(conn, self.now);
-        let ids = self.sent_to(conn, |m| if let ToWorker::Welcome { id, .. } = m { Some(*id) } else { None });
-        (conn, ids[0])
+        self.connect_worker_with(slots, |info| info.resume = Some(Box::new(resume)))
     }
 }
 

@@ -12,13 +12,63 @@ pub mod browser;
 /// Runs `rdask-jobqueue ARGS` with its state under `home`, untouched by the caller's own
 /// cluster name or configuration files.
 pub fn rdask(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
-        .env("RDASK_HOME", home)
-        .env("RDASK_CONFIG", "/dev/null")
-        .env_remove("RDASK_CLUSTER")
-        .args(args)
-        .output()
-        .expect("rdask-jobqueue runs")
+    rdask_command(home, args).output().expect("rdask-jobqueue runs")
+}
+
+/// `rdask-jobqueue ARGS` as [`rdask`] runs it, to start in the background.
+pub fn rdask_command(home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"));
+    c.env("RDASK_HOME", home).env("RDASK_CONFIG", "/dev/null").env_remove("RDASK_CLUSTER").args(args);
+    c
+}
+
+/// The pids that tasks 1..=n write, each into its own file in `dir` (written aside and
+/// renamed, so never read half-written), once all n are there.
+pub fn recorded_pids(dir: &Path, n: u32) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read: Vec<u32> = (1..=n)
+            .filter_map(|i| std::fs::read_to_string(dir.join(i.to_string())).ok()?.trim().parse().ok())
+            .collect();
+        if read.len() == n as usize {
+            return read;
+        }
+        assert!(Instant::now() < deadline, "the {n} tasks did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pid of the default cluster's scheduler, from its scheduler file.
+pub fn scheduler_pid(home: &Path) -> u32 {
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("default/scheduler.json")).unwrap()).unwrap();
+    file["pid"].as_u64().unwrap() as u32
+}
+
+/// Sends SIGKILL to `pid`.
+pub fn sigkill(pid: u32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// The workers' pids in a status, sorted.
+pub fn worker_pids(s: &Value) -> Vec<u64> {
+    let mut p: Vec<u64> = s["workers"].as_array().unwrap().iter().map(|w| w["info"]["pid"].as_u64().unwrap()).collect();
+    p.sort();
+    p
+}
+
+/// The finished tasks of every job in a status.
+pub fn finished_tasks(s: &Value) -> u64 {
+    s["jobs"].as_array().unwrap().iter().map(|j| j["counts"]["finished"].as_u64().unwrap_or(0)).sum()
+}
+
+/// Tasks 1..=n append a line each to their own file in `dir`: those whose file does not hold
+/// exactly one line, with the count.
+pub fn runs_per_task(dir: &Path, n: u32) -> Vec<(u32, usize)> {
+    (1..=n)
+        .map(|i| (i, std::fs::read_to_string(dir.join(i.to_string())).map(|t| t.lines().count()).unwrap_or(0)))
+        .filter(|(_, runs)| *runs != 1)
+        .collect()
 }
 
 /// A temporary `RDASK_HOME` whose default cluster is taken down when it goes out of scope,
@@ -153,11 +203,7 @@ pub struct Follower {
 
 impl Follower {
     pub fn start(home: &Path) -> Follower {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rdask-jobqueue"))
-            .env("RDASK_HOME", home)
-            .env("RDASK_CONFIG", "/dev/null")
-            .env_remove("RDASK_CLUSTER")
-            .args(["events", "--follow", "--output", "json"])
+        let mut child = rdask_command(home, &["events", "--follow", "--output", "json"])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("rdask-jobqueue runs");
