@@ -71,13 +71,7 @@ pub fn spawn(listener: Box<dyn Listener>, secret: Secret, config: Config) -> Ser
 /// Starts a scheduler on `listener` that an embedding drives: it hears of workers and clients
 /// coming and going, answers the clients' provisioning requests, and can retire workers.
 pub fn spawn_controlled(listener: Box<dyn Listener>, secret: Secret, config: Config) -> (ServerHandle, Controller) {
-    let address = listener.local_addr();
-    let (stop, stop_rx) = watch::channel(false);
-    let (notices_tx, notices) = mpsc::unbounded_channel();
-    let (control, control_rx) = mpsc::unbounded_channel();
-    let config = Config { controlled: true, ..config };
-    let task = tokio::spawn(run(listener, secret, config, stop_rx, Some((notices_tx, control_rx)), None));
-    (ServerHandle { address, stop, task }, Controller { notices, control })
+    spawn_embedded(listener, secret, Config { controlled: true, ..config }, None)
 }
 
 /// A journal for [`spawn_journalled`]: the open file, what it said, and how long a restored
@@ -100,12 +94,21 @@ pub fn spawn_journalled(
     config: Config,
     journal: Journal,
 ) -> (ServerHandle, Controller) {
+    spawn_embedded(listener, secret, Config { controlled: true, journal: true, ..config }, Some(journal))
+}
+
+/// A controlled scheduler (with its embedding's channels), journalled or not.
+fn spawn_embedded(
+    listener: Box<dyn Listener>,
+    secret: Secret,
+    config: Config,
+    journal: Option<Journal>,
+) -> (ServerHandle, Controller) {
     let address = listener.local_addr();
     let (stop, stop_rx) = watch::channel(false);
     let (notices_tx, notices) = mpsc::unbounded_channel();
     let (control, control_rx) = mpsc::unbounded_channel();
-    let config = Config { controlled: true, journal: true, ..config };
-    let task = tokio::spawn(run(listener, secret, config, stop_rx, Some((notices_tx, control_rx)), Some(journal)));
+    let task = tokio::spawn(run(listener, secret, config, stop_rx, Some((notices_tx, control_rx)), journal));
     (ServerHandle { address, stop, task }, Controller { notices, control })
 }
 

@@ -136,22 +136,15 @@ pub enum Journalled {
 /// Whether process `pid` with start time `start` (see [`process_start_time`]) is alive and
 /// not a zombie.
 pub fn process_is(pid: u32, start: u64) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else { return false };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.first().is_some_and(|s| *s != "Z") && f.get(19).and_then(|s| s.parse().ok()) == Some(start)
+    stat(pid).is_some_and(|(state, started)| state != 'Z' && started == Some(start))
 }
 
 /// Whether process `pid` exists and runs a program whose command line mentions `needle`
 /// (so a recycled pid of another program is never signalled).
 pub fn process_alive(pid: u32, needle: &str) -> bool {
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmd) => {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // A zombie has exited; it is only waiting for its parent.
-            let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie && String::from_utf8_lossy(&cmd).contains(needle)
-        }
+        // A zombie has exited; it is only waiting for its parent.
+        Ok(cmd) => stat(pid).is_none_or(|(state, _)| state != 'Z') && String::from_utf8_lossy(&cmd).contains(needle),
         Err(_) => false,
     }
 }
@@ -159,8 +152,15 @@ pub fn process_alive(pid: u32, needle: &str) -> bool {
 /// The start time of process `pid` (clock ticks since boot, from `/proc/<pid>/stat`):
 /// with the pid, it identifies a process even after the pid is recycled.
 pub fn process_start_time(pid: u32) -> Option<u64> {
+    stat(pid)?.1
+}
+
+/// The state letter and start time of process `pid`, from `/proc/<pid>/stat`.
+fn stat(pid: u32) -> Option<(char, Option<u64>)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3; starttime is field 22.
-    let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    // Fields after the command name (which may contain spaces) start at field 3: the state,
+    // then starttime as field 22.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18).and_then(|s| s.parse().ok())))
 }

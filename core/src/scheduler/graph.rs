@@ -244,18 +244,11 @@ impl Scheduler {
         let mut stale = Vec::new();
         let mut done_jobs = Vec::new();
         for f in list {
-            let Some(task) = self.task_mut(f.id) else {
-                stale.push(f.id);
-                continue;
-            };
-            if task.state == State::Ready {
-                // It ended on a worker that lost its scheduler (see `journal.rs`): its outcome counts.
-                let _ = self.assign(f.id, w);
-            } else if task.state != (State::Assigned { worker: w }) {
+            if !self.reported_by(f.id, w) {
                 stale.push(f.id);
                 continue;
             }
-            let Some(task) = self.task_mut(f.id) else { continue };
+            let task = self.task_mut(f.id).expect("reported_by found it");
             task.size = f.size;
             // A command task leaves no result behind: nothing to hold.
             let holds = !matches!(task.body, TaskBody::Command);
@@ -323,12 +316,22 @@ impl Scheduler {
         }
     }
 
+    /// Whether `w` may report the outcome of task `id`: it is assigned to `w`, or it is ready,
+    /// having ended on a worker that lost its scheduler (see `journal.rs`), and is assigned to
+    /// `w` now.
+    fn reported_by(&mut self, id: TaskId, w: WorkerId) -> bool {
+        match self.task(id).map(Task::state) {
+            Some(State::Ready) => {
+                let _ = self.assign(id, w);
+                true
+            }
+            Some(s) => s == State::Assigned { worker: w },
+            None => false,
+        }
+    }
+
     pub(super) fn on_failed(&mut self, w: WorkerId, id: TaskId, err: TaskError) {
-        let Some(task) = self.task(id) else { return };
-        if task.state == State::Ready {
-            // It ended on a worker that lost its scheduler (see `journal.rs`): its outcome counts.
-            let _ = self.assign(id, w);
-        } else if task.state != (State::Assigned { worker: w }) {
+        if !self.reported_by(id, w) {
             return;
         }
         tracing::debug!(task = %id, worker = %w, error = %err, "task failed");

@@ -261,7 +261,6 @@ struct Worker {
     done_rx: mpsc::UnboundedReceiver<Done>,
     finished: Vec<Finished>,
     retiring: bool,
-    in_flight: usize,
     /// The id the scheduler gave it last.
     id: Option<WorkerId>,
     /// Tasks given and not ended, and whether each is a command.
@@ -306,7 +305,6 @@ impl Worker {
             done_rx,
             finished: Vec::new(),
             retiring: false,
-            in_flight: 0,
             id: None,
             given: HashMap::new(),
             recent: VecDeque::new(),
@@ -413,7 +411,6 @@ impl Worker {
             }
             ToWorker::Compute(list) => {
                 for a in list {
-                    self.in_flight += 1;
                     self.given.insert(a.id, matches!(a.work, Work::Command { .. }));
                     self.prepare(a);
                 }
@@ -490,7 +487,6 @@ impl Worker {
         match done {
             Done::Tasks(list) => {
                 for t in list {
-                    self.in_flight -= 1;
                     match t.result {
                         Ok(bytes) => {
                             let size = bytes.len() as u64;
@@ -530,7 +526,6 @@ impl Worker {
                     self.start(assignment, inputs);
                 }
                 Err(missing) => {
-                    self.in_flight -= 1;
                     self.given.remove(&assignment.id);
                     let _ = out.send(protocol::frame(&ToScheduler::InputMissing(assignment.id, missing)));
                 }

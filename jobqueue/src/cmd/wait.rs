@@ -115,10 +115,8 @@ const RECONNECT: Duration = Duration::from_secs(600);
 async fn reconnect(state: &StateDir) -> Result<Client> {
     let deadline = std::time::Instant::now() + RECONNECT;
     loop {
-        if let Ok(info) = rdask::cluster::ClusterInfo::from_state_dir(&state.path) {
-            if let Ok(c) = Client::connect(&info).await {
-                return Ok(c);
-            }
+        if let Ok(c) = crate::connect(state).await {
+            return Ok(c);
         }
         let gone = !state.file(rdask::cluster::SCHEDULER_FILE).exists()
             && !state.file(crate::state::SCHEDULER_JOURNAL).exists();

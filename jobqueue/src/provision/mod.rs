@@ -173,6 +173,24 @@ struct Alloc {
 }
 
 impl Alloc {
+    /// An allocation of pool `pool` whose workers carry `launch`, just submitted (or adopted).
+    fn new(pool: usize, launch: String, now: Instant) -> Alloc {
+        Alloc {
+            pool,
+            launch,
+            id: None,
+            state: AllocationState::Pending,
+            workers: BTreeSet::new(),
+            ever_joined: false,
+            retire_token: None,
+            retiring: false,
+            refused_at: None,
+            cancel_sent: false,
+            submitted_at: now,
+            note: None,
+        }
+    }
+
     /// Still counted as capacity: active, not on its way out.
     fn counts(&self) -> bool {
         self.state.is_active() && !self.cancel_sent && !self.retiring && self.retire_token.is_none()
@@ -269,24 +287,10 @@ impl Provisioner {
         self.next_seq += 1;
         self.by_launch.insert(launch.to_string(), seq);
         self.by_id.insert(id.to_string(), seq);
-        self.allocs.insert(
-            seq,
-            Alloc {
-                pool: index,
-                launch: launch.to_string(),
-                id: Some(id.to_string()),
-                state,
-                workers: BTreeSet::new(),
-                // Its workers joined the scheduler before: an end now is not a failed start.
-                ever_joined: true,
-                retire_token: None,
-                retiring: false,
-                refused_at: None,
-                cancel_sent: false,
-                submitted_at: now,
-                note: None,
-            },
-        );
+        // Its workers joined the scheduler before: an end now is not a failed start.
+        let a =
+            Alloc { id: Some(id.to_string()), state, ever_joined: true, ..Alloc::new(index, launch.to_string(), now) };
+        self.allocs.insert(seq, a);
         tracing::info!(job = %id, %launch, "allocation adopted from the previous scheduler process");
         true
     }
@@ -682,23 +686,7 @@ impl Provisioner {
         self.next_seq += 1;
         let launch = format!("{}/{seq}", self.pools[pool].config.name);
         self.by_launch.insert(launch.clone(), seq);
-        self.allocs.insert(
-            seq,
-            Alloc {
-                pool,
-                launch: launch.clone(),
-                id: None,
-                state: AllocationState::Pending,
-                workers: BTreeSet::new(),
-                ever_joined: false,
-                retire_token: None,
-                retiring: false,
-                refused_at: None,
-                cancel_sent: false,
-                submitted_at: now,
-                note: None,
-            },
-        );
+        self.allocs.insert(seq, Alloc::new(pool, launch.clone(), now));
         self.actions.push(Action::Submit { seq, pool: self.pools[pool].config.name.clone(), launch });
     }
 
