@@ -58,9 +58,18 @@ fn python_registry() -> Registry {
     r.register_raw(PYTHON_FN, |args, inputs| {
         Python::with_gil(|py| -> PyResult<Bytes> {
             let run = py.import("rdask._worker")?.getattr("run_task")?;
-            // FIXME: one copy of each input; a buffer over the Rust bytes needs the buffer
-            // protocol, which abi3 has only from Python 3.11.
-            let inputs: Vec<Bound<'_, PyBytes>> = inputs.iter().map(|b| PyBytes::new(py, b)).collect();
+            // A small input is copied into `bytes`; a large one is lent as it is (`Pinned`,
+            // which `run_task` views read-only), so that a moved array is not copied again.
+            let inputs = inputs
+                .iter()
+                .map(|b| {
+                    if b.len() < PIN_AT {
+                        Ok(PyBytes::new(py, b).into_any())
+                    } else {
+                        Ok(Bound::new(py, Pinned { bytes: b.clone() })?.into_any())
+                    }
+                })
+                .collect::<PyResult<Vec<_>>>()?;
             let out = run.call1((PyBytes::new(py, args), inputs))?;
             // The result's bytes are Python's: kept and served by the worker without a copy.
             let out: PyBackedBytes = out.extract()?;
@@ -69,6 +78,31 @@ fn python_registry() -> Registry {
         .map_err(|e| format!("the Python worker failed: {e}"))
     });
     r
+}
+
+/// Inputs of at least this many bytes reach Python as [`Pinned`] instead of a copy.
+const PIN_AT: usize = 64 * 1024;
+
+/// Bytes of a task's input lent to Python without a copy. `rdask._worker` views them through
+/// a ctypes array over [`Pinned::address`] that keeps this object alive, and so the bytes, as
+/// long as any view of them (a NumPy array unpickled over them, say) lives. The buffer protocol
+/// itself is not in the stable ABI before Python 3.11; this is how abi3-py39 lends memory.
+#[pyclass(frozen)]
+struct Pinned {
+    bytes: Bytes,
+}
+
+#[pymethods]
+impl Pinned {
+    /// Where the bytes are; valid while this object lives (`Bytes` never moves its data).
+    #[getter]
+    fn address(&self) -> usize {
+        self.bytes.as_ptr() as usize
+    }
+
+    fn __len__(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 /// Makes this process start itself as `sys.executable -m rdask` and its workers run Python
@@ -363,5 +397,6 @@ fn _rdask(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(job_script, m)?)?;
     m.add_function(wrap_pyfunction!(state_dir, m)?)?;
     m.add_class::<Connection>()?;
+    m.add_class::<Pinned>()?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 """The client on a local cluster: futures, dependencies, errors, commands, the executor."""
 
 import concurrent.futures
+import gc
 import os
 import shutil
 import sys
@@ -138,6 +139,66 @@ def test_numpy_arrays_move_between_workers_out_of_band(client):
     assert out[-1] == 2 * 999_999
     out += 1  # results are writable
     assert np.array_equal(client.submit(lambda x, y: x + y, a, a).result(), out - 1)
+
+
+def _kept():
+    """A list that lives in the worker process (this module's globals travel by value)."""
+    import rdask._worker
+
+    if not hasattr(rdask._worker, "_test_kept"):
+        rdask._worker._test_kept = []
+    return rdask._worker._test_kept
+
+
+def _keep_and_sum(x):
+    """Keeps its input past the task's end (in the worker process) and sums it."""
+    import os
+
+    _kept().append(x)
+    return os.getpid(), int(x.sum())
+
+
+def _sums_of_kept_after_churn(n):
+    """Sums what earlier tasks kept, once the worker dropped its own copy of their input and
+    allocated and freed memory of that size."""
+    import os
+    import time
+
+    import numpy as np
+
+    time.sleep(0.5)  # the release of the input's job reaches the workers
+    for _ in range(20):
+        np.ones(n, dtype=np.uint8)
+    return os.getpid(), [int(x.sum()) for x in _kept()]
+
+
+def test_large_inputs_are_lent_read_only_and_outlive_their_task(client):
+    # Inputs of 64 KiB and more reach the task without a copy, as a view of the worker's bytes.
+    np = pytest.importorskip("numpy")
+    n = 1 << 20
+    a = client.submit(np.ones, n, dtype=np.uint8)
+
+    def mutate(x):
+        try:
+            x += 1
+        except ValueError as e:
+            return f"read-only: {e}"
+        return "written"
+
+    assert client.submit(mutate, a).result().startswith("read-only")
+    # A task that keeps a reference to its input: the bytes stay valid after it ended, on
+    # whichever worker it ran, while the worker goes on running tasks.
+    kept = client.gather(client.map(_keep_and_sum, [a] * 8))
+    assert [s for _, s in kept] == [n] * 8
+    kept_by = {pid: sum(1 for p, _ in kept if p == pid) for pid, _ in kept}
+    # Only the tasks' references are left: the worker's own copies go with the job.
+    assert int(a.result().sum()) == n
+    del a
+    gc.collect()
+    later = dict(client.gather([client.submit(_sums_of_kept_after_churn, n) for _ in range(16)]))
+    assert set(later) & set(kept_by), f"no later task ran where inputs were kept: {later} {kept_by}"
+    for pid, sums in later.items():
+        assert sums == [n] * kept_by.get(pid, 0), (pid, sums, kept_by)
 
 
 def test_cancel_marks_futures_cancelled(client):

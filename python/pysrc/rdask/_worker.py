@@ -1,5 +1,7 @@
 """What a worker runs for a Python task (called by the extension under the GIL)."""
 
+import ctypes
+import functools
 import traceback
 
 from rdask import _serialize
@@ -28,6 +30,22 @@ def substitute(obj, values):
     return obj
 
 
+@functools.lru_cache(maxsize=64)
+def _array_type(n):
+    """A ctypes array type of ``n`` bytes whose instances can hold their owner."""
+    return type("PinnedBytes", (ctypes.c_char * n,), {})
+
+
+def _view(pinned):
+    """A read-only ``memoryview`` of a ``_rdask.Pinned`` (an input the worker lends without a
+    copy). The view holds the ctypes array, which holds ``pinned``, which holds the bytes: they
+    live as long as anything made from the view (a NumPy array, a slice)."""
+    n = len(pinned)
+    array = _array_type(n).from_address(pinned.address)
+    array.owner = pinned
+    return memoryview(array).cast("B").toreadonly()
+
+
 def run_task(args, inputs):
     """Runs ``fn(*args, **kwargs)`` from the message ``args``, the results of its dependencies
     in ``inputs``; returns the result's message, or the exception's (a dependency's exception
@@ -35,6 +53,8 @@ def run_task(args, inputs):
     try:
         values = []
         for data in inputs:
+            if type(data) is not bytes:
+                data = _view(data)
             if _serialize.tag_of(data) == _serialize.ERROR:
                 return data
             values.append(_serialize.loads(data)[1])
