@@ -40,6 +40,20 @@ def test_keyword_arguments_reach_the_function(client):
     assert client.submit(lambda a, b=0: a - b, 10, b=3).result() == 7
 
 
+def test_each_function_runs_as_itself(client):
+    # Functions are pickled once per function and unpickled once per worker: closures over
+    # different values, and lambdas that look alike, must not be taken for one another.
+    adders = [lambda x, k=k: x + k for k in range(3)]
+    assert [client.gather(client.map(f, range(4))) for f in adders] == [[x + k for x in range(4)] for k in range(3)]
+
+    def scale(k):
+        return lambda x: x * k
+
+    assert client.gather([client.submit(scale(k), 10) for k in (1, 2, 3)]) == [10, 20, 30]
+    # Arguments of every kind: plain ones and ones only cloudpickle can carry.
+    assert client.submit(lambda f, d: f(d["x"]), lambda v: v - 1, {"x": 5}).result() == 4
+
+
 def test_map_and_gather_keep_the_order(client):
     futures = client.map(inc, range(200))
     assert client.gather(futures) == list(range(1, 201))

@@ -2,6 +2,7 @@
 
 import ctypes
 import functools
+import pickle
 import traceback
 
 from rdask import _serialize
@@ -17,6 +18,24 @@ class Dep:
 
     def __reduce__(self):
         return (Dep, (self.index,))
+
+
+_serialize.PLAIN_TYPES.add(Dep)
+
+# Functions by their pickle: a map's tasks all carry the same bytes, unpickled once here (as
+# Dask's workers cache deserialized functions). Cleared when full.
+_functions = {}
+_FUNCTIONS_MAX = 128
+
+
+def _function(data):
+    fn = _functions.get(data)
+    if fn is None:
+        fn = pickle.loads(data)
+        if len(_functions) >= _FUNCTIONS_MAX:
+            _functions.clear()
+        _functions[data] = fn
+    return fn
 
 
 def substitute(obj, values):
@@ -59,6 +78,7 @@ def run_task(args, inputs):
                 return data
             values.append(_serialize.loads(data)[1])
         _, (fn, a, kw) = _serialize.loads(args)
+        fn = _function(fn)
         if values:
             a, kw = substitute(a, values), substitute(kw, values)
         result = fn(*a, **kw)

@@ -7,6 +7,8 @@ import os
 import threading
 import weakref
 
+import cloudpickle
+
 from rdask import _rdask, _serialize
 from rdask._worker import Dep
 
@@ -148,14 +150,38 @@ def _find_deps(obj, deps):
     return obj
 
 
-def _task(fn, args, kwargs):
+# Functions' pickles by function, the most recent 100 (as Dask's ``dumps_function``): a map
+# pickles its function once, and a function submitted again is not pickled again.
+_function_pickles = {}
+_FUNCTION_PICKLES_MAX = 100
+
+
+def _dumps_function(fn):
+    try:
+        data = _function_pickles.get(fn)
+    except TypeError:  # an unhashable callable
+        return cloudpickle.dumps(fn, protocol=5)
+    if data is None:
+        data = cloudpickle.dumps(fn, protocol=5)
+        while len(_function_pickles) >= _FUNCTION_PICKLES_MAX:
+            try:
+                del _function_pickles[next(iter(_function_pickles))]
+            except (KeyError, RuntimeError, StopIteration):  # another thread's eviction
+                break
+        _function_pickles[fn] = data
+    return data
+
+
+def _task(fn, args, kwargs, fn_data=None):
     """A task's message and its dependencies' futures; raises at once if something cannot be
-    pickled."""
+    pickled. ``fn_data`` is ``fn`` pickled, if the caller has it."""
     deps = []
     args = _find_deps(tuple(args), deps)
     kwargs = _find_deps(dict(kwargs), deps)
     try:
-        data = _serialize.dumps((fn, args, kwargs))
+        if fn_data is None:
+            fn_data = _dumps_function(fn)
+        data = _serialize.dumps((fn_data, args, kwargs))
     except Exception as e:
         raise TypeError(f"cannot pickle the task {getattr(fn, '__name__', fn)!r}: {e}") from e
     return data, deps
@@ -262,7 +288,11 @@ class Client:
         """``[submit(fn, *items, **kwargs) for items in zip(*iterables)]``, as one job."""
         if not callable(fn):
             raise TypeError(f"map(): {fn!r} is not callable")
-        tasks = [_task(fn, items, kwargs) for items in zip(*iterables)]
+        try:
+            fn_data = _dumps_function(fn)
+        except Exception as e:
+            raise TypeError(f"cannot pickle the function {getattr(fn, '__name__', fn)!r}: {e}") from e
+        tasks = [_task(fn, items, kwargs, fn_data) for items in zip(*iterables)]
         if not tasks:
             return []
         return self._submit(tasks, getattr(fn, "__name__", "python"))
