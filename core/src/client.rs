@@ -25,8 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
-    self, ClientInfo, ClusterStatus, CommandSpec, Counts, EventPage, JobId, JobOutcome, JobSpec, JobTasks, Metrics,
-    Needs, Refusal, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, WorkerId,
+    self, ClientInfo, ClusterStatus, CommandSpec, Counts, EndedPage, EventPage, JobId, JobOutcome, JobSpec, JobTasks,
+    Metrics, Needs, Refusal, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler,
+    WorkerId,
 };
 use crate::worker::FetchPool;
 
@@ -451,6 +452,33 @@ impl Client {
             .zip(tasks)
             .map(|(b, h)| b.ok_or(ClientError::NotKept { task: TaskId { job: job.id, index: h.0 } }))
             .collect()
+    }
+
+    /// The tasks of `job` that ended from the `after`-th on (see [`Request::Ended`]), and with
+    /// `fetch` the results of those kept, fetched from their workers. A result whose worker
+    /// cannot be reached is left out: the job's own end (`gather`) brings it.
+    pub async fn ended_raw(
+        &self,
+        job: JobId,
+        after: u32,
+        fetch: bool,
+    ) -> Result<(EndedPage, Vec<(u32, Bytes)>), ClientError> {
+        let page = match self.request(Request::Ended { job, after }).await? {
+            Reply::Ended(page) => page,
+            Reply::NoSuchJob(j) => return Err(ClientError::NoSuchJob(j)),
+            other => return Err(ClientError::Protocol(format!("{other:?}"))),
+        };
+        let mut results = Vec::new();
+        for h in page.holdings.iter().filter(|_| fetch) {
+            let ids: Vec<TaskId> = h.tasks.iter().map(|&index| TaskId { job, index }).collect();
+            for chunk in ids.chunks(65536) {
+                match self.pool.fetch(&self.secret, &h.address, chunk).await {
+                    Ok(got) => results.extend(got.into_iter().map(|(id, b)| (id.index, b))),
+                    Err(detail) => tracing::debug!(worker = %h.worker, "cannot fetch ended results yet: {detail}"),
+                }
+            }
+        }
+        Ok((page, results))
     }
 
     /// Waits for the job and returns the decoded results of `tasks`, in order.

@@ -500,6 +500,33 @@ pub enum Request {
         /// The last task-stream sequence number the client has seen (0: none).
         tasks_after: u64,
     },
+    /// The tasks of `job` that ended, in the order they ended, from the `after`-th on
+    /// ([`Reply::Ended`]): what a client follows to use results before the whole job ended
+    /// (`as_completed`).
+    Ended {
+        /// The job.
+        job: JobId,
+        /// How many ended tasks the client has seen: [`EndedPage::next`] of its last page (0 first).
+        after: u32,
+    },
+}
+
+/// The most tasks an [`EndedPage`] lists; the client asks again from [`EndedPage::next`].
+pub const ENDED_PAGE: u32 = 65_536;
+
+/// Tasks of a job that ended, the answer to [`Request::Ended`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedPage {
+    /// The `after` of the next request.
+    pub next: u32,
+    /// Tasks of this page that produced a result, by task index.
+    pub finished: Vec<u32>,
+    /// Where the kept results among them are.
+    pub holdings: Vec<Holding>,
+    /// Tasks of this page that failed for good, with why.
+    pub failed: Vec<(u32, TaskError)>,
+    /// Whether the job has ended and this page is its last: every task was in some page.
+    pub done: bool,
 }
 
 /// What a worker's process uses, sent with every heartbeat.
@@ -1024,6 +1051,8 @@ pub enum Reply {
     Events(EventPage),
     /// The counters asked for.
     Metrics(Box<Metrics>),
+    /// The ended tasks asked for.
+    Ended(EndedPage),
 }
 
 /// Why a request was refused.

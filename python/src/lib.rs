@@ -355,6 +355,28 @@ impl Connection {
         Ok(raw.iter().map(|b| PyByteArray::new(py, b)).collect())
     }
 
+    /// The tasks of job `job` that ended from the `after`-th on, in the order they ended:
+    /// `(next, finished, results, failed, done)`: the `after` of the next call, the indices of
+    /// those that finished, with `fetch` their results as `(index, bytearray)` (one that could
+    /// not be fetched yet is left out: the job's end brings it), those that failed as
+    /// `(index, kind, message)`, and whether the job ended with this page.
+    #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (job, after, fetch=true))]
+    fn ended<'py>(
+        &self,
+        py: Python<'py>,
+        job: u32,
+        after: u32,
+        fetch: bool,
+    ) -> PyResult<(u32, Vec<u32>, Vec<(u32, Bound<'py, PyByteArray>)>, Vec<(u32, String, String)>, bool)> {
+        let client = self.client()?;
+        let (page, results) =
+            py.allow_threads(|| self.rt.block_on(client.ended_raw(JobId(job), after, fetch))).map_err(client_error)?;
+        let results = results.iter().map(|(i, b)| (*i, PyByteArray::new(py, b))).collect();
+        let failed = page.failed.iter().map(|(i, e)| (*i, format!("{:?}", e.kind), e.to_string())).collect();
+        Ok((page.next, page.finished, results, failed, page.done))
+    }
+
     /// Drops a job's results on the workers and forgets it (in the background).
     fn release(&self, job: u32) -> PyResult<()> {
         let client = self.client()?;

@@ -81,6 +81,32 @@ def test_as_completed_yields_a_quick_task_before_a_slow_one(client):
     assert first is quick
 
 
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_as_completed_yields_a_maps_futures_as_their_tasks_end():
+    # One map, one job: its quick tasks are yielded, with their results, while a slow one runs.
+    # A cluster of its own: tasks of other tests' released jobs may still hold the shared one's
+    # slots (releasing a job does not stop its running tasks).
+    with rdask.LocalCluster(n_workers=1, threads_per_worker=3) as cluster, rdask.Client(cluster) as client:
+        futures = client.map(nap, [0, 0, 4])
+        seen = []
+        for f in rdask.as_completed(futures, timeout=60):
+            seen.append(f.result(timeout=0))
+            if len(seen) == 2:
+                assert not futures[2].done(), "yielded only when the whole map ended"
+        assert seen == [0, 0, 4]
+
+
+def test_wait_returns_when_every_task_of_a_map_ended(client):
+    futures = client.map(nap, [0, 0.5])
+    done, not_done = rdask.wait(futures, timeout=60)
+    assert done == set(futures) and not not_done
+    assert client.gather(futures) == [0, 0.5]
+
+
 def test_futures_as_arguments_are_dependencies(client):
     a = client.submit(inc, 1)
     b = client.submit(add, a, 10)

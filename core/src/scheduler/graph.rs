@@ -160,6 +160,10 @@ pub(super) struct Job {
     pub(super) uniform_needs: Option<u32>,
     /// Whether its tasks' outcomes are journalled (a command array: see `journal.rs`).
     pub(super) journalled: bool,
+    /// The indices of its tasks in the order they ended, once a client asked
+    /// ([`Request::Ended`](crate::protocol::Request::Ended)); `None` before: nothing is spent
+    /// on jobs nobody follows. A task whose result was lost and recomputed is listed again.
+    pub(super) ended: Option<Vec<u32>>,
 }
 
 impl Job {
@@ -211,6 +215,12 @@ impl Scheduler {
         let (cpus, needs) = (u32::from(t.cpus), t.needs);
         *count_of(&mut job.counts, from) -= 1;
         *count_of(&mut job.counts, to) += 1;
+        if let Some(order) = &mut job.ended {
+            let ends = |s: State| matches!(s, State::Finished { .. } | State::Failed);
+            if ends(to) && !ends(from) {
+                order.push(id.index);
+            }
+        }
         match from {
             State::Assigned { worker } => {
                 // What it held of the worker's offer goes back (or went with the worker).

@@ -8,14 +8,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::protocol::{
-    ClientInfo, ClusterStatus, Counts, ErrorKind, EventKind, Holding, JobId, JobOutcome, JobSpec, JobStatus, JobTasks,
-    KindLoad, Needs, Refusal, RefusalKind, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient, WorkerId,
-    WorkerStatus,
+    ClientInfo, ClusterStatus, Counts, EndedPage, ErrorKind, EventKind, Holding, JobId, JobOutcome, JobSpec, JobStatus,
+    JobTasks, KindLoad, Needs, Refusal, RefusalKind, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient,
+    WorkerId, WorkerStatus,
 };
 
 use super::graph::{Job, State, Task, Tasks};
 use super::placement::NO_KIND;
 use super::{Command, ConnId, Notice, Peer, Record, Scheduler};
+use crate::protocol::ENDED_PAGE;
 
 impl Scheduler {
     pub(super) fn on_request(&mut self, conn: ConnId, req: u64, body: Request) {
@@ -39,6 +40,10 @@ impl Scheduler {
             Request::Status => Reply::Status(self.status()),
             Request::Events { after } => Reply::Events(self.events_after(after)),
             Request::Metrics { tasks_after } => Reply::Metrics(Box::new(self.metrics(tasks_after))),
+            Request::Ended { job, after } => match self.ended_page(job, after) {
+                None => Reply::NoSuchJob(job),
+                Some(page) => Reply::Ended(page),
+            },
             Request::Release(job) => {
                 if !self.jobs.contains_key(&job) {
                     Reply::NoSuchJob(job)
@@ -191,6 +196,7 @@ impl Scheduler {
             command_kind,
             uniform_needs,
             journalled,
+            ended: None,
         };
         self.jobs.insert(id, job);
         for r in references {
@@ -255,6 +261,50 @@ impl Scheduler {
                 self.release_job(job);
             }
         }
+    }
+
+    /// The tasks of `job` that ended, from the `after`-th on (see [`Request::Ended`]); starts
+    /// following the job on its first call.
+    fn ended_page(&mut self, job: JobId, after: u32) -> Option<EndedPage> {
+        let j = self.jobs.get_mut(&job)?;
+        let Job { tasks, ended, .. } = &mut *j;
+        ended.get_or_insert_with(|| {
+            let ends = |s: State| matches!(s, State::Finished { .. } | State::Failed);
+            tasks.iter().filter(|(_, t)| ends(t.state())).map(|(i, _)| i).collect()
+        });
+        let j = &self.jobs[&job];
+        let order = j.ended.as_deref().unwrap_or_default();
+        let from = (after as usize).min(order.len());
+        let to = (from + ENDED_PAGE as usize).min(order.len());
+        let (mut finished, mut failed) = (Vec::new(), Vec::new());
+        let mut by_worker: HashMap<WorkerId, Vec<u32>> = HashMap::new();
+        for &i in &order[from..to] {
+            let Some(t) = j.tasks.get(i) else { continue };
+            match t.state() {
+                State::Finished { holder } => {
+                    finished.push(i);
+                    if let (Some(w), true) = (holder, t.keep) {
+                        by_worker.entry(w).or_default().push(i);
+                    }
+                }
+                State::Failed => {
+                    let error = j.errors.iter().find(|(e, _)| *e == i).map(|(_, e)| e.clone());
+                    let unknown = || TaskError { kind: ErrorKind::Error, message: "failed (no reason kept)".into() };
+                    failed.push((i, error.unwrap_or_else(unknown)));
+                }
+                // Ended, then its result was lost: it is listed again when it ends again.
+                _ => {}
+            }
+        }
+        let mut holdings: Vec<Holding> = by_worker
+            .into_iter()
+            .filter_map(|(w, tasks)| {
+                let address = self.workers.get(&w)?.info.data_address.clone();
+                Some(Holding { worker: w, address, tasks })
+            })
+            .collect();
+        holdings.sort_by_key(|h| h.worker);
+        Some(EndedPage { next: to as u32, finished, holdings, failed, done: j.done() && to == order.len() })
     }
 
     fn outcome(&self, job: JobId) -> JobOutcome {

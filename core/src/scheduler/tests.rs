@@ -18,9 +18,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::placement::{DEPTH_LONG, DEPTH_SHORT};
 use super::{Command, Config, ConnId, Control, Event, Notice, Scheduler};
 use crate::protocol::{
-    self, AdaptSpec, Assignment, ClientInfo, ClusterStatus, CommandSpec, ControlRequest, Counts, ErrorKind, Finished,
-    Holding, JobId, JobOutcome, JobSpec, JobTasks, Needs, Offer, ProvisioningStatus, Refusal, RefusalKind, Reply,
-    Request, ScaleTarget, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, ToWorker, Work,
+    self, AdaptSpec, Assignment, ClientInfo, ClusterStatus, CommandSpec, ControlRequest, Counts, EndedPage, ErrorKind,
+    Finished, Holding, JobId, JobOutcome, JobSpec, JobTasks, Needs, Offer, ProvisioningStatus, Refusal, RefusalKind,
+    Reply, Request, ScaleTarget, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, ToWorker, Work,
     WorkerId, WorkerInfo,
 };
 
@@ -1284,3 +1284,64 @@ mod observe;
 
 #[path = "tests_restore.rs"]
 mod restore;
+
+fn ended_page(reply: Reply) -> EndedPage {
+    match reply {
+        Reply::Ended(p) => p,
+        other => panic!("expected Ended, got {other:?}"),
+    }
+}
+
+#[test]
+fn ended_lists_tasks_in_the_order_they_end_with_their_holders_and_failures() {
+    let mut sim = Sim::new();
+    let (c1, w1) = sim.connect_worker(2);
+    let client = sim.connect_client();
+    // Tasks 0 and 1 finish before anyone asks; 3 next; 2 fails by its worker's death.
+    let spec = JobSpec { max_attempts: 1, ..graph((0..4).map(|_| task(&[], true)).collect()) };
+    let job = sim.submit(client, spec);
+    assert_eq!(ids(&sim.computes(c1)), (0..4).map(|i| tid(job, i)).collect::<Vec<_>>());
+    sim.finish(c1, &[tid(job, 1), tid(job, 0)]);
+
+    let first = ended_page(sim.request(client, Request::Ended { job, after: 0 }));
+    let holding =
+        |w: WorkerId, c: ConnId, tasks: Vec<u32>| Holding { worker: w, address: format!("tcp://node:{c}"), tasks };
+    assert_eq!(first.next, 2);
+    assert_eq!(
+        first.finished.iter().collect::<HashSet<_>>(),
+        [0, 1].iter().collect(),
+        "what ended before the first ask"
+    );
+    assert!(first.failed.is_empty() && !first.done);
+    assert_eq!(first.holdings.len(), 1);
+    assert_eq!(first.holdings[0].worker, w1);
+    // Nothing new: an empty page at the same place.
+    let same = ended_page(sim.request(client, Request::Ended { job, after: first.next }));
+    assert_eq!((same.next, same.finished.len(), same.done), (2, 0, false));
+
+    sim.finish(c1, &[tid(job, 3)]);
+    let page = ended_page(sim.request(client, Request::Ended { job, after: 2 }));
+    assert_eq!((page.next, page.finished.clone(), page.done), (3, vec![3], false));
+    assert_eq!(page.holdings, vec![holding(w1, c1, vec![3])]);
+
+    // The worker dies with task 2 running (max_attempts 1: it fails) and the results of 0, 1, 3:
+    // those are recomputed on the next worker and listed again when they end again.
+    sim.disconnect(c1);
+    let (c2, w2) = sim.connect_worker(4);
+    let failed = ended_page(sim.request(client, Request::Ended { job, after: 3 }));
+    assert_eq!(failed.next, 4);
+    assert_eq!(
+        failed.failed.iter().map(|(i, e)| (*i, e.kind.clone())).collect::<Vec<_>>(),
+        vec![(2, ErrorKind::WorkerLost)]
+    );
+    assert!(!failed.done, "the lost results are being recomputed");
+    let redo = ids(&sim.computes(c2));
+    sim.finish(c2, &redo);
+    let last = ended_page(sim.request(client, Request::Ended { job, after: 4 }));
+    assert_eq!(last.finished.iter().collect::<HashSet<_>>(), [0, 1, 3].iter().collect());
+    assert_eq!(last.holdings.len(), 1);
+    assert_eq!(last.holdings[0].worker, w2);
+    assert!(last.done, "every task ended and was listed");
+    assert_eq!(last.next, 7);
+    assert!(matches!(sim.request(client, Request::Ended { job: JobId(999), after: 0 }), Reply::NoSuchJob(_)));
+}

@@ -33,6 +33,11 @@ class _Job:
         self.id = job_id
         self.results = {}
         self.failed = None
+        # Followed by ``as_completed`` before the job's end: how many ended tasks were seen,
+        # and those that failed.
+        self.cursor = 0
+        self.early_finished = set()
+        self.early_failed = {}
         # When the job's last future is gone, its results are dropped on the workers.
         self._finalizer = weakref.finalize(self, client._release_later, job_id)
 
@@ -48,9 +53,34 @@ class _Job:
     def done(self):
         return self.failed is not None or self.client._conn().done(self.id)
 
+    def ended(self, index):
+        """Whether task ``index`` is known to have ended (before the job, or with it)."""
+        return (
+            index in self.results
+            or index in self.early_finished
+            or index in self.early_failed
+            or self.failed is not None
+        )
+
+    def poll_ended(self, fetch):
+        """Takes the tasks that ended since the last call (with ``fetch``, their results too);
+        whether any did."""
+        if self.failed is not None:
+            return False
+        after, finished, results, failed, done = self.client._conn().ended(self.id, self.cursor, fetch)
+        self.cursor = after
+        self.early_finished.update(finished)
+        for i, data in results:
+            self.results.setdefault(i, data)
+        for i, kind, message in failed:
+            self.early_failed[i] = (kind, message)
+        if done and self.wait(0):
+            return True
+        return bool(finished or failed)
+
     def fetch(self, indices):
         """Fetches the results (messages) of ``indices`` not fetched yet."""
-        want = [i for i in indices if i not in self.results and i not in self.failed]
+        want = [i for i in indices if i not in self.results and i not in self.failed and i not in self.early_failed]
         if want:
             for i, data in zip(want, self.client._conn().fetch(self.id, want)):
                 self.results[i] = data
@@ -80,7 +110,7 @@ class Future:
 
     def done(self):
         """Whether the task ended (with a result or an error) or was cancelled."""
-        return self._cancelled or self._job.done()
+        return self._cancelled or self._job.ended(self._index) or self._job.done()
 
     def cancelled(self):
         return self._cancelled
@@ -93,10 +123,12 @@ class Future:
         """``(tag, value)`` of an ended task."""
         if self._cancelled:
             raise CancelledError(f"task {self.key} was cancelled")
-        if not self._job.wait(timeout):
+        job = self._job
+        have = self._index in job.results or self._index in job.early_failed
+        if not have and not job.wait(timeout):
             raise TimeoutError(f"task {self.key} did not end within {timeout} s")
         self._deps = []
-        failure = self._job.failed.get(self._index)
+        failure = job.early_failed.get(self._index) or (job.failed or {}).get(self._index)
         if failure is not None:
             kind, message = failure
             return _serialize.ERROR, (TaskError(f"task {self.key} {message}"), None)
@@ -370,34 +402,48 @@ class Client:
 
 
 def as_completed(futures, timeout=None):
-    """Yields ``futures`` as they end (a job's tasks together: a ``map``'s futures are one job)."""
+    """Yields ``futures`` as their tasks end, each with its result already fetched (a ``map``'s
+    futures one by one, as its tasks end, not when the whole map ended)."""
+    yield from _as_completed(futures, timeout, fetch=True)
+
+
+def _as_completed(futures, timeout, fetch):
     pending = list(futures)
     if not pending:
         return
     client = pending[0].client
     deadline = None if timeout is None else _now() + timeout
+    pause = _POLL_MIN
     while pending:
-        ready = [f for f in pending if f.cancelled() or f._job.failed is not None]
+        ready = [f for f in pending if f.cancelled() or f._job.ended(f._index)]
         if not ready:
-            left = None if deadline is None else max(0.0, deadline - _now())
-            jobs = list({f._job.id for f in pending})
-            ended = set(client._conn().wait(jobs, timeout=left, all=False))
-            if not ended:
+            jobs = {id(f._job): f._job for f in pending}.values()
+            if any([job.poll_ended(fetch) for job in jobs]):
+                pause = _POLL_MIN
+                continue
+            left = None if deadline is None else deadline - _now()
+            if left is not None and left <= 0:
                 raise TimeoutError(f"{len(pending)} of the futures did not end within {timeout} s")
-            for f in pending:
-                if f._job.id in ended:
-                    f._job.wait(0)
-            ready = [f for f in pending if f._job.id in ended]
+            # Until a job ends (its waiter wakes this at once) or it is time to look again.
+            client._conn().wait([job.id for job in jobs], timeout=pause if left is None else min(pause, left), all=False)
+            pause = min(2 * pause, _POLL_MAX)
+            continue
         ids = {id(f) for f in ready}
         pending = [f for f in pending if id(f) not in ids]
         yield from ready
+
+
+# How long ``as_completed`` waits before it asks again which tasks ended: from 1 ms, doubling
+# while nothing ends, up to 50 ms.
+_POLL_MIN = 0.001
+_POLL_MAX = 0.05
 
 
 def wait(futures, timeout=None):
     """Waits until every future is done; returns ``(done, not_done)`` sets."""
     fs = list(futures)
     try:
-        for _ in as_completed(fs, timeout=timeout):
+        for _ in _as_completed(fs, timeout, fetch=False):
             pass
     except TimeoutError:
         pass
