@@ -185,6 +185,13 @@ impl Job {
     }
 }
 
+impl State {
+    /// Whether a task in this state has ended: finished or failed for good.
+    pub(super) fn ended(self) -> bool {
+        matches!(self, State::Finished { .. } | State::Failed)
+    }
+}
+
 /// The count of a job's that a task in `state` is part of.
 pub(super) fn count_of(c: &mut Counts, state: State) -> &mut u32 {
     match state {
@@ -216,8 +223,7 @@ impl Scheduler {
         *count_of(&mut job.counts, from) -= 1;
         *count_of(&mut job.counts, to) += 1;
         if let Some(order) = &mut job.ended {
-            let ends = |s: State| matches!(s, State::Finished { .. } | State::Failed);
-            if ends(to) && !ends(from) {
+            if to.ended() && !from.ended() {
                 order.push(id.index);
             }
         }

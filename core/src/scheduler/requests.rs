@@ -268,10 +268,7 @@ impl Scheduler {
     fn ended_page(&mut self, job: JobId, after: u32) -> Option<EndedPage> {
         let j = self.jobs.get_mut(&job)?;
         let Job { tasks, ended, .. } = &mut *j;
-        ended.get_or_insert_with(|| {
-            let ends = |s: State| matches!(s, State::Finished { .. } | State::Failed);
-            tasks.iter().filter(|(_, t)| ends(t.state())).map(|(i, _)| i).collect()
-        });
+        ended.get_or_insert_with(|| tasks.iter().filter(|(_, t)| t.state().ended()).map(|(i, _)| i).collect());
         let j = &self.jobs[&job];
         let order = j.ended.as_deref().unwrap_or_default();
         let from = (after as usize).min(order.len());
@@ -296,6 +293,12 @@ impl Scheduler {
                 _ => {}
             }
         }
+        let holdings = self.holdings(by_worker);
+        Some(EndedPage { next: to as u32, finished, holdings, failed, done: j.done() && to == order.len() })
+    }
+
+    /// Where results are, from the tasks each worker holds, in worker order (a worker gone is left out).
+    fn holdings(&self, by_worker: HashMap<WorkerId, Vec<u32>>) -> Vec<Holding> {
         let mut holdings: Vec<Holding> = by_worker
             .into_iter()
             .filter_map(|(w, tasks)| {
@@ -304,7 +307,7 @@ impl Scheduler {
             })
             .collect();
         holdings.sort_by_key(|h| h.worker);
-        Some(EndedPage { next: to as u32, finished, holdings, failed, done: j.done() && to == order.len() })
+        holdings
     }
 
     fn outcome(&self, job: JobId) -> JobOutcome {
@@ -315,14 +318,7 @@ impl Scheduler {
                 by_worker.entry(w).or_default().push(i);
             }
         }
-        let mut holdings: Vec<Holding> = by_worker
-            .into_iter()
-            .filter_map(|(w, tasks)| {
-                let address = self.workers.get(&w)?.info.data_address.clone();
-                Some(Holding { worker: w, address, tasks })
-            })
-            .collect();
-        holdings.sort_by_key(|h| h.worker);
+        let holdings = self.holdings(by_worker);
         // Arrays report their own indices (RDASK_TASK_ID); graphs report task indices.
         let mut failed: Vec<_> = j.errors.iter().map(|(i, e)| (j.array_id(*i), e.clone())).collect();
         failed.sort_by_key(|(i, _)| *i);
