@@ -158,7 +158,7 @@ pub(super) struct Job {
     pub(super) command_kind: u32,
     /// The needs of all its tasks, when they all need the same (an array's always do).
     pub(super) uniform_needs: Option<u32>,
-    /// Whether its tasks' outcomes are journalled (a command array: see `journal.rs`).
+    /// Whether it and its tasks' outcomes are journalled (see `journal.rs`).
     pub(super) journalled: bool,
 }
 

@@ -261,6 +261,8 @@ pub struct Scheduler {
     restoring: bool,
     /// A restored scheduler's adoption window, while open.
     adopting: Option<journal::Adopting>,
+    /// Until when restored jobs wait for a client to claim them (see `journal.rs`).
+    unclaimed_until: Option<Instant>,
 }
 
 impl Scheduler {
@@ -289,6 +291,7 @@ impl Scheduler {
             observed: Observed::default(),
             restoring: false,
             adopting: None,
+            unclaimed_until: None,
         }
     }
 
@@ -303,7 +306,7 @@ impl Scheduler {
         let heartbeats = self.workers.values().map(|w| w.last_seen + self.config.heartbeat_timeout);
         let lifetimes = self.workers.values().filter(|w| !w.retiring).filter_map(|w| w.ends_at);
         let adoption = self.adopting.as_ref().map(|a| a.until);
-        heartbeats.chain(lifetimes).chain(adoption).min()
+        heartbeats.chain(lifetimes).chain(adoption).chain(self.unclaimed_until).min()
     }
 
     /// Number of connected workers.
@@ -330,6 +333,9 @@ impl Scheduler {
         }
         if self.adopting.is_some() {
             self.close_adoption_if_due(now);
+        }
+        if self.unclaimed_until.is_some() {
+            self.release_unclaimed_if_due(now);
         }
         self.schedule();
         if self.retiring > 0 {

@@ -19,6 +19,9 @@ use super::{Command, ConnId, Notice, Peer, Record, Scheduler};
 
 impl Scheduler {
     pub(super) fn on_request(&mut self, conn: ConnId, req: u64, body: Request) {
+        if let Request::Wait(job) | Request::Progress(job) = &body {
+            self.claim(*job, conn);
+        }
         let reply = match body {
             Request::Submit(spec) => match self.submit(conn, *spec) {
                 Ok(id) => Reply::Submitted(id),
@@ -26,7 +29,7 @@ impl Scheduler {
             },
             Request::Wait(job) => match self.jobs.get_mut(&job) {
                 None => Reply::NoSuchJob(job),
-                Some(j) if !j.done() => {
+                Some(j) if !j.done() || self.adopting.as_ref().is_some_and(|a| a.jobs.contains(&job)) => {
                     j.waiters.push((conn, req));
                     return;
                 }
@@ -102,6 +105,7 @@ impl Scheduler {
 
     pub(super) fn submit_checked(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, String> {
         let id = JobId(self.next_job);
+        let journalled = self.config.journal && super::journal::journalled(&spec);
         let mut references = Vec::new();
         let (tasks, array) = match spec.tasks {
             JobTasks::Array { ranges, cpus, needs } => {
@@ -171,7 +175,6 @@ impl Scheduler {
         let func_kinds = spec.functions.iter().map(|f| self.kind_named(f.clone())).collect();
         let command_kind =
             if spec.command.is_some() { self.kind_named(format!("command:{}", spec.name)) } else { NO_KIND };
-        let journalled = self.config.journal && array.is_some() && spec.command.is_some();
         let job = Job {
             spec_name: spec.name,
             functions: spec.functions,
