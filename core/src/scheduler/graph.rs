@@ -259,7 +259,7 @@ impl Scheduler {
             }
             self.set_state(f.id, State::Finished { holder: holds.then_some(w) });
             if self.jobs[&f.id.job].journalled {
-                self.journal(Record::Ended { task: f.id, error: None });
+                self.journal_finished(f.id);
             }
             self.after_finish(f.id);
             if self.jobs[&f.id.job].done() {

@@ -44,19 +44,34 @@ use crate::protocol::{JobId, JobSpec, JobTasks, Resume, TaskBody, TaskError, Tas
 /// One entry of the scheduler's journal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
-    /// A job was accepted as `job`.
+    /// A job was accepted as `job` (written by earlier versions; read, never written now).
     Submitted {
         /// Its id.
         job: JobId,
         /// What was submitted.
         spec: Box<JobSpec>,
     },
+    /// A job was accepted as `job`: its spec, encoded compactly (a graph's tasks are most of
+    /// a journal's bytes, and writing them is on the scheduler's path).
+    Accepted {
+        /// Its id.
+        job: JobId,
+        /// What was submitted.
+        spec: EncodedSpec,
+    },
+    /// Tasks of a journalled job finished (one record per job and driver turn).
+    Finished {
+        /// Their job.
+        job: JobId,
+        /// Their indexes.
+        tasks: Vec<u32>,
+    },
     /// A job that is not restored (a graph too large to journal) had this id: no later job gets it.
     Numbered {
         /// Its id.
         job: JobId,
     },
-    /// A task of a journalled job ended for good: finished (`error: None`) or failed.
+    /// A task of a journalled job ended: finished (`error: None`) or failed.
     Ended {
         /// The task.
         task: TaskId,
@@ -78,6 +93,54 @@ pub enum Record {
         /// Its id.
         worker: WorkerId,
     },
+}
+
+/// A job's spec as the journal holds it: postcard, written as a hex string (a JSON line stays
+/// one line of text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedSpec(pub Vec<u8>);
+
+impl EncodedSpec {
+    /// Encodes `spec`.
+    pub fn encode(spec: &JobSpec) -> EncodedSpec {
+        EncodedSpec(postcard::to_stdvec(spec).expect("a job spec encodes"))
+    }
+
+    /// The spec, or why it cannot be read.
+    pub fn decode(&self) -> Result<JobSpec, postcard::Error> {
+        postcard::from_bytes(&self.0)
+    }
+}
+
+impl Serialize for EncodedSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(self.0.len() * 2);
+        for b in &self.0 {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+        s.serialize_str(&out)
+    }
+}
+
+impl<'de> Deserialize<'de> for EncodedSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EncodedSpec, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            _ => Err(serde::de::Error::custom("a job spec is written in lowercase hex digits")),
+        };
+        if text.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("a job spec's hex digits come in pairs"));
+        }
+        text.as_bytes()
+            .chunks(2)
+            .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
+            .collect::<Result<_, _>>()
+            .map(EncodedSpec)
+    }
 }
 
 /// A journalled job, folded: its spec and the outcomes of its tasks that ended.
@@ -112,6 +175,22 @@ impl Restored {
                     r.last_job = r.last_job.max(job.0);
                     r.jobs.insert(job, RestoredJob { spec, ended: BTreeMap::new() });
                 }
+                Record::Accepted { job, spec } => {
+                    r.last_job = r.last_job.max(job.0);
+                    match spec.decode() {
+                        Ok(spec) => {
+                            r.jobs.insert(job, RestoredJob { spec: Box::new(spec), ended: BTreeMap::new() });
+                        }
+                        Err(e) => {
+                            tracing::error!(%job, "cannot read the job's spec in the journal ({e}): not restored")
+                        }
+                    }
+                }
+                Record::Finished { job, tasks } => {
+                    if let Some(j) = r.jobs.get_mut(&job) {
+                        j.ended.extend(tasks.into_iter().map(|t| (t, None)));
+                    }
+                }
                 Record::Numbered { job } => r.last_job = r.last_job.max(job.0),
                 Record::Ended { task, error } => {
                     if let Some(j) = r.jobs.get_mut(&task.job) {
@@ -140,9 +219,15 @@ impl Restored {
             out.push(Record::Numbered { job: JobId(self.last_job) });
         }
         for (id, j) in &self.jobs {
-            out.push(Record::Submitted { job: *id, spec: j.spec.clone() });
+            out.push(Record::Accepted { job: *id, spec: EncodedSpec::encode(&j.spec) });
+            let finished: Vec<u32> = j.ended.iter().filter(|(_, e)| e.is_none()).map(|(i, _)| *i).collect();
+            if !finished.is_empty() {
+                out.push(Record::Finished { job: *id, tasks: finished });
+            }
             for (index, error) in &j.ended {
-                out.push(Record::Ended { task: TaskId { job: *id, index: *index }, error: error.clone() });
+                if let Some(e) = error {
+                    out.push(Record::Ended { task: TaskId { job: *id, index: *index }, error: Some(e.clone()) });
+                }
             }
         }
         if self.last_worker > 0 && !self.workers.contains(&WorkerId(self.last_worker)) {
@@ -398,5 +483,27 @@ impl Scheduler {
         if self.config.journal && !self.restoring {
             self.commands.push(Command::Journal(record));
         }
+    }
+
+    /// Notes that a journalled job's task finished: journalled at the end of the event, in
+    /// one [`Record::Finished`] per job (the driver writes a turn's records before it acts on
+    /// any of its commands, so where in the turn they are does not matter).
+    pub(super) fn journal_finished(&mut self, task: TaskId) {
+        if self.config.journal && !self.restoring {
+            self.finished_unjournalled.push(task);
+        }
+    }
+
+    /// Emits the records of the tasks noted by [`Scheduler::journal_finished`].
+    pub(super) fn flush_finished(&mut self) {
+        let mut tasks = std::mem::take(&mut self.finished_unjournalled);
+        tasks.sort_unstable();
+        for run in tasks.chunk_by(|a, b| a.job == b.job) {
+            let job = run[0].job;
+            self.commands
+                .push(Command::Journal(Record::Finished { job, tasks: run.iter().map(|t| t.index).collect() }));
+        }
+        tasks.clear();
+        self.finished_unjournalled = tasks;
     }
 }

@@ -61,7 +61,7 @@ mod check;
 mod tests;
 
 use graph::Job;
-pub use journal::{Record, Restored, RestoredJob};
+pub use journal::{EncodedSpec, Record, Restored, RestoredJob};
 use observe::Observed;
 pub use observe::{EVENTS_KEPT, TASKS_KEPT};
 use placement::{KindStats, SHORT_TASK_US};
@@ -263,6 +263,8 @@ pub struct Scheduler {
     adopting: Option<journal::Adopting>,
     /// Until when restored jobs wait for a client to claim them (see `journal.rs`).
     unclaimed_until: Option<Instant>,
+    /// Journalled tasks that finished during this event, not journalled yet.
+    finished_unjournalled: Vec<TaskId>,
 }
 
 impl Scheduler {
@@ -292,6 +294,7 @@ impl Scheduler {
             restoring: false,
             adopting: None,
             unclaimed_until: None,
+            finished_unjournalled: Vec::new(),
         }
     }
 
@@ -340,6 +343,9 @@ impl Scheduler {
         self.schedule();
         if self.retiring > 0 {
             self.progress_retirements();
+        }
+        if !self.finished_unjournalled.is_empty() {
+            self.flush_finished();
         }
         let mut releases: Vec<_> = self.releases.drain().collect();
         releases.sort_by_key(|(w, _)| *w);

@@ -93,11 +93,11 @@ impl Scheduler {
             return Err(Refusal::new(RefusalKind::ShuttingDown, "the cluster is shutting down"));
         }
         let journalled = self.config.journal && super::journal::journalled(&spec);
-        let record = journalled.then(|| Box::new(spec.clone()));
+        let record = journalled.then(|| super::journal::EncodedSpec::encode(&spec));
         let id = self.submit_checked(owner, spec).map_err(|e| Refusal::new(RefusalKind::Invalid, e))?;
         // Before the reply that follows: a client is never told of a job that is not on record.
         self.journal(match record {
-            Some(spec) => Record::Submitted { job: id, spec },
+            Some(spec) => Record::Accepted { job: id, spec },
             None => Record::Numbered { job: id },
         });
         Ok(id)

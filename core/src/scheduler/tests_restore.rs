@@ -61,10 +61,17 @@ fn a_restarted_scheduler_keeps_what_ended_and_adopts_what_workers_still_run() {
     let records = sim.journal();
     assert!(matches!(
         &records[..],
-        [Record::WorkerJoined { .. }, Record::WorkerJoined { .. }, Record::Submitted { .. }, ..]
+        [Record::WorkerJoined { .. }, Record::WorkerJoined { .. }, Record::Accepted { .. }, ..]
     ));
-    let ended = records.iter().filter(|r| matches!(r, Record::Ended { .. })).count();
-    assert_eq!(ended, first.len(), "one Ended record per task that ended, no more");
+    let ended: usize = records
+        .iter()
+        .map(|r| match r {
+            Record::Ended { .. } => 1,
+            Record::Finished { tasks, .. } => tasks.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(ended, first.len(), "each task that ended is on record once, no more");
 
     let mut sim = Sim::restarted(records, sim.now + Duration::from_secs(1));
     let client = sim.connect_client();
@@ -241,7 +248,7 @@ fn a_restored_graph_keeps_the_results_a_returning_worker_holds_and_recomputes_a_
     assert_ne!(keeper, lost, "m0 and m1 went to different workers (inputs where they are)");
     let records = sim.journal();
     assert!(
-        records.iter().any(|r| matches!(r, Record::Submitted { job: j, .. } if *j == job)),
+        records.iter().any(|r| matches!(r, Record::Accepted { job: j, .. } if *j == job)),
         "a graph is journalled with its spec"
     );
 
@@ -330,4 +337,41 @@ fn a_restored_job_released_on_disconnect_belongs_to_the_first_client_that_asks_o
     assert_eq!(sim.progress(other, claimed).finished, 7, "claimed by the client that asked first");
     sim.disconnect(owner);
     assert_eq!(sim.request(other, Request::Progress(claimed)), Reply::NoSuchJob(claimed), "released with its owner");
+}
+
+proptest::proptest! {
+    #[test]
+    fn an_encoded_spec_reads_back_from_its_journal_line(bytes: Vec<u8>) {
+        let spec = crate::scheduler::EncodedSpec(bytes);
+        let line = serde_json::to_string(&spec).expect("encodes");
+        proptest::prop_assert_eq!(serde_json::from_str::<crate::scheduler::EncodedSpec>(&line).expect("decodes"), spec);
+    }
+
+    #[test]
+    fn a_spec_that_is_not_pairs_of_lowercase_hex_digits_is_refused(text in "[0-9a-zA-Z]{0,9}") {
+        let ok = text.len() % 2 == 0 && text.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+        let read = serde_json::from_str::<crate::scheduler::EncodedSpec>(&format!("\"{text}\""));
+        proptest::prop_assert_eq!(read.is_ok(), ok);
+    }
+}
+
+#[test]
+fn a_journal_written_by_an_earlier_version_is_read_and_compacts_to_the_same() {
+    let (job, spec) = (JobId(4), array(vec![(1, 3)], 1));
+    let old = [
+        Record::Submitted { job, spec: Box::new(spec.clone()) },
+        Record::Ended { task: tid(job, 0), error: None },
+        Record::Ended {
+            task: tid(job, 2),
+            error: Some(TaskError { kind: ErrorKind::ExitCode(2), message: "x".into() }),
+        },
+    ];
+    let lines: Vec<String> = old.iter().map(|r| serde_json::to_string(r).expect("encodes")).collect();
+    let read: Vec<Record> = lines.iter().map(|l| serde_json::from_str(l).expect("decodes")).collect();
+    let restored = Restored::fold(read);
+    assert_eq!(*restored.jobs[&job].spec, spec);
+    assert_eq!(restored.jobs[&job].ended.len(), 2);
+    let compacted = restored.records();
+    assert!(matches!(compacted[0], Record::Accepted { .. }), "compaction writes the current form");
+    assert_eq!(Restored::fold(compacted), restored);
 }
