@@ -4,15 +4,17 @@
 //! With [`Config::journal`](super::Config::journal) the scheduler emits a
 //! [`Command::Journal`](super::Command::Journal) record for each change a restart must know:
 //! a job submitted (its spec, once: a command array's command and ranges, a graph's function
-//! names, arguments and dependencies), each of its tasks ending (with the error, if any), a
-//! job released, a worker joining or leaving. What is journalled per task is bounded: its
-//! part of the spec, then one `Ended` record each time it ends; results never are (they live
-//! on workers). A graph whose arguments exceed [`MAX_JOURNALLED_ARGS`] is not journalled, only
-//! its number (so ids are never reused): a restart does not restore it. The driver appends the
-//! records before it carries out the commands that follow them, so a client's `Submitted`
-//! reply is never sent before its job is on record.
+//! names, arguments and dependencies, as postcard: [`Record::Accepted`]), each of its tasks
+//! ending (those that finished in one event together, [`Record::Finished`]; each failure with
+//! its error, [`Record::Ended`]), a job released, a worker joining or leaving. What is
+//! journalled per task is bounded: its part of the spec, then its index each time it ends;
+//! results never are (they live on workers). A graph whose arguments exceed
+//! [`MAX_JOURNALLED_ARGS`] is not journalled, only its number (so ids are never reused): a
+//! restart does not restore it. The driver appends the records before it carries out the
+//! commands that follow them, so a client's `Submitted` reply is never sent before its job is
+//! on record.
 //!
-//! A function task's `Ended` says that its result existed, not where: a restored scheduler
+//! A function task's `Finished` says that its result existed, not where: a restored scheduler
 //! takes it as finished with its result lost, until a returning worker says it holds it
 //! (`Resume::held`). When the window closes, the results nobody claimed and that are still
 //! wanted (kept for the client, or an input of a task still to run) are recomputed exactly as
