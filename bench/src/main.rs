@@ -306,7 +306,8 @@ async fn command_round(c: &Client, spec: &rdask::protocol::CommandSpec, n: u32) 
 }
 
 /// Throughput with the scheduler journalling (as `rdask-jobqueue`'s always does) against
-/// without: command arrays (journalled per task) and function graphs (only their id), on two
+/// without: command arrays and function graphs (each journalled: its spec once, then every
+/// task's end), on two
 /// clusters of the same shape, in alternating rounds.
 async fn journal(quick: bool) -> R<Value> {
     let (cmd_n, fn_n, pairs) = if quick { (3_000u32, 50_000usize, 3) } else { (5_000, 100_000, 5) };

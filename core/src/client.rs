@@ -114,6 +114,7 @@ pub struct Graph {
     tasks: Vec<TaskSpec>,
     has_dependents: Vec<bool>,
     max_attempts: Option<u8>,
+    keep_after_disconnect: bool,
 }
 
 impl Graph {
@@ -179,6 +180,14 @@ impl Graph {
         self.max_attempts = Some(n);
     }
 
+    /// Keeps the job when the submitting client disconnects (by default it is released then):
+    /// a client started again, or another one, can wait for it and gather it by its id
+    /// (`Job { id }`), and must release it ([`Client::release`]). A scheduler restored from
+    /// its journal keeps such a job too, however long its client takes to come back.
+    pub fn keep_after_disconnect(&mut self) {
+        self.keep_after_disconnect = true;
+    }
+
     /// Number of tasks.
     pub fn len(&self) -> usize {
         self.tasks.len()
@@ -199,7 +208,7 @@ impl Graph {
             command: None,
             tasks: JobTasks::Graph(self.tasks),
             max_attempts: self.max_attempts.unwrap_or(3),
-            release_on_disconnect: true,
+            release_on_disconnect: !self.keep_after_disconnect,
         }
     }
 }

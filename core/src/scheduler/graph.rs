@@ -158,7 +158,7 @@ pub(super) struct Job {
     pub(super) command_kind: u32,
     /// The needs of all its tasks, when they all need the same (an array's always do).
     pub(super) uniform_needs: Option<u32>,
-    /// Whether its tasks' outcomes are journalled (a command array: see `journal.rs`).
+    /// Whether it and its tasks' outcomes are journalled (see `journal.rs`).
     pub(super) journalled: bool,
     /// The indices of its tasks in the order they ended, once a client asked
     /// ([`Request::Ended`](crate::protocol::Request::Ended)); `None` before: nothing is spent
@@ -275,7 +275,7 @@ impl Scheduler {
             }
             self.set_state(f.id, State::Finished { holder: holds.then_some(w) });
             if self.jobs[&f.id.job].journalled {
-                self.journal(Record::Ended { task: f.id, error: None });
+                self.journal_finished(f.id);
             }
             self.after_finish(f.id);
             if self.jobs[&f.id.job].done() {

@@ -61,7 +61,7 @@ mod check;
 mod tests;
 
 use graph::Job;
-pub use journal::{Record, Restored, RestoredJob};
+pub use journal::{EncodedSpec, Record, Restored, RestoredJob};
 use observe::Observed;
 pub use observe::{EVENTS_KEPT, TASKS_KEPT};
 use placement::{KindStats, SHORT_TASK_US};
@@ -261,6 +261,10 @@ pub struct Scheduler {
     restoring: bool,
     /// A restored scheduler's adoption window, while open.
     adopting: Option<journal::Adopting>,
+    /// Until when restored jobs wait for a client to claim them (see `journal.rs`).
+    unclaimed_until: Option<Instant>,
+    /// Journalled tasks that finished during this event, not journalled yet.
+    finished_unjournalled: Vec<TaskId>,
 }
 
 impl Scheduler {
@@ -289,6 +293,8 @@ impl Scheduler {
             observed: Observed::default(),
             restoring: false,
             adopting: None,
+            unclaimed_until: None,
+            finished_unjournalled: Vec::new(),
         }
     }
 
@@ -303,7 +309,7 @@ impl Scheduler {
         let heartbeats = self.workers.values().map(|w| w.last_seen + self.config.heartbeat_timeout);
         let lifetimes = self.workers.values().filter(|w| !w.retiring).filter_map(|w| w.ends_at);
         let adoption = self.adopting.as_ref().map(|a| a.until);
-        heartbeats.chain(lifetimes).chain(adoption).min()
+        heartbeats.chain(lifetimes).chain(adoption).chain(self.unclaimed_until).min()
     }
 
     /// Number of connected workers.
@@ -331,9 +337,15 @@ impl Scheduler {
         if self.adopting.is_some() {
             self.close_adoption_if_due(now);
         }
+        if self.unclaimed_until.is_some() {
+            self.release_unclaimed_if_due(now);
+        }
         self.schedule();
         if self.retiring > 0 {
             self.progress_retirements();
+        }
+        if !self.finished_unjournalled.is_empty() {
+            self.flush_finished();
         }
         let mut releases: Vec<_> = self.releases.drain().collect();
         releases.sort_by_key(|(w, _)| *w);

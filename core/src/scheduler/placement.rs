@@ -58,6 +58,12 @@ impl Scheduler {
         let mut skipped = VecDeque::new();
         while !room.is_empty() {
             let Some(id) = self.ready.pop_front() else { break };
+            if self.adopting.is_some()
+                && self.task(id).is_some_and(|t| t.state() == State::Ready)
+                && self.park_if_adopting(id)
+            {
+                continue;
+            }
             let Some(t) = self.task(id) else { continue };
             if t.state() != State::Ready {
                 continue;

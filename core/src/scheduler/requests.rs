@@ -20,6 +20,9 @@ use crate::protocol::ENDED_PAGE;
 
 impl Scheduler {
     pub(super) fn on_request(&mut self, conn: ConnId, req: u64, body: Request) {
+        if let Request::Wait(job) | Request::Progress(job) = &body {
+            self.claim(*job, conn);
+        }
         let reply = match body {
             Request::Submit(spec) => match self.submit(conn, *spec) {
                 Ok(id) => Reply::Submitted(id),
@@ -27,7 +30,7 @@ impl Scheduler {
             },
             Request::Wait(job) => match self.jobs.get_mut(&job) {
                 None => Reply::NoSuchJob(job),
-                Some(j) if !j.done() => {
+                Some(j) if !j.done() || self.adopting.as_ref().is_some_and(|a| a.jobs.contains(&job)) => {
                     j.waiters.push((conn, req));
                     return;
                 }
@@ -95,11 +98,11 @@ impl Scheduler {
             return Err(Refusal::new(RefusalKind::ShuttingDown, "the cluster is shutting down"));
         }
         let journalled = self.config.journal && super::journal::journalled(&spec);
-        let record = journalled.then(|| Box::new(spec.clone()));
+        let record = journalled.then(|| super::journal::EncodedSpec::encode(&spec));
         let id = self.submit_checked(owner, spec).map_err(|e| Refusal::new(RefusalKind::Invalid, e))?;
         // Before the reply that follows: a client is never told of a job that is not on record.
         self.journal(match record {
-            Some(spec) => Record::Submitted { job: id, spec },
+            Some(spec) => Record::Accepted { job: id, spec },
             None => Record::Numbered { job: id },
         });
         Ok(id)
@@ -107,6 +110,7 @@ impl Scheduler {
 
     pub(super) fn submit_checked(&mut self, owner: ConnId, spec: JobSpec) -> Result<JobId, String> {
         let id = JobId(self.next_job);
+        let journalled = self.config.journal && super::journal::journalled(&spec);
         let mut references = Vec::new();
         let (tasks, array) = match spec.tasks {
             JobTasks::Array { ranges, cpus, needs } => {
@@ -176,7 +180,6 @@ impl Scheduler {
         let func_kinds = spec.functions.iter().map(|f| self.kind_named(f.clone())).collect();
         let command_kind =
             if spec.command.is_some() { self.kind_named(format!("command:{}", spec.name)) } else { NO_KIND };
-        let journalled = self.config.journal && array.is_some() && spec.command.is_some();
         let job = Job {
             spec_name: spec.name,
             functions: spec.functions,
