@@ -403,8 +403,12 @@ impl<'a> SimCluster<'a> {
         match cmd {
             Command::ToWorker(conn, msg) => {
                 let msg = wire(self.config.wire, msg);
-                if let ToWorker::Compute(list) = &msg {
-                    self.report.decisions += list.len() as u64;
+                match &msg {
+                    ToWorker::Compute(list) => self.report.decisions += list.len() as u64,
+                    // Nothing a simulated worker acts on: not queued (10,000 workers joining
+                    // are 50M `Peers` messages).
+                    ToWorker::Peers(_) | ToWorker::Ack | ToWorker::Command(..) => return,
+                    _ => {}
                 }
                 let w = (conn - 2) as usize;
                 let latency = self.config.latency;
