@@ -35,7 +35,7 @@
 
 #![deny(clippy::disallowed_methods)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 // The ids hashed here are the scheduler's own small integers: Fx hashing (rustc-hash) costs a
 // fraction of SipHash on the per-task paths, and needs no protection from chosen keys.
@@ -233,6 +233,12 @@ pub struct Scheduler {
     workers: FxHashMap<WorkerId, Worker>,
     jobs: FxHashMap<JobId, Job>,
     ready: VecDeque<TaskId>,
+    /// Every worker that may have room for a task (a superset, in id order: `schedule` drops the
+    /// full, retiring and expired ones it meets), so that placing costs those, not all workers.
+    /// A worker enters when it registers and whenever a task leaves it (`set_state`).
+    open: BTreeSet<WorkerId>,
+    /// The queue depth `open` was kept for; when the depth changes, every worker is open again.
+    open_depth: u32,
     next_worker: u32,
     next_job: u32,
     /// Mean task duration, exponentially weighted, in microseconds.
@@ -272,6 +278,8 @@ impl Scheduler {
             workers: FxHashMap::default(),
             jobs: FxHashMap::default(),
             ready: VecDeque::new(),
+            open: BTreeSet::new(),
+            open_depth: 0,
             next_worker: 1,
             next_job: 1,
             mean_duration_us: SHORT_TASK_US * 10.0,

@@ -37,25 +37,41 @@ pub(super) const SHORT_TASK_US: f64 = 2_000.0;
 
 impl Scheduler {
     /// Hands ready tasks to workers with room, preferring the worker that holds the most input bytes.
+    ///
+    /// Costs the tasks placed and the workers that may have room (`Scheduler::open`), not a scan
+    /// of every worker: at 10,000 workers, a scan per event was most of the scheduler's time.
     pub(super) fn schedule(&mut self) {
         if self.ready.is_empty() || self.workers.is_empty() {
             return;
         }
         let depth = if self.mean_duration_us < SHORT_TASK_US { DEPTH_SHORT } else { DEPTH_LONG };
-        // (worker, room left in CPUs, slots)
+        if depth != self.open_depth {
+            // Every worker's room changed with the depth.
+            self.open = self.workers.keys().copied().collect();
+            self.open_depth = depth;
+        }
         let now = self.now.expect("set by handle");
-        let mut room: Vec<(WorkerId, u32, u32)> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| !w.retiring && w.ends_at.is_none_or(|e| e > now))
-            .map(|(id, w)| (*id, (w.slots() * depth).saturating_sub(w.used), w.slots()))
-            .filter(|(_, r, _)| *r > 0)
-            .collect();
-        room.sort();
-        let mortal = self.workers.values().any(|w| w.ends_at.is_some());
+        // (worker, room left in CPUs, slots), in the order of their ids; those without room leave `open`.
+        let mut room: Vec<(WorkerId, u32, u32)> = Vec::new();
+        let mut closed = Vec::new();
+        for id in &self.open {
+            match self.workers.get(id) {
+                Some(w) if !w.retiring && w.ends_at.is_none_or(|e| e > now) && w.slots() * depth > w.used => {
+                    room.push((*id, w.slots() * depth - w.used, w.slots()));
+                }
+                _ => closed.push(*id),
+            }
+        }
+        for id in closed {
+            self.open.remove(&id);
+        }
+        let mortal = room.iter().any(|(w, ..)| self.workers[w].ends_at.is_some());
+        // Where each worker is in `room` (full ones are swapped out).
+        let mut at: FxHashMap<WorkerId, usize> = room.iter().enumerate().map(|(k, (w, ..))| (*w, k)).collect();
         let mut batches: FxHashMap<WorkerId, Vec<Assignment>> = FxHashMap::default();
         let mut next = 0usize;
         let mut skipped = VecDeque::new();
+        let mut holders: Vec<(WorkerId, u64)> = Vec::new();
         while !room.is_empty() {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(t) = self.task(id) else { continue };
@@ -79,27 +95,32 @@ impl Scheduler {
                     worker.ends_at.is_none_or(|e| now + expected <= e)
                 }
             };
+            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2) && lives(&room[k].0) && has(&room[k].0);
             let mut best: Option<usize> = None;
             if !t.deps.is_empty() {
+                // The holders of its inputs and the bytes each holds; among those with room, the
+                // one with the most (the first in `room` on a tie), else the first with room.
+                holders.clear();
+                for dt in t.deps.iter().filter_map(|d| self.task(*d)) {
+                    let Some(h) = dt.state().worker() else { continue };
+                    match holders.iter_mut().find(|(w, _)| *w == h) {
+                        Some((_, bytes)) => *bytes += dt.size.max(1),
+                        None => holders.push((h, dt.size.max(1))),
+                    }
+                }
                 let mut best_bytes = 0u64;
-                for (k, (w, r, slots)) in room.iter().enumerate() {
-                    if *r < cpus.min(*slots) || !lives(w) || !has(w) {
+                for &(h, bytes) in &holders {
+                    let Some(&k) = at.get(&h) else { continue };
+                    if !fits(k) {
                         continue;
                     }
-                    let bytes: u64 = t
-                        .deps
-                        .iter()
-                        .filter_map(|d| self.task(*d))
-                        .filter(|dt| dt.state().worker() == Some(*w))
-                        .map(|dt| dt.size.max(1))
-                        .sum();
-                    if best.is_none() || bytes > best_bytes {
+                    if best.is_none_or(|b| bytes > best_bytes || bytes == best_bytes && k < b) {
                         best = Some(k);
                         best_bytes = bytes;
                     }
                 }
+                best = best.or_else(|| (0..room.len()).find(|&k| fits(k)));
             }
-            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2) && lives(&room[k].0) && has(&room[k].0);
             let slot = best.or_else(|| (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| fits(k)));
             let Some(k) = slot else {
                 // No worker has room for this many CPUs now; keep it for later.
@@ -114,6 +135,11 @@ impl Scheduler {
             room[k].1 -= cpus.min(room[k].2);
             if room[k].1 == 0 {
                 room.swap_remove(k);
+                at.remove(&w);
+                self.open.remove(&w);
+                if let Some((moved, ..)) = room.get(k) {
+                    at.insert(*moved, k);
+                }
             }
             let assignment = self.assign(id, w);
             batches.entry(w).or_default().push(assignment);
