@@ -602,6 +602,15 @@ impl<'a> SimCluster<'a> {
         worker.busy = 0;
     }
 
+    /// The simulated worker that has scheduler id `id` (ids are given in registration order, from 1).
+    fn worker_index(&self, id: WorkerId) -> Option<usize> {
+        let guess = (id.0 as usize).wrapping_sub(1);
+        match self.workers.get(guess) {
+            Some(w) if w.id == id => Some(guess),
+            _ => self.workers.iter().position(|w| w.id == id),
+        }
+    }
+
     fn job_index(&self, job: JobId) -> usize {
         // Jobs are numbered in submission order from the first one's id.
         (job.0 - self.jobs[0].id.0) as usize
@@ -650,7 +659,7 @@ impl<'a> SimCluster<'a> {
                 if holder == self.workers[w].id || holder == WorkerId(0) {
                     continue;
                 }
-                let from = self.workers.iter().position(|x| x.id == holder).filter(|&k| self.workers[k].alive);
+                let from = self.worker_index(holder).filter(|&k| self.workers[k].alive);
                 match from {
                     Some(k) if self.workers[k].held.contains(&input) => {
                         fetch += workload.jobs[self.job_index(input.job)].shape.size(input.index);

@@ -26,6 +26,8 @@
 //! - a `Finished` task's result is on its `holder`, a live worker whose `holds` lists it, unless that
 //!   is `None` (released or lost, or a command task's, which leaves none);
 //! - so losing a worker costs the tasks on it, not a scan of all tasks;
+//! - every worker with room for a task is in `open`, so placing costs the workers looked at,
+//!   not a scan of all workers;
 //! - `missing` of a `Waiting` task counts its inputs that are not available;
 //! - a result that a task still needs is never released, and a lost one is recomputed;
 //! - a retiring worker gets no new task; it is told to stop only once idle and after the

@@ -7,9 +7,10 @@
 //! or a command job's name).
 
 use std::collections::VecDeque;
+use std::ops::Bound;
 
 use rustc_hash::FxHashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::protocol::{Assignment, JobId, TaskBody, TaskId, ToWorker, Work, WorkerId};
 
@@ -35,11 +36,110 @@ pub(super) const DEPTH_LONG: u32 = 2;
 /// Tasks shorter than this on average are "short": queueing many of them hides round trips.
 pub(super) const SHORT_TASK_US: f64 = 2_000.0;
 
+/// The workers with room that one [`Scheduler::schedule`] call has looked at: taken from
+/// `Scheduler::open` in id order as they are needed, or directly when they hold a task's inputs.
+struct Room {
+    /// (worker, room left in CPUs, slots).
+    list: Vec<(WorkerId, u32, u32)>,
+    /// Where each worker of `list` is (full ones are swapped out).
+    at: FxHashMap<WorkerId, usize>,
+    /// The last open worker taken in id order.
+    cursor: Option<WorkerId>,
+    /// Every open worker has been looked at.
+    exhausted: bool,
+    /// Workers found without room: they leave `open` when the call ends.
+    closed: Vec<WorkerId>,
+    depth: u32,
+    now: Instant,
+}
+
+impl Room {
+    fn new(depth: u32, now: Instant) -> Room {
+        Room {
+            list: Vec::new(),
+            at: FxHashMap::default(),
+            cursor: None,
+            exhausted: false,
+            closed: Vec::new(),
+            depth,
+            now,
+        }
+    }
+
+    /// The room (CPUs) and slots of worker `id`, if it may take a task now.
+    fn free(&self, s: &Scheduler, id: WorkerId) -> Option<(u32, u32)> {
+        let w = s.workers.get(&id)?;
+        let room = (w.slots() * self.depth).saturating_sub(w.used);
+        (!w.retiring && w.ends_at.is_none_or(|e| e > self.now) && room > 0).then_some((room, w.slots()))
+    }
+
+    fn add(&mut self, id: WorkerId, room: u32, slots: u32) -> usize {
+        self.at.insert(id, self.list.len());
+        self.list.push((id, room, slots));
+        self.list.len() - 1
+    }
+
+    /// Takes the next open worker with room, in id order; `false` when there is none left.
+    fn pull(&mut self, s: &Scheduler) -> bool {
+        while !self.exhausted {
+            let next = match self.cursor {
+                None => s.open.iter().next(),
+                Some(c) => s.open.range((Bound::Excluded(c), Bound::Unbounded)).next(),
+            };
+            let Some(&id) = next else {
+                self.exhausted = true;
+                break;
+            };
+            self.cursor = Some(id);
+            if self.at.contains_key(&id) {
+                continue;
+            }
+            match self.free(s, id) {
+                Some((room, slots)) => {
+                    self.add(id, room, slots);
+                    return true;
+                }
+                None => self.closed.push(id),
+            }
+        }
+        false
+    }
+
+    /// Where worker `id` is in `list`, taking it in if it is open and has room.
+    fn find(&mut self, s: &Scheduler, id: WorkerId) -> Option<usize> {
+        if let Some(&k) = self.at.get(&id) {
+            return Some(k);
+        }
+        if !s.open.contains(&id) {
+            return None;
+        }
+        let (room, slots) = self.free(s, id)?;
+        Some(self.add(id, room, slots))
+    }
+
+    /// A task of `cpus` CPUs goes to `list[k]`; a worker left without room leaves the list.
+    fn take(&mut self, k: usize, cpus: u32) {
+        let (w, room, slots) = &mut self.list[k];
+        *room -= cpus.min(*slots);
+        if *room == 0 {
+            let w = *w;
+            self.list.swap_remove(k);
+            self.at.remove(&w);
+            self.closed.push(w);
+            if let Some((moved, ..)) = self.list.get(k) {
+                self.at.insert(*moved, k);
+            }
+        }
+    }
+}
+
 impl Scheduler {
     /// Hands ready tasks to workers with room, preferring the worker that holds the most input bytes.
     ///
-    /// Costs the tasks placed and the workers that may have room (`Scheduler::open`), not a scan
-    /// of every worker: at 10,000 workers, a scan per event was most of the scheduler's time.
+    /// Costs the tasks placed and the workers it looks at, not a scan of every worker: workers
+    /// with room come from `Scheduler::open` in id order as they are needed (see [`Room`]), and
+    /// the holders of a task's inputs from its inputs. At 10,000 workers, building a list of all
+    /// workers on every event was most of the scheduler's time.
     pub(super) fn schedule(&mut self) {
         if self.ready.is_empty() || self.workers.is_empty() {
             return;
@@ -51,28 +151,12 @@ impl Scheduler {
             self.open_depth = depth;
         }
         let now = self.now.expect("set by handle");
-        // (worker, room left in CPUs, slots), in the order of their ids; those without room leave `open`.
-        let mut room: Vec<(WorkerId, u32, u32)> = Vec::new();
-        let mut closed = Vec::new();
-        for id in &self.open {
-            match self.workers.get(id) {
-                Some(w) if !w.retiring && w.ends_at.is_none_or(|e| e > now) && w.slots() * depth > w.used => {
-                    room.push((*id, w.slots() * depth - w.used, w.slots()));
-                }
-                _ => closed.push(*id),
-            }
-        }
-        for id in closed {
-            self.open.remove(&id);
-        }
-        let mortal = room.iter().any(|(w, ..)| self.workers[w].ends_at.is_some());
-        // Where each worker is in `room` (full ones are swapped out).
-        let mut at: FxHashMap<WorkerId, usize> = room.iter().enumerate().map(|(k, (w, ..))| (*w, k)).collect();
+        let mut room = Room::new(depth, now);
         let mut batches: FxHashMap<WorkerId, Vec<Assignment>> = FxHashMap::default();
         let mut next = 0usize;
         let mut skipped = VecDeque::new();
         let mut holders: Vec<(WorkerId, u64)> = Vec::new();
-        while !room.is_empty() {
+        while !room.list.is_empty() || room.pull(self) {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(t) = self.task(id) else { continue };
             if t.state() != State::Ready {
@@ -88,18 +172,20 @@ impl Scheduler {
             // A worker that must leave before the task is expected to end does not get it.
             // Tasks queued on it are assumed to be like this one.
             let lives = |w: &WorkerId| {
-                !mortal || {
-                    let worker = &self.workers[w];
+                let worker = &self.workers[w];
+                worker.ends_at.is_none_or(|e| {
                     let ahead = f64::from(1 + worker.assigned() / worker.slots());
-                    let expected = Duration::from_micros((self.expected_us(id) * ahead) as u64);
-                    worker.ends_at.is_none_or(|e| now + expected <= e)
-                }
+                    now + Duration::from_micros((self.expected_us(id) * ahead) as u64) <= e
+                })
             };
-            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2) && lives(&room[k].0) && has(&room[k].0);
+            let fits = |room: &Room, k: usize| {
+                let (w, r, slots) = room.list[k];
+                r >= cpus.min(slots) && lives(&w) && has(&w)
+            };
             let mut best: Option<usize> = None;
             if !t.deps.is_empty() {
                 // The holders of its inputs and the bytes each holds; among those with room, the
-                // one with the most (the first in `room` on a tie), else the first with room.
+                // one holding the most (the first looked at on a tie).
                 holders.clear();
                 for dt in t.deps.iter().filter_map(|d| self.task(*d)) {
                     let Some(h) = dt.state().worker() else { continue };
@@ -110,18 +196,30 @@ impl Scheduler {
                 }
                 let mut best_bytes = 0u64;
                 for &(h, bytes) in &holders {
-                    let Some(&k) = at.get(&h) else { continue };
-                    if !fits(k) {
-                        continue;
-                    }
-                    if best.is_none_or(|b| bytes > best_bytes || bytes == best_bytes && k < b) {
+                    let Some(k) = room.find(self, h) else { continue };
+                    if fits(&room, k) && best.is_none_or(|b| bytes > best_bytes || bytes == best_bytes && k < b) {
                         best = Some(k);
                         best_bytes = bytes;
                     }
                 }
-                best = best.or_else(|| (0..room.len()).find(|&k| fits(k)));
             }
-            let slot = best.or_else(|| (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| fits(k)));
+            // Else the next worker in turn that fits, looking at another open worker before
+            // coming round again.
+            let slot = best.or_else(|| {
+                if next >= room.list.len() {
+                    room.pull(self);
+                }
+                let n = room.list.len();
+                if let Some(k) = (0..n).map(|k| (next + k) % n).find(|&k| fits(&room, k)) {
+                    return Some(k);
+                }
+                while room.pull(self) {
+                    if fits(&room, room.list.len() - 1) {
+                        return Some(room.list.len() - 1);
+                    }
+                }
+                None
+            });
             let Some(k) = slot else {
                 // No worker has room for this many CPUs now; keep it for later.
                 skipped.push_back(id);
@@ -131,18 +229,13 @@ impl Scheduler {
                 continue;
             };
             next = k + 1;
-            let w = room[k].0;
-            room[k].1 -= cpus.min(room[k].2);
-            if room[k].1 == 0 {
-                room.swap_remove(k);
-                at.remove(&w);
-                self.open.remove(&w);
-                if let Some((moved, ..)) = room.get(k) {
-                    at.insert(*moved, k);
-                }
-            }
+            let w = room.list[k].0;
+            room.take(k, cpus);
             let assignment = self.assign(id, w);
             batches.entry(w).or_default().push(assignment);
+        }
+        for w in room.closed {
+            self.open.remove(&w);
         }
         while let Some(id) = skipped.pop_back() {
             self.ready.push_front(id);
