@@ -55,12 +55,17 @@ fn live_bytes() -> u64 {
 
 const SLOTS: u16 = 8;
 
-fn one(workload: &Workload, workers: usize) -> Value {
-    let mut config = SimConfig::new(workers, SLOTS);
-    config.live_bytes = Some(live_bytes);
+/// A workload of about that many tasks.
+type Make = fn(u32) -> Workload;
+
+/// A run on `workers` workers that are up before the workload is submitted; `bytes_per_task`
+/// comes from `memory`'s run of the same workload (submitted to a scheduler without workers).
+fn one(workload: &Workload, workers: usize, bytes_per_task: &Value) -> Value {
+    let config = SimConfig::new(workers, SLOTS);
     let wall = Instant::now();
     let r = SimCluster::new(config, workload).run();
-    let row = figures(&workload.name, workers, &r, wall.elapsed().as_secs_f64());
+    let mut row = figures(&workload.name, workers, &r, wall.elapsed().as_secs_f64());
+    row["bytes_per_task"] = bytes_per_task.clone();
     print_row(&row);
     row
 }
@@ -127,7 +132,7 @@ fn memory(workload: &Workload) -> Value {
     let v = json!({ "workload": workload.name, "tasks": r.tasks, "bytes_per_task": r.bytes_per_task,
                     "submit_us_per_task": r.cpu.submit.as_secs_f64() * 1e6 / r.tasks.max(1) as f64 });
     println!(
-        "memory   {:>7} {:>9}  {:.0} B per queued task, submit {:.3} us per task",
+        "memory   {:>7} {:>9}  {:.0} B per queued task, submit {:.3} us per task (no workers)",
         workload.name,
         r.tasks,
         r.bytes_per_task.unwrap_or(f64::NAN),
@@ -145,34 +150,36 @@ pub(crate) fn bench(quick: bool) -> R<Value> {
         (1_000_000, 1_000_000, 200_000, 1_000_000, 10_000_000)
     };
     let mut runs = Vec::new();
+    let mut memory = Vec::new();
     print_header();
-    for (w, n) in [
-        (workloads::array as fn(u32) -> Workload, array_n),
+    let all: [(Make, u32); 4] = [
+        (workloads::array, array_n),
         (workloads::tree, tree_n),
         (workloads::stencil, stencil_n),
         (workloads::mix, mix_n),
-    ] {
+    ];
+    for (w, n) in all {
         let workload = w(n);
+        let m = self::memory(&workload);
         for &k in workers {
-            runs.push(one(&workload, k));
+            runs.push(one(&workload, k, &m["bytes_per_task"]));
         }
+        memory.push(m);
     }
-    // Per-task cost from 10k tasks to `big`, at 10,000 workers (10k workers' registration excluded).
+    // Per-task cost from 10k tasks to `big`, at 10,000 workers (their registration excluded).
     let mut scaling = Vec::new();
     let mut n = 10_000u32;
     while n <= big {
-        let row = if n == array_n {
-            runs.iter().find(|r| r["workload"] == "array" && r["workers"] == 10_000).cloned()
-        } else {
-            None
-        };
-        scaling.push(row.unwrap_or_else(|| one(&workloads::array(n), 10_000)));
+        let same = runs.iter().find(|r| r["workload"] == "array" && r["workers"] == 10_000 && r["tasks"] == n);
+        scaling.push(same.cloned().unwrap_or_else(|| one(&workloads::array(n), 10_000, &Value::Null)));
         n *= 10;
     }
     println!();
-    let memory = vec![memory(&workloads::array(big)), memory(&workloads::tree(big))];
+    // The targets' sizes: an array and a graph of `big` tasks, queued.
+    let targets = vec![self::memory(&workloads::array(big)), self::memory(&workloads::tree(big))];
     COUNTING.store(false, Relaxed);
-    let v = json!({ "slots_per_worker": SLOTS, "runs": runs, "array_scaling_10k_workers": scaling, "memory": memory });
+    let v = json!({ "slots_per_worker": SLOTS, "runs": runs, "array_scaling_10k_workers": scaling,
+                    "memory": targets, "memory_per_workload": memory });
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("results").join("sim.json");
     std::fs::create_dir_all(path.parent().expect("results dir"))?;
     std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;

@@ -135,7 +135,7 @@ pub struct Failure {
 
 /// How the cluster is simulated.
 pub struct SimConfig {
-    /// Workers, all joining at time 0 (after the workload is submitted).
+    /// Workers, all joining at time 0.
     pub workers: usize,
     /// Slots per worker.
     pub slots: u16,
@@ -150,6 +150,8 @@ pub struct SimConfig {
     /// Round-trip every message through the wire codec.
     pub wire: bool,
     /// Reads the live heap bytes of the process (a counting allocator's), for memory per task.
+    /// With it, the workload is submitted before the workers join (every task queued); without,
+    /// after.
     pub live_bytes: Option<fn() -> u64>,
     /// Gives up after this much simulated time.
     pub limit: Duration,
@@ -215,6 +217,9 @@ pub struct Report {
     pub critical_path: Duration,
     /// Input bytes fetched from another worker.
     pub bytes_moved: u64,
+    /// Time tasks waited in workers' queues, in all (from arriving to starting or being found
+    /// without an input).
+    pub queued: Duration,
     /// Tasks run more than once.
     pub reruns: u64,
     /// Tasks never finished.
@@ -295,7 +300,8 @@ struct SimWorker {
     id: WorkerId,
     slots: u32,
     busy: u32,
-    queue: VecDeque<Assignment>,
+    /// Tasks sent to it and not started, with when they arrived.
+    queue: VecDeque<(Assignment, u64)>,
     held: FxHashSet<TaskId>,
     alive: bool,
     epoch: u32,
@@ -445,12 +451,19 @@ impl<'a> SimCluster<'a> {
     pub fn run(mut self) -> Report {
         self.handle(Event::Connected(self.client));
         self.handle(Event::Message(self.client, ToScheduler::RegisterClient(ClientInfo::default())));
-        let before = self.config.live_bytes.map(|f| f());
+        // Measuring memory, the workload is submitted before any worker joins, so that every
+        // task is queued; otherwise once all have joined, as on a cluster that is up (workers
+        // joining one by one would each take a full queue of the tasks).
+        let measure = self.config.live_bytes;
+        if measure.is_none() {
+            self.register_workers();
+        }
+        let before = measure.map(|f| f());
         for sj in &self.workload.jobs {
             let spec = sj.spec();
             self.request(Request::Submit(Box::new(spec)));
         }
-        if let (Some(before), Some(f)) = (before, self.config.live_bytes) {
+        if let (Some(before), Some(f)) = (before, measure) {
             // The specs were built and consumed inside the measurement: what is left is the scheduler's.
             let tasks: u64 = self.workload.jobs.iter().map(|j| u64::from(j.shape.tasks())).sum();
             self.report.bytes_per_task = Some((f() as f64 - before as f64) / tasks as f64);
@@ -464,7 +477,9 @@ impl<'a> SimCluster<'a> {
         }
         self.pending = self.jobs.len();
         self.ideal();
-        self.register_workers();
+        if measure.is_some() {
+            self.register_workers();
+        }
         let interval = self.config.scheduler.heartbeat_interval;
         self.at(interval, Ev::Tick);
         for f in self.config.failures.clone() {
@@ -624,7 +639,8 @@ impl<'a> SimCluster<'a> {
         match msg {
             ToWorker::Welcome { id, .. } => worker.id = id,
             ToWorker::Compute(list) => {
-                worker.queue.extend(list);
+                let now = self.now;
+                worker.queue.extend(list.into_iter().map(|a| (a, now)));
                 self.start(w);
             }
             ToWorker::Release(ids) => {
@@ -641,7 +657,8 @@ impl<'a> SimCluster<'a> {
     /// Starts what worker `w` has queued while it has free slots.
     fn start(&mut self, w: usize) {
         while self.workers[w].busy < self.workers[w].slots {
-            let Some(a) = self.workers[w].queue.pop_front() else { return };
+            let Some((a, arrived)) = self.workers[w].queue.pop_front() else { return };
+            self.report.queued += Duration::from_micros(self.now - arrived);
             let workload = self.workload;
             let shape = &workload.jobs[self.job_index(a.id.job)].shape;
             self.deps.clear();

@@ -33,6 +33,8 @@ pub(super) const NO_KIND: u32 = u32::MAX;
 /// Per-worker queue depth (in CPUs per slot) for short tasks and for the rest.
 pub(super) const DEPTH_SHORT: u32 = 512;
 pub(super) const DEPTH_LONG: u32 = 2;
+/// How many workers in turn a task whose input holders are busy looks at for a free slot.
+const LOOKAHEAD: usize = 32;
 /// Tasks shorter than this on average are "short": queueing many of them hides round trips.
 pub(super) const SHORT_TASK_US: f64 = 2_000.0;
 
@@ -182,10 +184,15 @@ impl Scheduler {
                 let (w, r, slots) = room.list[k];
                 r >= cpus.min(slots) && lives(&w) && has(&w)
             };
+            // Whether it would start at once on `list[k]` (a free slot), not wait in its queue.
+            let starts = |room: &Room, k: usize| {
+                let (_, r, slots) = room.list[k];
+                r >= cpus.min(slots) + slots * (depth - 1)
+            };
             let mut best: Option<usize> = None;
             if !t.deps.is_empty() {
-                // The holders of its inputs and the bytes each holds; among those with room, the
-                // one holding the most (the first looked at on a tie).
+                // The holders of its inputs and the bytes each holds; among those with room, one
+                // where it starts at once, then the one holding the most, then the first looked at.
                 holders.clear();
                 for dt in t.deps.iter().filter_map(|d| self.task(*d)) {
                     let Some(h) = dt.state().worker() else { continue };
@@ -194,13 +201,30 @@ impl Scheduler {
                         None => holders.push((h, dt.size.max(1))),
                     }
                 }
-                let mut best_bytes = 0u64;
+                let mut chosen = None;
                 for &(h, bytes) in &holders {
                     let Some(k) = room.find(self, h) else { continue };
-                    if fits(&room, k) && best.is_none_or(|b| bytes > best_bytes || bytes == best_bytes && k < b) {
-                        best = Some(k);
-                        best_bytes = bytes;
+                    if fits(&room, k) {
+                        let key = (starts(&room, k), bytes, std::cmp::Reverse(k));
+                        if chosen.is_none_or(|c| key > c) {
+                            chosen = Some(key);
+                        }
                     }
+                }
+                best = chosen.map(|(_, _, std::cmp::Reverse(k))| k);
+                if !chosen.is_some_and(|(now, ..)| now) {
+                    // Its holders would queue it behind their tasks: rather a worker where it
+                    // starts at once and fetches its inputs, if one is near in turn.
+                    let ok = |room: &Room, k: usize| fits(room, k) && starts(room, k);
+                    let n = room.list.len();
+                    let mut found = (0..n.min(LOOKAHEAD)).map(|k| (next + k) % n).find(|&k| ok(&room, k));
+                    for _ in 0..LOOKAHEAD {
+                        if found.is_some() || !room.pull(self) {
+                            break;
+                        }
+                        found = Some(room.list.len() - 1).filter(|&k| ok(&room, k));
+                    }
+                    best = found.or(best);
                 }
             }
             // Else the next worker in turn that fits, looking at another open worker before
