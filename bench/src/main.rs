@@ -3,6 +3,7 @@
 //!
 //! `cargo run --release -p rdask-bench -- [--quick] [--only NAME[,NAME]]`
 //! Names: memory, trivial, command, roundtrip, register, transfer, dashboard (needs Chromium),
+//! journal, sim (the scheduler with simulated workers, also written to `bench/results/sim.json`),
 //! dask, ucx (the last needs
 //! `--features ucx`, and `ucx_perftest` from ucx-utils for its reference figure).
 //! Prints a table and writes `bench/results/<UTC>.json` and `bench/results/latest.json`.
@@ -20,13 +21,29 @@ use rdask::{Client, ClusterInfo, Graph, Job, LocalCluster, Registry, TaskHandle}
 use serde_json::{json, Value};
 
 mod dashboard;
+mod sim;
 #[cfg(feature = "ucx")]
 mod ucx;
 
 pub(crate) type R<T> = Result<T, Box<dyn Error>>;
 
-const BENCHES: &[&str] =
-    &["memory", "trivial", "command", "roundtrip", "register", "transfer", "dashboard", "journal", "dask", "ucx"];
+/// Counts live heap bytes for the `sim` benchmark's memory per task (off otherwise).
+#[global_allocator]
+static ALLOC: sim::Counting = sim::Counting;
+
+const BENCHES: &[&str] = &[
+    "memory",
+    "trivial",
+    "command",
+    "roundtrip",
+    "register",
+    "transfer",
+    "dashboard",
+    "journal",
+    "sim",
+    "dask",
+    "ucx",
+];
 const MIB: usize = 1 << 20;
 
 fn registry() -> Registry {
@@ -119,6 +136,7 @@ fn main() {
             "transfer" => rt.block_on(transfer(512 * MIB, 5)),
             "dashboard" => rt.block_on(dashboard::bench(quick)),
             "journal" => rt.block_on(journal(quick)),
+            "sim" => sim::bench(quick),
             #[cfg(feature = "ucx")]
             "ucx" => rt.block_on(ucx::bench(quick)),
             #[cfg(not(feature = "ucx"))]
@@ -807,6 +825,9 @@ fn summarize(r: &Value) -> Vec<Value> {
             None,
             note,
         );
+    }
+    if r["sim"]["runs"].is_array() {
+        rows.extend(sim::rows(&r["sim"]));
     }
     rows
 }

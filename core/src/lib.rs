@@ -19,6 +19,8 @@ pub mod protocol;
 pub mod registry;
 pub mod scheduler;
 pub mod server;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod stream;
 pub mod worker;
 

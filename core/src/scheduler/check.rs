@@ -84,6 +84,13 @@ impl Scheduler {
             self.bound.keys().all(|t| self.task(*t).is_some_and(|t| matches!(t.state(), State::Assigned { .. }))),
             "GPUs bound to a task that is not assigned"
         );
+        if self.open_depth > 0 {
+            let now = self.now.expect("checked after an event");
+            for (id, w) in &self.workers {
+                let room = !w.retiring && w.ends_at.is_none_or(|e| e > now) && w.slots() * self.open_depth > w.used;
+                assert!(!room || self.open.contains(id), "{id} has room but is not among the open workers");
+            }
+        }
         let retiring = self.workers.values().filter(|w| w.retiring && !w.stop_sent).count();
         assert_eq!(self.retiring, retiring, "retiring workers not yet stopped");
     }

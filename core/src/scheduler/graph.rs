@@ -233,6 +233,7 @@ impl Scheduler {
                 let gpus = if needs != 0 { self.bound.remove(&id).unwrap_or_default() } else { Vec::new() };
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.unassign(id, cpus, now);
+                    self.open.insert(worker);
                     if needs != 0 {
                         w.give(&self.needs[needs as usize], &gpus);
                     }

@@ -26,6 +26,8 @@
 //! - a `Finished` task's result is on its `holder`, a live worker whose `holds` lists it, unless that
 //!   is `None` (released or lost, or a command task's, which leaves none);
 //! - so losing a worker costs the tasks on it, not a scan of all tasks;
+//! - every worker with room for a task is in `open`, so placing costs the workers looked at,
+//!   not a scan of all workers;
 //! - `missing` of a `Waiting` task counts its inputs that are not available;
 //! - a result that a task still needs is never released, and a lost one is recomputed;
 //! - a retiring worker gets no new task; it is told to stop only once idle and after the
@@ -35,7 +37,7 @@
 
 #![deny(clippy::disallowed_methods)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 // The ids hashed here are the scheduler's own small integers: Fx hashing (rustc-hash) costs a
 // fraction of SipHash on the per-task paths, and needs no protection from chosen keys.
@@ -233,6 +235,12 @@ pub struct Scheduler {
     workers: FxHashMap<WorkerId, Worker>,
     jobs: FxHashMap<JobId, Job>,
     ready: VecDeque<TaskId>,
+    /// Every worker that may have room for a task (a superset, in id order: `schedule` drops the
+    /// full, retiring and expired ones it meets), so that placing costs those, not all workers.
+    /// A worker enters when it registers and whenever a task leaves it (`set_state`).
+    open: BTreeSet<WorkerId>,
+    /// The queue depth `open` was kept for; when the depth changes, every worker is open again.
+    open_depth: u32,
     next_worker: u32,
     next_job: u32,
     /// Mean task duration, exponentially weighted, in microseconds.
@@ -276,6 +284,8 @@ impl Scheduler {
             workers: FxHashMap::default(),
             jobs: FxHashMap::default(),
             ready: VecDeque::new(),
+            open: BTreeSet::new(),
+            open_depth: 0,
             next_worker: 1,
             next_job: 1,
             mean_duration_us: SHORT_TASK_US * 10.0,

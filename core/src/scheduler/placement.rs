@@ -7,9 +7,10 @@
 //! or a command job's name).
 
 use std::collections::VecDeque;
+use std::ops::Bound;
 
 use rustc_hash::FxHashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::protocol::{Assignment, JobId, TaskBody, TaskId, ToWorker, Work, WorkerId};
 
@@ -32,31 +33,132 @@ pub(super) const NO_KIND: u32 = u32::MAX;
 /// Per-worker queue depth (in CPUs per slot) for short tasks and for the rest.
 pub(super) const DEPTH_SHORT: u32 = 512;
 pub(super) const DEPTH_LONG: u32 = 2;
+/// How many workers in turn a task whose input holders are busy looks at for a free slot.
+const LOOKAHEAD: usize = 32;
 /// Tasks shorter than this on average are "short": queueing many of them hides round trips.
 pub(super) const SHORT_TASK_US: f64 = 2_000.0;
 
+/// The workers with room that one [`Scheduler::schedule`] call has looked at: taken from
+/// `Scheduler::open` in id order as they are needed, or directly when they hold a task's inputs.
+struct Room {
+    /// (worker, room left in CPUs, slots).
+    list: Vec<(WorkerId, u32, u32)>,
+    /// Where each worker of `list` is (full ones are swapped out).
+    at: FxHashMap<WorkerId, usize>,
+    /// The last open worker taken in id order.
+    cursor: Option<WorkerId>,
+    /// Every open worker has been looked at.
+    exhausted: bool,
+    /// Workers found without room: they leave `open` when the call ends.
+    closed: Vec<WorkerId>,
+    depth: u32,
+    now: Instant,
+}
+
+impl Room {
+    fn new(depth: u32, now: Instant) -> Room {
+        Room {
+            list: Vec::new(),
+            at: FxHashMap::default(),
+            cursor: None,
+            exhausted: false,
+            closed: Vec::new(),
+            depth,
+            now,
+        }
+    }
+
+    /// The room (CPUs) and slots of worker `id`, if it may take a task now.
+    fn free(&self, s: &Scheduler, id: WorkerId) -> Option<(u32, u32)> {
+        let w = s.workers.get(&id)?;
+        let room = (w.slots() * self.depth).saturating_sub(w.used);
+        (!w.retiring && w.ends_at.is_none_or(|e| e > self.now) && room > 0).then_some((room, w.slots()))
+    }
+
+    fn add(&mut self, id: WorkerId, room: u32, slots: u32) -> usize {
+        self.at.insert(id, self.list.len());
+        self.list.push((id, room, slots));
+        self.list.len() - 1
+    }
+
+    /// Takes the next open worker with room, in id order; `false` when there is none left.
+    fn pull(&mut self, s: &Scheduler) -> bool {
+        while !self.exhausted {
+            let next = match self.cursor {
+                None => s.open.iter().next(),
+                Some(c) => s.open.range((Bound::Excluded(c), Bound::Unbounded)).next(),
+            };
+            let Some(&id) = next else {
+                self.exhausted = true;
+                break;
+            };
+            self.cursor = Some(id);
+            if self.at.contains_key(&id) {
+                continue;
+            }
+            match self.free(s, id) {
+                Some((room, slots)) => {
+                    self.add(id, room, slots);
+                    return true;
+                }
+                None => self.closed.push(id),
+            }
+        }
+        false
+    }
+
+    /// Where worker `id` is in `list`, taking it in if it is open and has room.
+    fn find(&mut self, s: &Scheduler, id: WorkerId) -> Option<usize> {
+        if let Some(&k) = self.at.get(&id) {
+            return Some(k);
+        }
+        if !s.open.contains(&id) {
+            return None;
+        }
+        let (room, slots) = self.free(s, id)?;
+        Some(self.add(id, room, slots))
+    }
+
+    /// A task of `cpus` CPUs goes to `list[k]`; a worker left without room leaves the list.
+    fn take(&mut self, k: usize, cpus: u32) {
+        let (w, room, slots) = &mut self.list[k];
+        *room -= cpus.min(*slots);
+        if *room == 0 {
+            let w = *w;
+            self.list.swap_remove(k);
+            self.at.remove(&w);
+            self.closed.push(w);
+            if let Some((moved, ..)) = self.list.get(k) {
+                self.at.insert(*moved, k);
+            }
+        }
+    }
+}
+
 impl Scheduler {
     /// Hands ready tasks to workers with room, preferring the worker that holds the most input bytes.
+    ///
+    /// Costs the tasks placed and the workers it looks at, not a scan of every worker: workers
+    /// with room come from `Scheduler::open` in id order as they are needed (see [`Room`]), and
+    /// the holders of a task's inputs from its inputs. At 10,000 workers, building a list of all
+    /// workers on every event was most of the scheduler's time.
     pub(super) fn schedule(&mut self) {
         if self.ready.is_empty() || self.workers.is_empty() {
             return;
         }
         let depth = if self.mean_duration_us < SHORT_TASK_US { DEPTH_SHORT } else { DEPTH_LONG };
-        // (worker, room left in CPUs, slots)
+        if depth != self.open_depth {
+            // Every worker's room changed with the depth.
+            self.open = self.workers.keys().copied().collect();
+            self.open_depth = depth;
+        }
         let now = self.now.expect("set by handle");
-        let mut room: Vec<(WorkerId, u32, u32)> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| !w.retiring && w.ends_at.is_none_or(|e| e > now))
-            .map(|(id, w)| (*id, (w.slots() * depth).saturating_sub(w.used), w.slots()))
-            .filter(|(_, r, _)| *r > 0)
-            .collect();
-        room.sort();
-        let mortal = self.workers.values().any(|w| w.ends_at.is_some());
+        let mut room = Room::new(depth, now);
         let mut batches: FxHashMap<WorkerId, Vec<Assignment>> = FxHashMap::default();
         let mut next = 0usize;
         let mut skipped = VecDeque::new();
-        while !room.is_empty() {
+        let mut holders: Vec<(WorkerId, u64)> = Vec::new();
+        while !room.list.is_empty() || room.pull(self) {
             let Some(id) = self.ready.pop_front() else { break };
             if self.adopting.is_some()
                 && self.task(id).is_some_and(|t| t.state() == State::Ready)
@@ -78,35 +180,76 @@ impl Scheduler {
             // A worker that must leave before the task is expected to end does not get it.
             // Tasks queued on it are assumed to be like this one.
             let lives = |w: &WorkerId| {
-                !mortal || {
-                    let worker = &self.workers[w];
+                let worker = &self.workers[w];
+                worker.ends_at.is_none_or(|e| {
                     let ahead = f64::from(1 + worker.assigned() / worker.slots());
-                    let expected = Duration::from_micros((self.expected_us(id) * ahead) as u64);
-                    worker.ends_at.is_none_or(|e| now + expected <= e)
-                }
+                    now + Duration::from_micros((self.expected_us(id) * ahead) as u64) <= e
+                })
+            };
+            let fits = |room: &Room, k: usize| {
+                let (w, r, slots) = room.list[k];
+                r >= cpus.min(slots) && lives(&w) && has(&w)
+            };
+            // Whether it would start at once on `list[k]` (a free slot), not wait in its queue.
+            let starts = |room: &Room, k: usize| {
+                let (_, r, slots) = room.list[k];
+                r >= cpus.min(slots) + slots * (depth - 1)
             };
             let mut best: Option<usize> = None;
             if !t.deps.is_empty() {
-                let mut best_bytes = 0u64;
-                for (k, (w, r, slots)) in room.iter().enumerate() {
-                    if *r < cpus.min(*slots) || !lives(w) || !has(w) {
-                        continue;
-                    }
-                    let bytes: u64 = t
-                        .deps
-                        .iter()
-                        .filter_map(|d| self.task(*d))
-                        .filter(|dt| dt.state().worker() == Some(*w))
-                        .map(|dt| dt.size.max(1))
-                        .sum();
-                    if best.is_none() || bytes > best_bytes {
-                        best = Some(k);
-                        best_bytes = bytes;
+                // The holders of its inputs and the bytes each holds; among those with room, one
+                // where it starts at once, then the one holding the most, then the first looked at.
+                holders.clear();
+                for dt in t.deps.iter().filter_map(|d| self.task(*d)) {
+                    let Some(h) = dt.state().worker() else { continue };
+                    match holders.iter_mut().find(|(w, _)| *w == h) {
+                        Some((_, bytes)) => *bytes += dt.size.max(1),
+                        None => holders.push((h, dt.size.max(1))),
                     }
                 }
+                let mut chosen = None;
+                for &(h, bytes) in &holders {
+                    let Some(k) = room.find(self, h) else { continue };
+                    if fits(&room, k) {
+                        let key = (starts(&room, k), bytes, std::cmp::Reverse(k));
+                        if chosen.is_none_or(|c| key > c) {
+                            chosen = Some(key);
+                        }
+                    }
+                }
+                best = chosen.map(|(_, _, std::cmp::Reverse(k))| k);
+                if !chosen.is_some_and(|(now, ..)| now) {
+                    // Its holders would queue it behind their tasks: rather a worker where it
+                    // starts at once and fetches its inputs, if one is near in turn.
+                    let ok = |room: &Room, k: usize| fits(room, k) && starts(room, k);
+                    let n = room.list.len();
+                    let mut found = (0..n.min(LOOKAHEAD)).map(|k| (next + k) % n).find(|&k| ok(&room, k));
+                    for _ in 0..LOOKAHEAD {
+                        if found.is_some() || !room.pull(self) {
+                            break;
+                        }
+                        found = Some(room.list.len() - 1).filter(|&k| ok(&room, k));
+                    }
+                    best = found.or(best);
+                }
             }
-            let fits = |k: usize| room[k].1 >= cpus.min(room[k].2) && lives(&room[k].0) && has(&room[k].0);
-            let slot = best.or_else(|| (0..room.len()).map(|k| (next + k) % room.len()).find(|&k| fits(k)));
+            // Else the next worker in turn that fits, looking at another open worker before
+            // coming round again.
+            let slot = best.or_else(|| {
+                if next >= room.list.len() {
+                    room.pull(self);
+                }
+                let n = room.list.len();
+                if let Some(k) = (0..n).map(|k| (next + k) % n).find(|&k| fits(&room, k)) {
+                    return Some(k);
+                }
+                while room.pull(self) {
+                    if fits(&room, room.list.len() - 1) {
+                        return Some(room.list.len() - 1);
+                    }
+                }
+                None
+            });
             let Some(k) = slot else {
                 // No worker has room for this many CPUs now; keep it for later.
                 skipped.push_back(id);
@@ -116,13 +259,13 @@ impl Scheduler {
                 continue;
             };
             next = k + 1;
-            let w = room[k].0;
-            room[k].1 -= cpus.min(room[k].2);
-            if room[k].1 == 0 {
-                room.swap_remove(k);
-            }
+            let w = room.list[k].0;
+            room.take(k, cpus);
             let assignment = self.assign(id, w);
             batches.entry(w).or_default().push(assignment);
+        }
+        for w in room.closed {
+            self.open.remove(&w);
         }
         while let Some(id) = skipped.pop_back() {
             self.ready.push_front(id);

@@ -197,6 +197,7 @@ impl Scheduler {
                 load: WorkerLoad::default(),
             },
         );
+        self.open.insert(id);
         if let Some(r) = resume {
             self.adopt(id, *r);
         }
