@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits;
 use crate::protocol::{self, ToScheduler};
 use crate::scheduler::{Command, Config, ConnId, Control, Event, Notice, Scheduler};
 
@@ -145,20 +146,35 @@ async fn run(
     let mut writers: HashMap<ConnId, (mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle)> = HashMap::new();
     let mut next_conn: ConnId = 1;
     let mut exiting = false;
+    let mut backoff = AcceptBackoff::default();
+    match limits::raise() {
+        Ok(l) => tracing::debug!("open-file limit {} (hard {})", l.soft, l.hard),
+        Err(e) => tracing::warn!("{e}; the scheduler holds at most as many connections as the current limit allows"),
+    }
     while !exiting {
         let deadline = sched.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
-            accepted = listener.accept() => {
+            // While accepting fails, the next try waits (the scheduler goes on meanwhile).
+            accepted = async { tokio::time::sleep_until(backoff.resume_at().into()).await; listener.accept().await } => {
                 match accepted {
                     Ok(conn) => {
+                        if backoff.succeeded() {
+                            tracing::info!("accepting connections again ({} open)", writers.len());
+                        }
                         let id = next_conn;
                         next_conn += 1;
                         let (secret, events, cancel) = (secret.clone(), events.clone(), cancel.clone());
                         tasks.spawn(cancel.clone().run_until_cancelled_owned(connection(id, conn, secret, events, tasks.clone(), cancel)));
                     }
                     Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let exhausted = limits::is_exhausted(&e);
+                        if backoff.failed(Instant::now()) {
+                            if exhausted {
+                                tracing::error!("{}", limits::exhausted_message(writers.len()));
+                            } else {
+                                tracing::warn!("accept failed: {e}; retrying with backoff (logged once until it succeeds)");
+                            }
+                        }
                     }
                 }
                 continue;
@@ -232,6 +248,40 @@ async fn run(
         tracing::warn!("some connections had not flushed within 5 s of the scheduler's end");
     }
     tracing::info!("scheduler stopped");
+}
+
+/// When to try `accept` again after it failed: the first retry after 10 ms, each further one
+/// twice as late, at most 1 s, so a listener out of descriptors (`EMFILE`) does not spin; and
+/// whether to log, which is once per run of failures.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+    resume: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// When the next `accept` may start (now, unless failures are being backed off).
+    fn resume_at(&self) -> Instant {
+        self.resume.unwrap_or_else(Instant::now)
+    }
+
+    /// Records a failure at `now`; true if it is the first of its run (the one to log).
+    fn failed(&mut self, now: Instant) -> bool {
+        let delay = Self::FIRST.saturating_mul(1 << self.failures.min(16)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        self.resume = Some(now + delay);
+        self.failures == 1
+    }
+
+    /// Records a success; true if failures came before it (to say that it recovered).
+    fn succeeded(&mut self) -> bool {
+        let recovered = self.failures > 0;
+        *self = AcceptBackoff::default();
+        recovered
+    }
 }
 
 async fn recv_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
@@ -329,4 +379,30 @@ async fn connection(
     }));
     let _ = events.send(Internal::Connected(id, out, reader.abort_handle()));
     let _ = go.send(());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_to_a_second_and_log_once_per_run() {
+        let mut b = AcceptBackoff::default();
+        let t = Instant::now();
+        assert!(b.resume_at() <= Instant::now(), "no failure, no wait");
+        let mut delays = Vec::new();
+        let mut logged = 0;
+        for _ in 0..12 {
+            logged += usize::from(b.failed(t));
+            delays.push(b.resume_at() - t);
+        }
+        assert_eq!(logged, 1, "one log line for a run of failures");
+        assert_eq!(delays[0], Duration::from_millis(10));
+        assert_eq!(delays[1], Duration::from_millis(20));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        assert_eq!(*delays.last().unwrap(), Duration::from_secs(1));
+        assert!(b.succeeded(), "a success after failures is a recovery");
+        assert!(!b.succeeded());
+        assert!(b.failed(t), "a new run of failures logs again");
+    }
 }
