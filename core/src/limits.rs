@@ -104,14 +104,15 @@ pub fn check(l: NoFile, needed: u64, what: impl fmt::Display) -> Result<NoFile, 
     }
 }
 
-/// What to log, once, when accepting a connection fails because the process is out of
-/// descriptors: the limit and how to raise it.
+/// What to log, once per run of failures, when accepting a connection fails because the
+/// process is out of descriptors: the limit and how to raise it.
 pub fn exhausted_message(connections: usize) -> String {
     let l = current().map(|l| format!("{} (hard limit {})", l.soft, l.hard)).unwrap_or_else(|e| e.to_string());
     format!(
-        "out of file descriptors with {connections} connections open (RLIMIT_NOFILE {l}): new connections wait \
-         until some close; raise the limit before starting the scheduler (`ulimit -n`, a `nofile` line in \
-         /etc/security/limits.conf, `LimitNOFILE=` for a systemd unit)"
+        "out of file descriptors with {connections} workers and clients connected, and connections in their \
+         handshake (RLIMIT_NOFILE {l}): new connections wait until some close; raise the limit before starting \
+         the scheduler (`ulimit -n`, a `nofile` line in /etc/security/limits.conf, `LimitNOFILE=` for a \
+         systemd unit)"
     )
 }
 

@@ -159,8 +159,8 @@ fn child_scheduler() -> ! {
 }
 
 /// A scheduler whose descriptors run out (more connections than `ulimit -n 40`) logs the
-/// limit once, not once per failed accept, keeps running, and accepts again once
-/// connections close.
+/// limit once per run of failures, not once per failed accept, keeps running, and accepts
+/// again once connections close.
 fn scheduler_out_of_descriptors() {
     let mut child = under_limit(40, &["--child-scheduler"])
         .env("RDASK_LOG", "info")
@@ -196,8 +196,11 @@ fn scheduler_out_of_descriptors() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}: {err}");
+    // Once per run of failures (the backlog of closed connections can fill the table again
+    // once), each run ended by a recovery; the old loop logged every failed accept, 20 a second.
     let exhausted = err.lines().filter(|l| l.contains("out of file descriptors")).count();
-    assert_eq!(exhausted, 1, "not logged exactly once:\n{err}");
+    let recovered = err.lines().filter(|l| l.contains("accepting connections again")).count();
+    assert!((1..=3).contains(&exhausted), "{exhausted} times:\n{err}");
+    assert_eq!(exhausted, recovered, "a run of failures not logged once, or not ended:\n{err}");
     assert!(err.contains("RLIMIT_NOFILE 40 (hard limit 40)"), "{err}");
-    assert!(err.contains("accepting connections again"), "{err}");
 }
