@@ -120,11 +120,11 @@ impl Hq {
         if !out.status.success() {
             return Err(format!("hq submit of {n} tasks failed ({})", out.status).into());
         }
-        // The JSON line with the job id comes first; `--wait` may add more after it.
+        // A stream of JSON values, the one with the job id first; `--wait` may add more after it.
         let text = String::from_utf8_lossy(&out.stdout);
-        let id = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        let id = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
             .find_map(|v| v["id"].as_u64())
             .ok_or_else(|| format!("hq submit printed no job id: {text}"))?;
         Ok(id)
