@@ -4,7 +4,8 @@
 //! `cargo run --release -p rdask-bench -- [--quick] [--only NAME[,NAME]]`
 //! Names: memory, trivial, command, roundtrip, register, transfer, dashboard (needs Chromium),
 //! journal, sim (the scheduler with simulated workers, also written to `bench/results/sim.json`),
-//! dask, ucx (the last needs
+//! dask, hyperqueue (needs `bench/peers/hq`, see `bench/peers/build-hq.sh`), fleet
+//! (hundreds of worker processes; also writes `bench/results/fleet.json`), ucx (the last needs
 //! `--features ucx`, and `ucx_perftest` from ucx-utils for its reference figure).
 //! Prints a table and writes `bench/results/<UTC>.json` and `bench/results/latest.json`.
 //! Nothing here asserts a timing: a missed target is reported, not failed.
@@ -21,6 +22,8 @@ use rdask::{Client, ClusterInfo, Graph, Job, LocalCluster, Registry, TaskHandle}
 use serde_json::{json, Value};
 
 mod dashboard;
+mod fleet;
+mod hq;
 mod sim;
 #[cfg(feature = "ucx")]
 mod ucx;
@@ -42,6 +45,8 @@ const BENCHES: &[&str] = &[
     "journal",
     "sim",
     "dask",
+    "hyperqueue",
+    "fleet",
     "ucx",
 ];
 const MIB: usize = 1 << 20;
@@ -137,6 +142,8 @@ fn main() {
             "dashboard" => rt.block_on(dashboard::bench(quick)),
             "journal" => rt.block_on(journal(quick)),
             "sim" => sim::bench(quick),
+            "fleet" => rt.block_on(fleet::bench(quick)),
+            "hyperqueue" => rt.block_on(hq::bench(quick)),
             #[cfg(feature = "ucx")]
             "ucx" => rt.block_on(ucx::bench(quick)),
             #[cfg(not(feature = "ucx"))]
@@ -272,7 +279,7 @@ fn spawn_rate(n: u32) -> f64 {
 }
 
 /// `/bin/true`, its output discarded: the command the command-task figures run.
-fn true_command() -> CommandSpec {
+pub(crate) fn true_command() -> CommandSpec {
     CommandSpec { argv: vec!["/bin/true".into()], env: vec![], cwd: None, stdout: None, stderr: None, stream: None }
 }
 
@@ -312,7 +319,7 @@ async fn command(n: u32) -> R<Value> {
 // ---------------------------------------------------------------- journal
 
 /// Tasks per second of one array of `n` `spec` tasks, submit to wait.
-async fn command_round(c: &Client, spec: &rdask::protocol::CommandSpec, n: u32) -> R<f64> {
+pub(crate) async fn command_round(c: &Client, spec: &rdask::protocol::CommandSpec, n: u32) -> R<f64> {
     let t = Instant::now();
     let job = c.submit_array("true", spec.clone(), vec![(1, n)], 1).await?;
     let out = c.wait(job).await?;
@@ -385,7 +392,7 @@ async fn submit_graph_child(n: usize) -> R<Value> {
 }
 
 /// RSS growth of this process (the scheduler's) per task of an `n`-task job left queued (no workers).
-async fn queued_rss(n: u32, graph: bool) -> R<Value> {
+pub(crate) async fn queued_rss(n: u32, graph: bool) -> R<Value> {
     let cluster = LocalCluster::start(0, 1).await?;
     let res: R<Value> = async {
         let client = cluster.client(0).await?;
@@ -714,6 +721,65 @@ fn summarize(r: &Value) -> Vec<Value> {
         };
         let value = format!("{:.0}/s Dask", f(&d["tasks_per_s"]));
         row(format!("rdask/Dask tasks/s, {} tasks", d["tasks"]), value, ">= 50x", ratio.map(|q| q >= 50.0), note);
+    }
+    let h = &r["hyperqueue"];
+    if h["command_ratio"].is_number() {
+        let q = f(&h["command_ratio"]);
+        let note = format!("rdask {:.0}/s, HyperQueue {:.0}/s", f(&h["rdask_tasks_per_s"]), f(&h["hq_tasks_per_s"]));
+        row(
+            format!("rdask:HyperQueue command tasks/s x{}", h["command_tasks"]),
+            format!("{q:.2}x"),
+            ">= 1x",
+            Some(q >= 1.0),
+            note,
+        );
+    }
+    if h["memory_ratio"].is_number() {
+        let q = f(&h["memory_ratio"]);
+        let (a, b) = (f(&h["memory"]["rdask"]["bytes_per_task"]), f(&h["memory"]["hq"]["bytes_per_task"]));
+        let note =
+            format!("rdask {a:.0} B, HyperQueue {b:.0} B per queued task ({} tasks)", h["memory"]["hq"]["tasks"]);
+        row("rdask:HyperQueue RSS/queued task".into(), format!("{q:.2}x"), "<= 1x", Some(q <= 1.0), note);
+    }
+    let fl = &r["fleet"];
+    if fl["register_all_s"].is_number() {
+        let n = &fl["workers"];
+        let note = format!(
+            "spawned in {:.1} s; peak {} fds (soft limit {})",
+            f(&fl["spawn_s"]),
+            fl["peak_fds"],
+            fl["nofile_soft"]
+        );
+        row(
+            format!("fleet: {n} workers registered"),
+            format!("{:.1} s", f(&fl["register_all_s"])),
+            "all",
+            Some(true),
+            note,
+        );
+        let pct = f(&fl["rest_cpu_percent_of_core"]);
+        let note =
+            format!("{:.1} us per heartbeat over {:.0} s", f(&fl["rest_us_per_heartbeat"]), f(&fl["rest_window_s"]));
+        row(
+            format!("fleet: scheduler CPU at rest, {n} workers"),
+            format!("{pct:.2}%"),
+            "< 2% of a core",
+            Some(pct < 2.0),
+            note,
+        );
+        let note = format!(
+            "{} /bin/true in {:.1} s, {} workers ran some",
+            fl["tasks"],
+            f(&fl["array_s"]),
+            fl["workers_that_ran_tasks"]
+        );
+        row(
+            format!("fleet: array across {n} workers"),
+            format!("{:.0}/s", f(&fl["array_tasks_per_s"])),
+            "completes",
+            Some(true),
+            note,
+        );
     }
     let d = &r["dashboard"];
     if d["ratio"].is_number() {

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod cluster;
 pub mod journal;
+pub mod limits;
 pub mod local;
 pub mod process;
 pub mod protocol;

@@ -12,6 +12,7 @@ use rdask_transport::auth::Secret;
 use rdask_transport::Address;
 
 use crate::cluster::ClusterInfo;
+use crate::limits;
 use crate::registry::Registry;
 use crate::scheduler::Config;
 use crate::server::{self, ServerHandle};
@@ -96,6 +97,14 @@ fn env_number(var: &str) -> Option<u64> {
     }
 }
 
+/// Raises this process's open-file limit and checks that the in-process scheduler can hold
+/// `workers` workers' connections (and a few clients'); the error ([`limits::LimitError`] inside
+/// the `io::Error`) names the limit and how to raise it.
+fn fits(workers: usize) -> std::io::Result<()> {
+    let needed = limits::needed_for(workers as u64);
+    limits::ensure(needed, format!("a local cluster of {workers} workers")).map(drop).map_err(std::io::Error::other)
+}
+
 /// A scheduler in this process and worker processes of this program.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -106,6 +115,9 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts a scheduler on 127.0.0.1 and `workers` worker processes with `slots` each.
+    ///
+    /// It first raises this process's open-file limit to the hard limit, and fails (naming the
+    /// limit and how to raise it) if even that cannot hold `workers` connections.
     pub async fn start(workers: usize, slots: u16) -> std::io::Result<LocalCluster> {
         LocalCluster::start_on(rdask_transport::Scheme::Tcp, workers, slots).await
     }
@@ -117,6 +129,7 @@ impl LocalCluster {
         workers: usize,
         slots: u16,
     ) -> std::io::Result<LocalCluster> {
+        fits(workers)?;
         let secret = Secret::generate();
         let addr = Address { scheme, host_port: "127.0.0.1:0".into() };
         let server = server::bind(&addr, secret.clone(), Config::default()).await?;
@@ -135,6 +148,7 @@ impl LocalCluster {
         slots: u16,
         journal: &std::path::Path,
     ) -> std::io::Result<LocalCluster> {
+        fits(workers)?;
         let secret = Secret::generate();
         let listener =
             rdask_transport::listen(&Address { scheme: rdask_transport::Scheme::Tcp, host_port: "127.0.0.1:0".into() })
@@ -152,7 +166,11 @@ impl LocalCluster {
     }
 
     /// Starts one more worker process.
+    ///
+    /// Fails with an error naming `RLIMIT_NOFILE` if this process (which holds the scheduler's
+    /// end of every worker's connection) could not hold one more.
     pub fn add_worker(&mut self, slots: u16) -> std::io::Result<u32> {
+        fits(self.workers.len() + 1)?;
         let exe = std::env::current_exe()?;
         let child = Command::new(exe)
             .env(ROLE_VAR, "worker")

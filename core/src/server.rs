@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits;
 use crate::protocol::{self, ToScheduler};
 use crate::scheduler::{Command, Config, ConnId, Control, Event, Notice, Scheduler};
 
@@ -145,20 +146,47 @@ async fn run(
     let mut writers: HashMap<ConnId, (mpsc::UnboundedSender<Frame>, tokio::task::AbortHandle)> = HashMap::new();
     let mut next_conn: ConnId = 1;
     let mut exiting = false;
+    let mut backoff = AcceptBackoff::default();
+    match limits::raise() {
+        Ok(l) => tracing::debug!("open-file limit {} (hard {})", l.soft, l.hard),
+        Err(e) => tracing::warn!("{e}; the scheduler holds at most as many connections as the current limit allows"),
+    }
+    // One timer for the scheduler's deadline, moved only when the deadline moves (most turns it
+    // does not: heartbeats leave it where it is).
+    let tick = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(tick);
     while !exiting {
         let deadline = sched.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        if tick.is_elapsed() || tick.deadline().into_std() != deadline {
+            tick.as_mut().reset(deadline.into());
+        }
         tokio::select! {
-            accepted = listener.accept() => {
+            // While accepting fails, the next try waits (the scheduler goes on meanwhile).
+            accepted = async {
+                if let Some(at) = backoff.resume {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                listener.accept().await
+            } => {
                 match accepted {
                     Ok(conn) => {
+                        if backoff.succeeded() {
+                            tracing::info!("accepting connections again ({} open)", writers.len());
+                        }
                         let id = next_conn;
                         next_conn += 1;
                         let (secret, events, cancel) = (secret.clone(), events.clone(), cancel.clone());
                         tasks.spawn(cancel.clone().run_until_cancelled_owned(connection(id, conn, secret, events, tasks.clone(), cancel)));
                     }
                     Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let exhausted = limits::is_exhausted(&e);
+                        if backoff.failed(Instant::now()) {
+                            if exhausted {
+                                tracing::error!("{}", limits::exhausted_message(writers.len()));
+                            } else {
+                                tracing::warn!("accept failed: {e}; retrying with backoff (logged once until it succeeds)");
+                            }
+                        }
                     }
                 }
                 continue;
@@ -177,7 +205,7 @@ async fn run(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            _ = &mut tick => {
                 sched.handle(Instant::now(), Event::Tick);
             }
             c = recv_control(&mut control) => match c {
@@ -232,6 +260,35 @@ async fn run(
         tracing::warn!("some connections had not flushed within 5 s of the scheduler's end");
     }
     tracing::info!("scheduler stopped");
+}
+
+/// When to try `accept` again after it failed: the first retry after 10 ms, each further one
+/// twice as late, at most 1 s, so a listener out of descriptors (`EMFILE`) does not spin; and
+/// whether to log, which is once per run of failures.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+    resume: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// Records a failure at `now`; true if it is the first of its run (the one to log).
+    fn failed(&mut self, now: Instant) -> bool {
+        let delay = Self::FIRST.saturating_mul(1 << self.failures.min(16)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        self.resume = Some(now + delay);
+        self.failures == 1
+    }
+
+    /// Records a success; true if failures came before it (to say that it recovered).
+    fn succeeded(&mut self) -> bool {
+        let recovered = self.failures > 0;
+        *self = AcceptBackoff::default();
+        recovered
+    }
 }
 
 async fn recv_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
@@ -329,4 +386,30 @@ async fn connection(
     }));
     let _ = events.send(Internal::Connected(id, out, reader.abort_handle()));
     let _ = go.send(());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_to_a_second_and_log_once_per_run() {
+        let mut b = AcceptBackoff::default();
+        let t = Instant::now();
+        assert_eq!(b.resume, None, "no failure, no wait");
+        let mut delays = Vec::new();
+        let mut logged = 0;
+        for _ in 0..12 {
+            logged += usize::from(b.failed(t));
+            delays.push(b.resume.unwrap() - t);
+        }
+        assert_eq!(logged, 1, "one log line for a run of failures");
+        assert_eq!(delays[0], Duration::from_millis(10));
+        assert_eq!(delays[1], Duration::from_millis(20));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        assert_eq!(*delays.last().unwrap(), Duration::from_secs(1));
+        assert!(b.succeeded(), "a success after failures is a recovery");
+        assert!(!b.succeeded());
+        assert!(b.failed(t), "a new run of failures logs again");
+    }
 }

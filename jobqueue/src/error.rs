@@ -13,7 +13,7 @@
 //! | 2 | bad command line, option value or configuration (clap's own code) |
 //! | 3 | the cluster is not running, or its scheduler cannot be reached |
 //! | 4 | refused: by the scheduler (an invalid job, a scale or adapt request it will not do, a cluster already up) or by the batch system (`sbatch`, `qsub`, `bsub` refused the job script) |
-//! | 5 | anything else: a batch-system status or cancel command failed, a file could not be read or written, the cluster did not start in time, an internal error |
+//! | 5 | anything else: a batch-system status or cancel command failed, a file could not be read or written, the open-file limit is too low for the workers asked for, the cluster did not start in time, an internal error |
 //!
 //! `run` and `mpi` exit with their client command's own code.
 
@@ -176,6 +176,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The open-file limit cannot hold the connections the scheduler is asked to hold.
+    #[error(transparent)]
+    Limit(#[from] rdask::limits::LimitError),
     /// An MPI job failed to start or run (feature `mpi`).
     #[error("{0}")]
     Mpi(String),
@@ -213,6 +216,7 @@ impl Error {
             | Error::Worker(_)
             | Error::Secret { .. }
             | Error::Io { .. }
+            | Error::Limit(_)
             | Error::Mpi(_) => 5,
         }
     }

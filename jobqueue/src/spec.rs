@@ -362,6 +362,17 @@ impl ClusterSpec {
         }
     }
 
+    /// The most workers this spec asks for at once (before any `scale` request): the fixed
+    /// ones (`local-workers`, or every pool's jobs' workers), or adapting, `--adapt-max` jobs
+    /// of the largest job shape (local: workers). What the scheduler must hold connections for.
+    pub fn planned_workers(&self) -> usize {
+        let local = matches!(self.backend, Backend::Local);
+        let fixed = if local { self.workers.local_workers } else { self.pools.iter().map(PoolSpec::workers).sum() };
+        let per_job = if local { 1 } else { self.pools.iter().map(|p| p.shape().workers as usize).max().unwrap_or(1) };
+        let adaptive = self.adapt.map_or(0, |a| a.max as usize * per_job);
+        fixed.max(adaptive)
+    }
+
     /// Local workers to start with: the adaptive minimum, or `local-workers`.
     pub fn initial_local_workers(&self) -> usize {
         self.adapt.map_or(self.workers.local_workers, |a| a.min as usize)

@@ -273,6 +273,11 @@ pub struct Scheduler {
     unclaimed_until: Option<Instant>,
     /// Journalled tasks that finished during this event, not journalled yet.
     finished_unjournalled: Vec<TaskId>,
+    /// No later than the first heartbeat timeout or lifetime end of a worker: a scan's result,
+    /// lowered by each worker that joins, and scanned again at each tick. Heartbeats only move
+    /// timeouts later, so it is never late; early, a tick finds nothing due. It spares the
+    /// driver a scan of every worker per event.
+    wake_at: Option<Instant>,
 }
 
 impl Scheduler {
@@ -305,6 +310,7 @@ impl Scheduler {
             adopting: None,
             unclaimed_until: None,
             finished_unjournalled: Vec::new(),
+            wake_at: None,
         }
     }
 
@@ -316,10 +322,15 @@ impl Scheduler {
 
     /// When the driver must deliver the next [`Event::Tick`] at the latest.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let adoption = self.adopting.as_ref().map(|a| a.until);
+        self.wake_at.into_iter().chain(adoption).chain(self.unclaimed_until).min()
+    }
+
+    /// The first heartbeat timeout or lifetime end of a live, not retiring worker: a scan.
+    fn scan_wake_at(&self) -> Option<Instant> {
         let heartbeats = self.workers.values().map(|w| w.last_seen + self.config.heartbeat_timeout);
         let lifetimes = self.workers.values().filter(|w| !w.retiring).filter_map(|w| w.ends_at);
-        let adoption = self.adopting.as_ref().map(|a| a.until);
-        heartbeats.chain(lifetimes).chain(adoption).chain(self.unclaimed_until).min()
+        heartbeats.chain(lifetimes).min()
     }
 
     /// Number of connected workers.

@@ -170,6 +170,8 @@ impl Scheduler {
         }
         self.conns.insert(conn, Peer::Worker(id));
         let ends_at = info.lifetime_ms.map(|ms| now + Duration::from_millis(ms));
+        let due = ends_at.into_iter().chain([now + self.config.heartbeat_timeout]).chain(self.wake_at).min();
+        self.wake_at = due;
         let held = Held { gpus: vec![false; info.offer.gpus.len()], memory: 0, named: vec![0; info.offer.named.len()] };
         let heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64;
         self.commands.push(Command::ToWorker(conn, ToWorker::Welcome { id, heartbeat_ms }));
@@ -227,6 +229,7 @@ impl Scheduler {
         for w in expired {
             self.retire(w, "its lifetime (its batch job's walltime) is up");
         }
+        self.wake_at = self.scan_wake_at();
     }
 
     /// A worker is gone: re-run what it was running, recompute what only it held. Costs the

@@ -29,6 +29,12 @@ pub(crate) async fn scheduler(state: &StateDir, cmd: SchedulerCmd) -> Result<i32
         None => ClusterSpec::resolve(&cmd.args, state)?,
     };
     let batch = batch_system_of(&a);
+    // One descriptor per worker's connection: raise the soft limit to the hard one, and stop
+    // here, saying which limit, if even that cannot hold the workers asked for.
+    let planned = a.planned_workers();
+    let limit =
+        rdask::limits::ensure(rdask::limits::needed_for(planned as u64), format!("a scheduler for {planned} workers"))?;
+    tracing::debug!("open-file limit {} (hard {}), {planned} workers planned", limit.soft, limit.hard);
     state.create()?;
     let me = std::process::id();
     state.record(&Journalled::Process { pid: me, start: state::process_start_time(me).unwrap_or(0), launch: None })?;

@@ -316,3 +316,15 @@ fn the_pool_keys_are_the_long_options_of_a_pool() {
     want.sort();
     assert_eq!(keys, want);
 }
+
+#[test]
+fn planned_workers_count_what_the_scheduler_must_hold_connections_for() {
+    assert_eq!(spec(&["--workers", "500"]).unwrap().planned_workers(), 500);
+    // Adapting locally: up to --adapt-max workers, even when starting with fewer.
+    assert_eq!(spec(&["--workers", "3", "--adapt-max", "40"]).unwrap().planned_workers(), 40);
+    // Batch: every job's workers (nodes x processes), or --adapt-max jobs of that shape.
+    let s = spec(&["--backend", "slurm", "--nodes", "4", "--processes", "8", "--cores", "8"]).unwrap();
+    assert_eq!(s.planned_workers(), 32);
+    let s = spec(&["--backend", "slurm", "--nodes", "1", "--processes", "8", "--cores", "8", "--adapt-max", "10"]);
+    assert_eq!(s.unwrap().planned_workers(), 80);
+}
