@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterInfo;
 use crate::protocol::{
-    self, ClientInfo, ClusterStatus, CommandSpec, Counts, EndedPage, EventPage, JobId, JobOutcome, JobSpec, JobTasks,
-    Metrics, Needs, Refusal, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler,
-    WorkerId,
+    self, Cancelled, ClientInfo, ClusterStatus, CommandSpec, Counts, EndedPage, EventPage, JobId, JobOutcome, JobSpec,
+    JobTasks, Metrics, Needs, Refusal, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient,
+    ToScheduler, WorkerId,
 };
 use crate::worker::FetchPool;
 
@@ -383,6 +383,18 @@ impl Client {
         match self.request(Request::Release(job)).await? {
             Reply::Ok => Ok(()),
             Reply::NoSuchJob(j) => Err(ClientError::NoSuchJob(j)),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Cancels the tasks of `job` that have not started: every one (`tasks: None`) or those
+    /// indexes. They fail as [`ErrorKind::Cancelled`](crate::protocol::ErrorKind::Cancelled),
+    /// with the tasks that depend on them; tasks already running finish.
+    pub async fn cancel(&self, job: JobId, tasks: Option<Vec<u32>>) -> Result<Cancelled, ClientError> {
+        match self.request(Request::Cancel { job, tasks }).await? {
+            Reply::Cancelled(c) => Ok(c),
+            Reply::NoSuchJob(j) => Err(ClientError::NoSuchJob(j)),
+            Reply::Refused(why) => Err(ClientError::Refused(why)),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }

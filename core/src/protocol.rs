@@ -309,6 +309,8 @@ pub enum ErrorKind {
     DependencyFailed(TaskId),
     /// An input could not be decoded or fetched.
     Input,
+    /// A client cancelled it before it started ([`Request::Cancel`]).
+    Cancelled,
 }
 
 /// A task's failure, with the worker's own words.
@@ -332,6 +334,7 @@ impl fmt::Display for TaskError {
             ErrorKind::WorkerLost => write!(f, "worker lost: {}", self.message),
             ErrorKind::DependencyFailed(t) => write!(f, "dependency {t} failed: {}", self.message),
             ErrorKind::Input => write!(f, "input error: {}", self.message),
+            ErrorKind::Cancelled => write!(f, "{}", self.message),
         }
     }
 }
@@ -508,6 +511,16 @@ pub enum Request {
         job: JobId,
         /// How many ended tasks the client has seen: [`EndedPage::next`] of its last page (0 first).
         after: u32,
+    },
+    /// Cancel tasks of `job` that have not started: all of them (`tasks: None`) or those
+    /// indexes. They fail as [`ErrorKind::Cancelled`], and so do the tasks that depend on them;
+    /// tasks already running finish. Answered with [`Reply::Cancelled`].
+    Cancel {
+        /// The job.
+        job: JobId,
+        /// Which of its tasks (`None`: every one), named as [`JobOutcome::failed`] names them:
+        /// by array index for arrays, else by task index.
+        tasks: Option<Vec<u32>>,
     },
 }
 
@@ -1053,6 +1066,17 @@ pub enum Reply {
     Metrics(Box<Metrics>),
     /// The ended tasks asked for.
     Ended(EndedPage),
+    /// What a [`Request::Cancel`] did.
+    Cancelled(Cancelled),
+}
+
+/// What a [`Request::Cancel`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// Tasks that had not started and now never will (their dependents not counted).
+    pub cancelled: u32,
+    /// Tasks asked for that are running and will finish.
+    pub running: u32,
 }
 
 /// Why a request was refused.

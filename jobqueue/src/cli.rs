@@ -94,6 +94,13 @@ pub enum Cmd {
     Submit(SubmitArgs),
     /// Wait for a job to finish, with a progress bar; exits 1 if any task failed.
     Wait(WaitArgs),
+    /// Cancel a job's tasks that have not started (all, or `--task N`); running ones finish.
+    ///
+    /// Cancelled tasks, and tasks that depend on them, count as failed: `wait` exits 1.
+    ///
+    ///   rdask-jobqueue cancel 3
+    ///   rdask-jobqueue cancel 3 --task 10 --task 11
+    Cancel(CancelArgs),
     /// Show the cluster's workers and jobs, and the dashboard's URL.
     Status(StatusArgs),
     /// Print the cluster's events (jobs submitted and finished, tasks failed, workers joined
@@ -527,6 +534,16 @@ pub struct WaitArgs {
     /// Output format of the result.
     #[arg(long, value_enum, default_value_t = OutputMode::Text)]
     pub output: OutputMode,
+}
+
+/// Options of `cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The job [default: the last one submitted].
+    pub job: Option<u32>,
+    /// Cancel only this task (its array index, as in `%{TASK_ID}`; repeatable) [default: every task].
+    #[arg(long, value_name = "N")]
+    pub task: Vec<u32>,
 }
 
 /// Options of `status`.

@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Up(a) => rt.block_on(cmd::up::up(&state, a)),
         Cmd::Submit(a) => rt.block_on(cmd::submit::submit(&state, a)),
         Cmd::Wait(a) => rt.block_on(cmd::wait::wait(&state, a)),
+        Cmd::Cancel(a) => rt.block_on(cmd::cancel::cancel(&state, a)),
         Cmd::Status(a) => rt.block_on(cmd::status::status(&state, a)),
         Cmd::Events(a) => rt.block_on(cmd::events::events(&state, a)),
         Cmd::Output(a) => cmd::output::output(&state, &a),

@@ -394,3 +394,39 @@ fn a_job_script_refused_by_sbatch_exits_4_with_its_words_and_leaves_nothing() {
     let jobs = String::from_utf8_lossy(&squeue.stdout).to_string();
     assert!(jobs.trim().is_empty(), "jobs of the refused cluster: {jobs}");
 }
+
+/// `cancel`: the queued tasks of a job never run, the running one finishes, `wait` exits 1
+/// saying they were cancelled, and a task the job does not have is a usage error.
+#[test]
+fn cancel_stops_the_queued_tasks_of_an_array_and_wait_reports_them() {
+    let home = common::Home::new();
+    let h = home.path();
+    ok(h, &["up", "--workers", "1", "--slots", "1"]);
+    let ran = h.join("ran");
+    std::fs::create_dir(&ran).unwrap();
+    let script = format!("touch {}/$RDASK_TASK_ID; sleep 0.5", ran.display());
+    let sub = ok(h, &["submit", "--array", "1-40", "--", "sh", "-c", &script]);
+    let job = sub.split_whitespace().nth(2).unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ran.join("1").exists() {
+        assert!(Instant::now() < deadline, "task 1 never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let bad = rdask(h, &["cancel", &job, "--task", "41"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("has no task 41: its array is 1-40"), "{}", text(&bad));
+    let one = ok(h, &["cancel", &job, "--task", "40"]);
+    assert!(one.contains("1 tasks cancelled"), "{one}");
+    let out = ok(h, &["cancel"]);
+    assert!(out.contains("tasks cancelled") && out.contains("already running will finish"), "{out}");
+    let waited = rdask(h, &["wait", &job]);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    assert!(text(&waited).contains("cancelled by a client"), "{}", text(&waited));
+    let started = std::fs::read_dir(&ran).unwrap().count();
+    assert!((1..=3).contains(&started), "{started} of 40 tasks ran after the cancel");
+    // The worker takes new work at once.
+    let sub = ok(h, &["submit", "--", "true"]);
+    let next = sub.split_whitespace().nth(2).unwrap().to_string();
+    ok(h, &["wait", &next]);
+    ok(h, &["down"]);
+}

@@ -377,6 +377,15 @@ impl Connection {
         Ok((page.next, page.finished, results, failed, page.done))
     }
 
+    /// Cancels a job's tasks that have not started (all, or those of `tasks`): they fail as
+    /// cancelled; running ones finish. Returns `(cancelled, running)`.
+    #[pyo3(signature = (job, tasks=None))]
+    fn cancel(&self, py: Python<'_>, job: u32, tasks: Option<Vec<u32>>) -> PyResult<(u32, u32)> {
+        let client = self.client()?;
+        let c = py.allow_threads(|| self.rt.block_on(client.cancel(JobId(job), tasks))).map_err(client_error)?;
+        Ok((c.cancelled, c.running))
+    }
+
     /// Drops a job's results on the workers and forgets it (in the background).
     fn release(&self, job: u32) -> PyResult<()> {
         let client = self.client()?;

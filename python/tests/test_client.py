@@ -249,6 +249,32 @@ def test_cancel_marks_futures_cancelled(client):
         f.result()
 
 
+def _mark_and_nap(path, seconds):
+    open(path, "w").close()
+    time.sleep(seconds)
+    return path
+
+
+def test_cancelled_tasks_that_have_not_started_never_run_nor_do_their_dependents(tmp_path):
+    # One slot: the first tasks run (or wait in the worker's queue) while the rest are queued.
+    with rdask.LocalCluster(n_workers=1, threads_per_worker=1) as cluster, rdask.Client(cluster) as client:
+        futures = client.map(_mark_and_nap, [tmp_path / f"{i}" for i in range(20)], [0.5] * 20)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "0").exists():
+            assert time.monotonic() < deadline, "the first task never started"
+            time.sleep(0.01)
+        dependent = client.submit(lambda p: p, futures[10])
+        client.cancel(futures)
+        assert all(f.cancelled() for f in futures)
+        with pytest.raises(rdask.TaskError, match="cancelled"):
+            dependent.result(timeout=30)
+        # The cluster is free for new work once the tasks that had started end.
+        assert client.submit(inc, 1).result(timeout=30) == 2
+        ran = sorted(int(p.name) for p in tmp_path.iterdir())
+        assert ran and len(ran) <= 3, f"cancelled tasks ran: {ran}"
+        assert ran == list(range(len(ran))), ran
+
+
 def test_command_arrays(client, tmp_path):
     job = client.submit_command(
         ["sh", "-c", 'echo "task $RDASK_TASK_ID" > out-%{TASK_ID}.txt'], array="1-20", cwd=tmp_path

@@ -183,6 +183,21 @@ impl Job {
         }
         index
     }
+
+    /// The task whose array index is `id` (for command arrays; else the task of index `id`).
+    pub(super) fn task_of(&self, id: u32) -> Option<u32> {
+        let Some(ranges) = self.array.as_deref() else {
+            return ((id as usize) < self.tasks.len()).then_some(id);
+        };
+        let mut before = 0;
+        for &(a, b) in ranges {
+            if (a..=b).contains(&id) {
+                return Some(before + id - a);
+            }
+            before += b - a + 1;
+        }
+        None
+    }
 }
 
 impl State {

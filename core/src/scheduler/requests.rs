@@ -1,4 +1,4 @@
-//! Clients' requests: submit, wait, progress, status (with the load per kind), release, retire
+//! Clients' requests: submit, wait, progress, status (with the load per kind), release, cancel, retire
 //! and shutdown, and what a client's leaving does to the jobs it owns.
 //!
 //! A submitted job is validated here as a whole (refused with nothing changed) before its tasks
@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::protocol::{
-    ClientInfo, ClusterStatus, Counts, EndedPage, ErrorKind, EventKind, Holding, JobId, JobOutcome, JobSpec, JobStatus,
-    JobTasks, KindLoad, Needs, Refusal, RefusalKind, Reply, Request, TaskBody, TaskError, TaskId, TaskRef, ToClient,
-    WorkerId, WorkerStatus,
+    Cancelled, ClientInfo, ClusterStatus, Counts, EndedPage, ErrorKind, EventKind, Holding, JobId, JobOutcome, JobSpec,
+    JobStatus, JobTasks, KindLoad, Needs, Refusal, RefusalKind, Reply, Request, TaskBody, TaskError, TaskId, TaskRef,
+    ToClient, WorkerId, WorkerStatus,
 };
 
 use super::graph::{Job, State, Task, Tasks};
@@ -47,6 +47,7 @@ impl Scheduler {
                 None => Reply::NoSuchJob(job),
                 Some(page) => Reply::Ended(page),
             },
+            Request::Cancel { job, tasks } => self.cancel(job, tasks.as_deref()),
             Request::Release(job) => {
                 if !self.jobs.contains_key(&job) {
                     Reply::NoSuchJob(job)
@@ -264,6 +265,46 @@ impl Scheduler {
                 self.release_job(job);
             }
         }
+    }
+
+    /// Cancels the tasks of `job` that have not started (every one, or those of `which`): they
+    /// and their dependents fail as cancelled; running ones are counted and left to finish.
+    /// Indexes are all checked first: a wrong one refuses the whole request.
+    fn cancel(&mut self, job: JobId, which: Option<&[u32]>) -> Reply {
+        let Some(j) = self.jobs.get(&job) else { return Reply::NoSuchJob(job) };
+        let n = j.tasks.len() as u32;
+        let indexes: Vec<u32> = match which {
+            None => (0..n).collect(),
+            Some(list) => match list.iter().map(|&id| j.task_of(id).ok_or(id)).collect::<Result<_, _>>() {
+                Ok(indexes) => indexes,
+                Err(id) => {
+                    let have = match j.array.as_deref() {
+                        Some(ranges) => {
+                            let r: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+                            format!("its array is {}", r.join(","))
+                        }
+                        None => format!("its tasks are 0 to {}", n.saturating_sub(1)),
+                    };
+                    let why = format!("job {job} has no task {id}: {have}");
+                    return Reply::Refused(Refusal::new(RefusalKind::Invalid, why));
+                }
+            },
+        };
+        let mut done = Cancelled::default();
+        for index in indexes {
+            let id = TaskId { job, index };
+            match self.task(id).map(|t| t.state()) {
+                Some(State::Waiting { .. } | State::Ready) => {
+                    done.cancelled += 1;
+                    let error = TaskError { kind: ErrorKind::Cancelled, message: "cancelled by a client".into() };
+                    self.fail(id, error);
+                }
+                Some(State::Assigned { .. }) => done.running += 1,
+                _ => {}
+            }
+        }
+        tracing::info!(job = %job, cancelled = done.cancelled, running = done.running, "tasks cancelled");
+        Reply::Cancelled(done)
     }
 
     /// The tasks of `job` that ended, from the `after`-th on (see [`Request::Ended`]); starts

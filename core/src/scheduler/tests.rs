@@ -18,10 +18,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::placement::{DEPTH_LONG, DEPTH_SHORT};
 use super::{Command, Config, ConnId, Control, Event, Notice, Scheduler};
 use crate::protocol::{
-    self, AdaptSpec, Assignment, ClientInfo, ClusterStatus, CommandSpec, ControlRequest, Counts, EndedPage, ErrorKind,
-    Finished, Holding, JobId, JobOutcome, JobSpec, JobTasks, Needs, Offer, ProvisioningStatus, Refusal, RefusalKind,
-    Reply, Request, ScaleTarget, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler, ToWorker, Work,
-    WorkerId, WorkerInfo,
+    self, AdaptSpec, Assignment, Cancelled, ClientInfo, ClusterStatus, CommandSpec, ControlRequest, Counts, EndedPage,
+    ErrorKind, Finished, Holding, JobId, JobOutcome, JobSpec, JobTasks, Needs, Offer, ProvisioningStatus, Refusal,
+    RefusalKind, Reply, Request, ScaleTarget, TaskBody, TaskError, TaskId, TaskRef, TaskSpec, ToClient, ToScheduler,
+    ToWorker, Work, WorkerId, WorkerInfo,
 };
 
 /// Encodes and decodes a message, as the transport would.
@@ -1344,4 +1344,53 @@ fn ended_lists_tasks_in_the_order_they_end_with_their_holders_and_failures() {
     assert!(last.done, "every task ended and was listed");
     assert_eq!(last.next, 7);
     assert!(matches!(sim.request(client, Request::Ended { job: JobId(999), after: 0 }), Reply::NoSuchJob(_)));
+}
+
+#[test]
+fn cancel_fails_what_has_not_started_and_its_dependents_while_running_tasks_finish() {
+    let mut sim = Sim::new();
+    let (c1, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    // 0 runs; 1 and 2 wait for it, 3 for 2; 0 and 2 are cancelled.
+    let job = sim.submit(client, graph(vec![task(&[], true), task(&[0], true), task(&[0], true), task(&[2], true)]));
+    let t = |i| tid(job, i);
+    assert_eq!(ids(&sim.computes(c1)), vec![t(0)]);
+    let reply = sim.request(client, Request::Cancel { job, tasks: Some(vec![0, 2]) });
+    assert_eq!(reply, Reply::Cancelled(Cancelled { cancelled: 1, running: 1 }));
+    let cancelled = TaskError { kind: ErrorKind::Cancelled, message: "cancelled by a client".into() };
+    assert_eq!(sim.progress(client, job), counts(4, 1, 1, 0, 2), "2 and its dependent 3 failed");
+    sim.finish(c1, &[t(0)]);
+    assert_eq!(ids(&sim.computes(c1)), vec![t(1)], "the running task finished and its dependent runs");
+    // Whole-job cancel: nothing is left to cancel but the running task.
+    let reply = sim.request(client, Request::Cancel { job, tasks: None });
+    assert_eq!(reply, Reply::Cancelled(Cancelled { cancelled: 0, running: 1 }));
+    sim.finish(c1, &[t(1)]);
+    let outcome = job_done(sim.request(client, Request::Wait(job)));
+    assert_eq!(outcome.finished, 2);
+    let dep = TaskError { kind: ErrorKind::DependencyFailed(t(2)), ..cancelled.clone() };
+    assert_eq!(outcome.failed, vec![(2, cancelled), (3, dep)]);
+    // A wrong index refuses the request and changes nothing; an unknown job is said so.
+    let other = sim.submit(client, array(vec![(1, 3), (7, 9)], 1));
+    let given = ids(&sim.computes(c1));
+    let sent = given.len() as u32;
+    assert!(sent >= 1);
+    let refused = sim.request(client, Request::Cancel { job: other, tasks: Some(vec![1, 4]) });
+    assert!(
+        matches!(&refused, Reply::Refused(r) if r.kind == RefusalKind::Invalid && r.message.contains("no task 4: its array is 1-3,7-9")),
+        "{refused:?}"
+    );
+    assert_eq!(sim.progress(client, other).failed, 0);
+    // An array's tasks are named by their array index: 9 is the last one.
+    let last = sim.request(client, Request::Cancel { job: other, tasks: Some(vec![9]) });
+    assert_eq!(last, Reply::Cancelled(Cancelled { cancelled: 1, running: 0 }));
+    let cancelled_all = sim.request(client, Request::Cancel { job: other, tasks: None });
+    assert_eq!(cancelled_all, Reply::Cancelled(Cancelled { cancelled: 5 - sent, running: sent }));
+    assert!(sim.all_computes().is_empty(), "a cancelled task is never sent");
+    sim.finish(c1, &given);
+    let outcome = job_done(sim.request(client, Request::Wait(other)));
+    assert_eq!(outcome.finished, sent);
+    let failed: Vec<u32> = outcome.failed.iter().map(|(i, _)| *i).collect();
+    assert!(failed.contains(&9) && failed.len() as u32 == 6 - sent, "{failed:?}");
+    let gone = JobId(9_999);
+    assert_eq!(sim.request(client, Request::Cancel { job: gone, tasks: None }), Reply::NoSuchJob(gone));
 }

@@ -2,6 +2,7 @@
 //! [`crate::srun`], [`crate::mpi`] and [`crate::config`]); [`crate::run`] dispatches.
 
 pub(crate) mod adapt;
+pub(crate) mod cancel;
 pub(crate) mod down;
 pub(crate) mod events;
 pub(crate) mod job_script;

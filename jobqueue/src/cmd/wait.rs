@@ -13,20 +13,22 @@ use crate::state::StateDir;
 
 /// `wait`: waits for a job, with a progress bar.
 pub(crate) async fn wait(state: &StateDir, a: WaitArgs) -> Result<i32> {
-    let job = match a.job {
-        Some(j) => JobId(j),
-        None => {
-            let text = std::fs::read_to_string(state.file("last-job")).map_err(|_| {
-                Error::Usage(format!("no job given and none submitted yet on cluster `{}`", state.name))
-            })?;
-            let id = text.trim().parse().map_err(|_| {
-                Error::Usage(format!("corrupt last-job file in {}; give the job: `wait JOB`", state.path.display()))
-            })?;
-            JobId(id)
-        }
-    };
+    let job = job_or_last(state, a.job, "wait")?;
     let client = connect(state).await?;
     wait_job(state, &client, job, a.output).await
+}
+
+/// `job`, or else the last job submitted to the cluster (for the subcommand `verb`).
+pub(crate) fn job_or_last(state: &StateDir, job: Option<u32>, verb: &str) -> Result<JobId> {
+    if let Some(j) = job {
+        return Ok(JobId(j));
+    }
+    let text = std::fs::read_to_string(state.file("last-job"))
+        .map_err(|_| Error::Usage(format!("no job given and none submitted yet on cluster `{}`", state.name)))?;
+    let id = text.trim().parse().map_err(|_| {
+        Error::Usage(format!("corrupt last-job file in {}; give the job: `{verb} JOB`", state.path.display()))
+    })?;
+    Ok(JobId(id))
 }
 
 pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, output: OutputMode) -> Result<i32> {

@@ -349,13 +349,19 @@ class Client:
         return type(futures)(out) if isinstance(futures, (list, tuple)) else out
 
     def cancel(self, futures):
-        """Cancels futures: their results are no longer wanted (tasks already running finish)."""
+        """Cancels futures: their tasks that have not started never run, nor do the tasks that
+        depend on them (their futures raise); tasks already running finish, their results unused.
+        A future that already ended is left as it is."""
         if isinstance(futures, Future):
             futures = [futures]
+        by_job = {}
         for f in futures:
             if not f._job.done():
                 f._cancelled = True
                 f._deps = []
+                by_job.setdefault(id(f._job), (f._job, []))[1].append(f._index)
+        for job, indices in by_job.values():
+            self._conn().cancel(job.id, sorted(set(indices)))
 
     def submit_command(self, argv, array=None, cpus=1, env=None, cwd=None, stdout=None, stderr=None, name=None):
         """Submits a command, or an array of them (``array="1-1000"``), as ``rdask-jobqueue
