@@ -1,6 +1,6 @@
 //! The scheduler dies and comes back (#15): `up` restores it from its journal, the workers
 //! that were running carry on, what finished is not run again, and a `wait` in progress
-//! returns as if nothing happened.
+//! returns as if nothing happened (and one started while no scheduler runs waits for it).
 
 mod common;
 
@@ -34,6 +34,8 @@ fn a_scheduler_killed_mid_array_is_restored_and_the_same_workers_finish_it_witho
         assert!(Instant::now() < deadline, "the scheduler survived SIGKILL");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A `wait` started while no scheduler runs waits for it to come back.
+    let late = rdask_command(h, &["wait"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Tasks go on while no scheduler runs; then `up` carries on from the journal.
     std::thread::sleep(Duration::from_secs(2));
     let up = rdask(h, &["up"]);
@@ -47,6 +49,10 @@ fn a_scheduler_killed_mid_array_is_restored_and_the_same_workers_finish_it_witho
     assert_eq!(out.status.code(), Some(0), "the wait started before the crash: {said}");
     assert!(said.contains(&format!("{N} of {N} tasks finished, 0 failed")), "{said}");
     assert!(said.contains("reconnected"), "{said}");
+    let out = late.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "the wait started during the crash: {said}");
+    assert!(said.contains("cannot reach the scheduler") && said.contains("0 failed"), "{said}");
     assert_eq!(runs_per_task(&runs, N), vec![], "tasks that did not run exactly once (task, runs)");
     assert_eq!(worker_pids(&status(h)), workers);
     ok(h, &["down"]);

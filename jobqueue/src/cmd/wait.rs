@@ -14,7 +14,21 @@ use crate::state::StateDir;
 /// `wait`: waits for a job, with a progress bar.
 pub(crate) async fn wait(state: &StateDir, a: WaitArgs) -> Result<i32> {
     let job = job_or_last(state, a.job, "wait")?;
-    let client = connect(state).await?;
+    let client = match connect(state).await {
+        Ok(c) => c,
+        // A scheduler being restarted from its journal (`up` after a crash): wait a little.
+        Err(Error::Unreachable { .. }) if state.file(crate::state::SCHEDULER_JOURNAL).exists() => {
+            eprintln!(
+                "cannot reach the scheduler of cluster `{}`; waiting up to {} s for it to come back \
+                 (`rdask-jobqueue up --name {}` restarts it from its journal)",
+                state.name,
+                FIRST_CONNECT.as_secs(),
+                state.name
+            );
+            reconnect(state, FIRST_CONNECT).await?
+        }
+        Err(e) => return Err(e),
+    };
     wait_job(state, &client, job, a.output).await
 }
 
@@ -76,7 +90,7 @@ pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, outp
                     RECONNECT.as_secs(),
                     state.name
                 );
-                reconnected = Some(reconnect(state).await?);
+                reconnected = Some(reconnect(state, RECONNECT).await?);
                 eprintln!("reconnected to cluster `{}`; still waiting for job {job}", state.name);
             }
             Err(e) => return Err(Error::client(&state.name)(e)),
@@ -109,13 +123,16 @@ pub(crate) async fn wait_job(state: &StateDir, client: &Client, job: JobId, outp
     }
 }
 
-/// How long `wait` looks for a scheduler that went away.
+/// How long `wait` looks for a scheduler that went away while it waited…
 const RECONNECT: Duration = Duration::from_secs(600);
+/// …and for one it cannot reach when it starts, if the cluster has a journal to restart from
+/// (a crashed cluster that nobody restarts fails soon enough to say so).
+const FIRST_CONNECT: Duration = Duration::from_secs(30);
 
-/// A connection to the cluster's scheduler once it is back; an error once [`RECONNECT`] has
+/// A connection to the cluster's scheduler once it is back; an error once `within` has
 /// passed, or at once if the cluster was taken down (its scheduler file and journal are gone).
-async fn reconnect(state: &StateDir) -> Result<Client> {
-    let deadline = std::time::Instant::now() + RECONNECT;
+async fn reconnect(state: &StateDir, within: Duration) -> Result<Client> {
+    let deadline = std::time::Instant::now() + within;
     loop {
         if let Ok(c) = crate::connect(state).await {
             return Ok(c);
