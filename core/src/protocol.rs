@@ -434,8 +434,15 @@ pub enum ToScheduler {
     RegisterWorker(WorkerInfo),
     /// A client joins.
     RegisterClient(ClientInfo),
-    /// A worker is alive, and what its process uses.
-    Heartbeat(WorkerLoad),
+    /// A worker is alive, and what its process uses. `ack`: it wants a [`ToWorker::Ack`], having
+    /// heard nothing from the scheduler for a while (its death timeout needs word); otherwise
+    /// the scheduler sends nothing back.
+    Heartbeat {
+        /// What its process uses.
+        load: WorkerLoad,
+        /// Whether to answer with [`ToWorker::Ack`].
+        ack: bool,
+    },
     /// Tasks a worker finished; results stay on the worker.
     Finished(Vec<Finished>),
     /// A task failed on the worker.
@@ -1136,7 +1143,7 @@ pub enum ToWorker {
     Release(Vec<TaskId>),
     /// Every result of a job is no longer needed.
     ReleaseJob(JobId),
-    /// Reply to a heartbeat.
+    /// Reply to a heartbeat that asked for one.
     Ack,
     /// Stop now: kill running tasks and exit.
     Stop,

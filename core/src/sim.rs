@@ -544,7 +544,7 @@ impl<'a> SimCluster<'a> {
                 }
                 let kind = match &msg {
                     ToScheduler::Finished(_) => 0,
-                    ToScheduler::Heartbeat(_) => 1,
+                    ToScheduler::Heartbeat { .. } => 1,
                     _ => 2,
                 };
                 let msg = wire(self.config.wire, msg);
@@ -587,7 +587,10 @@ impl<'a> SimCluster<'a> {
             Ev::Heartbeat(w) => {
                 if self.workers[w].alive {
                     let conn = self.workers[w].conn;
-                    self.at(self.config.latency, Ev::ToScheduler(conn, ToScheduler::Heartbeat(Default::default())));
+                    self.at(
+                        self.config.latency,
+                        Ev::ToScheduler(conn, ToScheduler::Heartbeat { load: Default::default(), ack: false }),
+                    );
                     self.at(self.config.scheduler.heartbeat_interval, Ev::Heartbeat(w));
                 }
             }

@@ -437,10 +437,13 @@ impl Scheduler {
                 self.commands.push(Command::ToClient(conn, ToClient::Welcome));
                 self.notify(Notice::ClientJoined { conn, info });
             }
-            (Some(Peer::Worker(w)), ToScheduler::Heartbeat(load)) => {
+            (Some(Peer::Worker(w)), ToScheduler::Heartbeat { load, ack }) => {
                 if let Some(worker) = self.workers.get_mut(&w) {
                     worker.load = load;
-                    self.commands.push(Command::ToWorker(worker.conn, ToWorker::Ack));
+                    // Only when asked: at rest, a heartbeat costs the scheduler its read, no write.
+                    if ack {
+                        self.commands.push(Command::ToWorker(worker.conn, ToWorker::Ack));
+                    }
                 }
             }
             (Some(Peer::Worker(w)), ToScheduler::Finished(list)) => self.on_finished(w, list),
@@ -472,7 +475,7 @@ fn discriminant_name(msg: &ToScheduler) -> &'static str {
     match msg {
         ToScheduler::RegisterWorker(_) => "RegisterWorker",
         ToScheduler::RegisterClient(_) => "RegisterClient",
-        ToScheduler::Heartbeat(_) => "Heartbeat",
+        ToScheduler::Heartbeat { .. } => "Heartbeat",
         ToScheduler::Finished(_) => "Finished",
         ToScheduler::Failed(..) => "Failed",
         ToScheduler::InputMissing(..) => "InputMissing",

@@ -371,7 +371,8 @@ impl Worker {
                         break Ended::Lost(format!("no word from the scheduler for {} s", self.death_timeout.as_secs()));
                     }
                     let load = WorkerLoad { fetched_bytes: self.pool.fetched_bytes(), ..process_load() };
-                    let _ = out.send(protocol::frame(&ToScheduler::Heartbeat(load)));
+                    let ack = wants_ack(last_heard.elapsed(), self.heartbeat, self.death_timeout);
+                    let _ = out.send(protocol::frame(&ToScheduler::Heartbeat { load, ack }));
                 }
                 _ = term() => {
                     if self.retiring {
@@ -646,6 +647,16 @@ fn reply_frames(found: Vec<(TaskId, Option<Bytes>)>) -> Vec<Frame> {
     frames
 }
 
+/// Whether a heartbeat asks the scheduler for an answer ([`ToWorker::Ack`]): once the worker
+/// has heard nothing for about a quarter of its death timeout (`silent` and one more heartbeat
+/// `interval` reach it). A scheduler that sends work or anything else needs no ack, and at rest
+/// a worker with the default 60 s death timeout asks about every 15 s instead of every
+/// heartbeat, so several asks, and their answers, fit in before it would give up; with a death
+/// timeout under four intervals, every heartbeat asks.
+fn wants_ack(silent: Duration, interval: Duration, death_timeout: Duration) -> bool {
+    silent + interval >= death_timeout / 4
+}
+
 /// This process's resident memory and CPU time (Linux: `/proc/self/stat`; elsewhere zeros).
 fn process_load() -> WorkerLoad {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return WorkerLoad::default() };
@@ -745,6 +756,20 @@ async fn fetch_all(
 mod tests {
     use super::*;
     use crate::protocol::JobId;
+
+    #[test]
+    fn heartbeats_ask_for_an_answer_well_before_the_death_timeout() {
+        let (s, hb, death) = (Duration::from_secs, Duration::from_secs(1), Duration::from_secs(60));
+        assert!(!wants_ack(s(0), hb, death), "just heard from the scheduler: no answer needed");
+        assert!(!wants_ack(s(13), hb, death));
+        assert!(wants_ack(s(14), hb, death), "a quarter of the death timeout is near");
+        assert!(wants_ack(s(40), hb, death));
+        // Asking starts early enough that several asks precede the death timeout.
+        let first = (0..60).find(|t| wants_ack(s(*t), hb, death)).unwrap();
+        assert!(60 - first >= 3 * 10, "first ask after {first} s of silence");
+        // A short death timeout: every heartbeat asks.
+        assert!(wants_ack(Duration::ZERO, hb, s(3)));
+    }
 
     #[test]
     fn reply_frames_batch_small_results_and_keep_order() {

@@ -186,7 +186,10 @@ impl Sim {
             self.now += TICK.min(end - self.now);
             let conns: Vec<ConnId> = self.workers.keys().copied().collect();
             for c in conns {
-                self.sched.handle(self.now, Event::Message(c, ToScheduler::Heartbeat(Default::default())));
+                self.sched.handle(
+                    self.now,
+                    Event::Message(c, ToScheduler::Heartbeat { load: Default::default(), ack: false }),
+                );
             }
             self.sched.handle(self.now, Event::Tick);
             self.prov.handle(self.now, Input::Tick);
