@@ -213,6 +213,33 @@ impl Graph {
     }
 }
 
+/// Where each task asked for by a gather goes: its first place in the request, by task index.
+///
+/// A job's task indices run from 0 to its size, so a vector indexed by them costs one lookup in
+/// memory laid out in task order, the order results come back in; a hash map of a million
+/// entries would cost a cache miss per lookup (the gather's cost per task grew with the job).
+struct Wanted(Vec<u32>);
+
+impl Wanted {
+    const NONE: u32 = u32::MAX;
+
+    /// The places of `tasks` in a job of `size` tasks (a handle outside the job is never found).
+    fn new(tasks: &[TaskHandle], size: u32) -> Wanted {
+        let mut first = vec![Wanted::NONE; size as usize];
+        for (i, h) in tasks.iter().enumerate() {
+            if let Some(slot) = first.get_mut(h.0 as usize).filter(|s| **s == Wanted::NONE) {
+                *slot = i as u32;
+            }
+        }
+        Wanted(first)
+    }
+
+    /// The first place of task `index` in the request, if it was asked for.
+    fn position(&self, index: u32) -> Option<usize> {
+        self.0.get(index as usize).filter(|&&p| p != Wanted::NONE).map(|&p| p as usize)
+    }
+}
+
 /// A submitted job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
@@ -450,14 +477,18 @@ impl Client {
 
     async fn gather_once(&self, job: &Job, tasks: &[TaskHandle]) -> Result<Vec<Bytes>, ClientError> {
         let outcome = self.wait(job.id).await?;
-        let want: HashMap<u32, usize> = tasks.iter().enumerate().map(|(i, h)| (h.0, i)).collect();
-        if let Some((i, e)) = outcome.failed.iter().find(|(i, _)| want.contains_key(i)) {
+        let wanted = Wanted::new(tasks, outcome.tasks);
+        if let Some((i, e)) = outcome.failed.iter().find(|(i, _)| wanted.position(*i).is_some()) {
             return Err(ClientError::TaskFailed { task: TaskId { job: job.id, index: *i }, error: e.clone() });
         }
         let mut out = vec![None; tasks.len()];
         for h in &outcome.holdings {
-            let ids: Vec<TaskId> =
-                h.tasks.iter().filter(|i| want.contains_key(i)).map(|&index| TaskId { job: job.id, index }).collect();
+            let ids: Vec<TaskId> = h
+                .tasks
+                .iter()
+                .filter(|i| wanted.position(**i).is_some())
+                .map(|&index| TaskId { job: job.id, index })
+                .collect();
             for chunk in ids.chunks(65536) {
                 let got = self
                     .pool
@@ -465,8 +496,16 @@ impl Client {
                     .await
                     .map_err(|detail| ClientError::Result { task: chunk[0], detail })?;
                 for (id, b) in got {
-                    out[want[&id.index]] = Some(b);
+                    if let Some(p) = wanted.position(id.index) {
+                        out[p] = Some(b);
+                    }
                 }
+            }
+        }
+        // A task asked for twice is fetched once; its later places get the same bytes.
+        for (i, h) in tasks.iter().enumerate() {
+            if let Some(first) = wanted.position(h.0).filter(|&p| p != i) {
+                out[i] = out[first].clone();
             }
         }
         out.into_iter()
@@ -514,5 +553,20 @@ impl Client {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_finds_each_task_at_its_first_place_and_nothing_outside_the_job() {
+        let w = Wanted::new(&[TaskHandle(3), TaskHandle(0), TaskHandle(3), TaskHandle(9)], 5);
+        assert_eq!(w.position(3), Some(0), "a task asked twice goes first where it was asked first");
+        assert_eq!(w.position(0), Some(1));
+        assert_eq!(w.position(1), None, "a task not asked for is not wanted");
+        assert_eq!(w.position(9), None, "a handle beyond the job's size is no task of it");
+        assert_eq!(w.position(u32::MAX), None);
     }
 }
