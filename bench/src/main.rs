@@ -855,12 +855,14 @@ fn summarize(r: &Value) -> Vec<Value> {
         if q["ucx_sm_vs_perftest"].is_number() {
             let (p, t) = (f(&q["ucx_sm_vs_perftest"]), f(&q["ucx_sm_vs_rdask_tcp"]));
             let note = format!(
-                "{:.0}% of ucx_perftest {:.0}; {t:.2}x rdask TCP {:.0}; UCX tcp {:.0} ({:.0}% of perftest)",
+                "{:.0}% of ucx_perftest {:.0}; {t:.2}x rdask TCP {:.0}; UCX tcp {:.0} ({:.0}% of perftest); \
+                 peer-failure mode (no shm) {:.0}",
                 p * 100.0,
                 f(&u["ucx_perftest_tag_bw_mib_per_s"]["ucx_sm"][mib]),
                 bw("tcp"),
                 bw("ucx_tcp"),
-                f(&q["ucx_tcp_vs_perftest"]) * 100.0
+                f(&q["ucx_tcp_vs_perftest"]) * 100.0,
+                bw("ucx_sm_peer_mode")
             );
             let value = format!("{:.0} MiB/s", bw("ucx_sm"));
             let met = Some(p >= 0.8 && t >= 1.5);

@@ -17,29 +17,49 @@ use serde_json::{json, Value};
 
 use crate::{median, MIB, R};
 
-/// The transports compared: name, UCX_TLS (None: rdask's TCP transport).
-const PATHS: [(&str, Option<&str>); 3] = [("ucx_sm", Some("sm,self,tcp")), ("ucx_tcp", Some("tcp")), ("tcp", None)];
+/// The transports compared: name, UCX_TLS (None: rdask's TCP transport), error mode.
+///
+/// Shared memory runs without UCX's peer-failure handling: with it (rdask's default), UCX 1.13
+/// builds client-server endpoints of tcp lanes only, even with `sm` in UCX_TLS
+/// (`UCX_LOG_LEVEL=info`: `ep_cfg[..]: am(tcp/lo tcp/eth0)` against `am(sysv/memory cma/memory)`),
+/// so a path named shared memory would measure UCX tcp. `ucx_sm_peer_mode` keeps the default's
+/// figure in view.
+const PATHS: [(&str, Option<&str>, ErrorMode); 4] = [
+    ("ucx_sm", Some(SM), ErrorMode::None),
+    ("ucx_sm_peer_mode", Some(SM), ErrorMode::Peer),
+    ("ucx_tcp", Some("tcp"), ErrorMode::Peer),
+    ("tcp", None, ErrorMode::Peer),
+];
+
+const SM: &str = "sm,self,tcp";
 
 /// The peer's name for rdask's own TCP transport.
 const RDASK_TCP: &str = "rdask-tcp";
 
-fn settings(tls: &str) -> Settings {
-    Settings {
-        overrides: vec![("TLS".into(), tls.into())],
-        error_mode: ErrorMode::Peer,
-        timeout: Duration::from_secs(60),
+fn settings(tls: &str, error_mode: ErrorMode) -> Settings {
+    Settings { overrides: vec![("TLS".into(), tls.into())], error_mode, timeout: Duration::from_secs(60) }
+}
+
+/// How the peer is told the error mode.
+fn mode_name(m: ErrorMode) -> &'static str {
+    match m {
+        ErrorMode::Peer => "peer",
+        ErrorMode::None => "none",
     }
 }
 
-/// The receiving side, run as `rdask-bench --ucx-peer UCX_TLS|rdask-tcp ADDRESS SECRET`.
+/// The receiving side, run as `rdask-bench --ucx-peer UCX_TLS|rdask-tcp peer|none ADDRESS SECRET`.
 pub async fn peer(args: &[String]) -> R<()> {
-    let [tls, addr, secret] = args else { return Err("usage: --ucx-peer UCX_TLS|rdask-tcp ADDRESS SECRET".into()) };
+    let [tls, mode, addr, secret] = args else {
+        return Err("usage: --ucx-peer UCX_TLS|rdask-tcp peer|none ADDRESS SECRET".into());
+    };
+    let mode = if mode == "none" { ErrorMode::None } else { ErrorMode::Peer };
     let secret = Secret::from_hex(secret).ok_or("bad secret")?;
     let _engine;
     let mut conn = if tls == RDASK_TCP {
         tcp::connect(addr).await?
     } else {
-        let e = Engine::new(settings(tls))?;
+        let e = Engine::new(settings(tls, mode))?;
         let c = e.connect(addr).await?;
         _engine = e;
         c
@@ -65,17 +85,23 @@ impl Drop for PeerProcess {
 }
 
 /// Listens, starts the peer process and authenticates its connection.
-async fn connect_peer(tls: Option<&str>) -> R<(Connection, PeerProcess, Option<Engine>)> {
+async fn connect_peer(tls: Option<&str>, mode: ErrorMode) -> R<(Connection, PeerProcess, Option<Engine>)> {
     let secret = Secret::generate();
     let (mut listener, engine): (Box<dyn Listener>, Option<Engine>) = match tls {
         None => (Box::new(tcp::TcpFrameListener::bind("127.0.0.1:0").await?), None),
         Some(t) => {
-            let e = Engine::new(settings(t))?;
+            let e = Engine::new(settings(t, mode))?;
             (Box::new(e.listen("127.0.0.1:0").await?), Some(e))
         }
     };
     let child = Command::new(std::env::current_exe()?)
-        .args(["--ucx-peer", tls.unwrap_or(RDASK_TCP), &listener.local_addr().host_port, &secret.to_hex()])
+        .args([
+            "--ucx-peer",
+            tls.unwrap_or(RDASK_TCP),
+            mode_name(mode),
+            &listener.local_addr().host_port,
+            &secret.to_hex(),
+        ])
         .stdout(Stdio::null())
         .spawn()?;
     let child = PeerProcess(child);
@@ -96,8 +122,8 @@ async fn one_transfer(conn: &mut Connection, payload: &Bytes) -> R<f64> {
 }
 
 /// Bandwidth per size (median of `reps` after one warm-up) and the small-message round trip.
-async fn measure(tls: Option<&str>, sizes: &[usize], reps: usize) -> R<Value> {
-    let (mut conn, _child, _engine) = connect_peer(tls).await?;
+async fn measure(name: &str, tls: Option<&str>, mode: ErrorMode, sizes: &[usize], reps: usize) -> R<Value> {
+    let (mut conn, _child, _engine) = connect_peer(tls, mode).await?;
     let mut rtt = Vec::new();
     for i in 0..2000 {
         let t = Instant::now();
@@ -117,14 +143,14 @@ async fn measure(tls: Option<&str>, sizes: &[usize], reps: usize) -> R<Value> {
             s.push(one_transfer(&mut conn, &payload).await?);
         }
         let m = median(&mut s);
-        eprintln!("   {} {} MiB: {:.0} MiB/s", tls.unwrap_or("rdask tcp"), size / MIB, size as f64 / MIB as f64 / m);
+        eprintln!("   {name} {} MiB: {:.0} MiB/s", size / MIB, size as f64 / MIB as f64 / m);
         by_size.insert(
             format!("{}", size / MIB),
             json!({ "seconds": s, "median_s": m, "mib_per_s": size as f64 / MIB as f64 / m }),
         );
     }
     conn.send_now(Frame::new(&b"bye"[..])).await?;
-    eprintln!("   {} small round trip: {rtt_us:.1} us", tls.unwrap_or("rdask tcp"));
+    eprintln!("   {name} small round trip: {rtt_us:.1} us");
     Ok(json!({ "round_trip_us_median": rtt_us, "mib_per_s_by_mib": by_size }))
 }
 
@@ -170,12 +196,12 @@ pub async fn bench(quick: bool) -> R<Value> {
     let sizes = [64 * MIB, 512 * MIB];
     let reps = if quick { 3 } else { 9 };
     let mut res = serde_json::Map::new();
-    for (name, tls) in PATHS {
-        let v = measure(tls, &sizes, reps).await.unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    for (name, tls, mode) in PATHS {
+        let v = measure(name, tls, mode, &sizes, reps).await.unwrap_or_else(|e| json!({ "error": e.to_string() }));
         res.insert(name.to_string(), v);
     }
     let mut pt = serde_json::Map::new();
-    for (name, tls) in [("ucx_sm", "sm,self,tcp"), ("ucx_tcp", "tcp")] {
+    for (name, tls) in [("ucx_sm", SM), ("ucx_tcp", "tcp")] {
         let mut by_size = serde_json::Map::new();
         for &size in &sizes {
             let iters = if size > 64 * MIB { 6 } else { 20 };
@@ -202,18 +228,20 @@ pub async fn bench(quick: bool) -> R<Value> {
                 "ucx_sm_vs_perftest": r(bw("ucx_sm", mib), ptbw("ucx_sm", mib)),
                 "ucx_tcp_vs_perftest": r(bw("ucx_tcp", mib), ptbw("ucx_tcp", mib)),
                 "ucx_sm_vs_rdask_tcp": r(bw("ucx_sm", mib), bw("tcp", mib)),
+                "ucx_sm_peer_mode_vs_perftest": r(bw("ucx_sm_peer_mode", mib), ptbw("ucx_sm", mib)),
             }),
         );
     }
     // The same sizes worker to worker through rdask itself (data server, fetch, task input):
     // `transfer` on a cluster over UCX, each UCX_TLS in a process of its own.
     let mut fetch = serde_json::Map::new();
-    for (name, tls) in [("ucx_sm", "sm,self,tcp"), ("ucx_tcp", "tcp")] {
+    for (name, tls, mode) in [("ucx_sm", SM, ErrorMode::None), ("ucx_tcp", "tcp", ErrorMode::Peer)] {
         let mut by_size = serde_json::Map::new();
         for &size in &sizes {
             let out = Command::new(std::env::current_exe()?)
                 .args(["--ucx-transfer", &size.to_string()])
                 .env("UCX_TLS", tls)
+                .env("RDASK_UCX_ERROR_MODE", mode_name(mode))
                 .stderr(Stdio::null())
                 .output()?;
             let v: Value = serde_json::from_slice(&out.stdout)
@@ -232,7 +260,9 @@ pub async fn bench(quick: bool) -> R<Value> {
     res.insert(
         "method".into(),
         json!("two processes on this host; the sender times one frame (header + payload) until the receiver's 8-byte ack, \
-               median of the reps after a warm-up; the receiver allocates every payload at its exact size (UCX: rendezvous \
+               median of the reps after a warm-up; ucx_sm without UCX's peer-failure handling (RDASK_UCX_ERROR_MODE=none: with \
+               it UCX 1.13 gives client-server endpoints no shared-memory lane), ucx_sm_peer_mode with it (the default); \
+               the receiver allocates every payload at its exact size (UCX: rendezvous \
                into it). ucx_perftest: tag_bw, same sizes, its overall bandwidth (MB/s = MiB/s), same UCX_TLS, reusing one \
                buffer. Round trip: 8-byte frames, ping-pong, median of 1800 after 200 warm-up. rdask_fetch: the \
                `transfer` benchmark (a task on worker B whose input lives on worker A) on a cluster over UCX, \

@@ -12,12 +12,14 @@
 //! checked, and UCX writes the data straight into it (shared memory: one copy by the kernel
 //! (CMA); InfiniBand: RDMA). The sender's buffer is the result's own `Bytes`.
 //!
-//! Peer failure: by default UCX's error callbacks report it (`UCP_ERR_HANDLING_MODE_PEER`;
-//! with client-server endpoints UCX 1.13 keeps shared memory and CMA in this mode, as
-//! `UCX_LOG_LEVEL=info` shows: `am(sysv/memory cma/memory)`); `RDASK_UCX_ERROR_MODE=none` turns
-//! it off. Always, both sides send keepalives, and a connection that hears nothing for
-//! `RDASK_UCX_TIMEOUT` seconds fails with a clear error, so a dead peer never leaves a read, a
-//! flush or a connect hanging.
+//! Peer failure: by default UCX's error callbacks report it (`UCP_ERR_HANDLING_MODE_PEER`);
+//! `RDASK_UCX_ERROR_MODE=none` turns it off. In this mode UCX 1.13 builds client-server
+//! endpoints from tcp lanes only, even with `sm` in `UCX_TLS` (`UCX_LOG_LEVEL=info`:
+//! `ep_cfg[..]: am(tcp/lo tcp/eth0)`); only with the mode off do two processes of one host get
+//! shared memory and CMA (`am(sysv/memory cma/memory)`). An engine
+//! whose `UCX_TLS` names shared memory in peer mode says so when it starts. Always, both sides
+//! send keepalives, and a connection that hears nothing for `RDASK_UCX_TIMEOUT` seconds fails
+//! with a clear error, so a dead peer never leaves a read, a flush or a connect hanging.
 
 pub mod sys;
 
@@ -590,6 +592,16 @@ impl Engine {
     /// Starts an engine: a UCP context and worker (UCX reads its `UCX_*` variables now) and
     /// its progress thread. A setting UCX rejects is an error quoting UCX.
     pub fn new(settings: Settings) -> io::Result<Engine> {
+        let tls = settings.overrides.iter().rev().find(|(k, _)| k == "TLS").map(|(_, v)| v.clone());
+        let tls = tls.or_else(|| std::env::var("UCX_TLS").ok());
+        if shm_lost_to_peer_mode(tls.as_deref(), settings.error_mode) {
+            tracing::warn!(
+                "UCX_TLS={} asks for shared memory, but with peer-failure handling (RDASK_UCX_ERROR_MODE=peer, \
+                 the default) UCX 1.13 connects by tcp only; set RDASK_UCX_ERROR_MODE=none for shared memory \
+                 (a dead peer is then detected after RDASK_UCX_TIMEOUT)",
+                tls.as_deref().unwrap_or_default()
+            );
+        }
         let worker = Worker::new(&settings.overrides, settings.error_mode).map_err(ucx_io)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State { worker, conns: HashMap::new(), ops: HashMap::new(), listeners: HashMap::new() }),
@@ -706,6 +718,15 @@ impl Engine {
             advertised: Address { scheme: Scheme::Ucx, host_port: bound.to_string() },
         })
     }
+}
+
+/// Whether `UCX_TLS` names a shared-memory transport that the endpoints' error mode rules
+/// out: with peer-failure handling, UCX 1.13 gives client-server endpoints tcp lanes only.
+/// A list starting with `^` excludes what it names; unset or `all` names nothing explicitly.
+fn shm_lost_to_peer_mode(tls: Option<&str>, mode: ErrorMode) -> bool {
+    const SHARED_MEMORY: [&str; 7] = ["sm", "shm", "posix", "sysv", "cma", "knem", "xpmem"];
+    let Some(tls) = tls.map(str::trim).filter(|t| !t.starts_with('^')) else { return false };
+    mode == ErrorMode::Peer && tls.split(',').any(|t| SHARED_MEMORY.contains(&t.trim()))
 }
 
 async fn resolve(host_port: &str) -> io::Result<SocketAddr> {
@@ -964,5 +985,21 @@ impl FrameStream for UcxStream {
 impl Drop for UcxStream {
     fn drop(&mut self) {
         drop_half(&self.shared, self.ep, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_asked_for_in_peer_mode_is_flagged() {
+        for tls in ["sm,self,tcp", "tcp,posix", " cma , tcp", "sysv"] {
+            assert!(shm_lost_to_peer_mode(Some(tls), ErrorMode::Peer), "{tls}");
+            assert!(!shm_lost_to_peer_mode(Some(tls), ErrorMode::None), "{tls}");
+        }
+        for tls in [None, Some("tcp"), Some("^sm"), Some("all"), Some("self,tcp"), Some("smx")] {
+            assert!(!shm_lost_to_peer_mode(tls, ErrorMode::Peer), "{tls:?}");
+        }
     }
 }
