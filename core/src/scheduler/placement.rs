@@ -30,15 +30,9 @@ pub(super) struct KindStats {
 /// No kind (a job without a command).
 pub(super) const NO_KIND: u32 = u32::MAX;
 
-/// Per-worker queue depth (in CPUs per slot) for short tasks, for the rest, and for long ones.
+/// Per-worker queue depth (in CPUs per slot) for short tasks and for the rest.
 pub(super) const DEPTH_SHORT: u32 = 512;
 pub(super) const DEPTH_LONG: u32 = 2;
-/// A task queued behind a long one waits for it while another worker's slot may be free: at the
-/// end of a job that is up to a task's duration lost. For tasks this long, a slot idle for the
-/// round trip between one task's end and the next one's arrival costs less (1 % of 50 ms is a
-/// 500 us round trip), so nothing is queued beyond the slots.
-pub(super) const DEPTH_NONE: u32 = 1;
-pub(super) const LONG_TASK_US: f64 = 50_000.0;
 /// How many workers in turn a task whose input holders are busy looks at for a free slot.
 const LOOKAHEAD: usize = 32;
 /// Tasks shorter than this on average are "short": queueing many of them hides round trips.
@@ -152,11 +146,7 @@ impl Scheduler {
         if self.ready.is_empty() || self.workers.is_empty() {
             return;
         }
-        let depth = match self.mean_duration_us {
-            m if m < SHORT_TASK_US => DEPTH_SHORT,
-            m if m < LONG_TASK_US => DEPTH_LONG,
-            _ => DEPTH_NONE,
-        };
+        let depth = if self.mean_duration_us < SHORT_TASK_US { DEPTH_SHORT } else { DEPTH_LONG };
         if depth != self.open_depth {
             // Every worker's room changed with the depth.
             self.open = self.workers.keys().copied().collect();
