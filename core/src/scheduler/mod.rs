@@ -241,9 +241,6 @@ pub struct Scheduler {
     open: BTreeSet<WorkerId>,
     /// The queue depth `open` was kept for; when the depth changes, every worker is open again.
     open_depth: u32,
-    /// `schedule`'s workers with room, kept between calls so that a call (one follows each
-    /// event) does not allocate them again.
-    room: placement::Room,
     next_worker: u32,
     next_job: u32,
     /// Mean task duration, exponentially weighted, in microseconds.
@@ -294,7 +291,6 @@ impl Scheduler {
             ready: VecDeque::new(),
             open: BTreeSet::new(),
             open_depth: 0,
-            room: placement::Room::default(),
             next_worker: 1,
             next_job: 1,
             mean_duration_us: SHORT_TASK_US * 10.0,

@@ -40,9 +40,7 @@ pub(super) const SHORT_TASK_US: f64 = 2_000.0;
 
 /// The workers with room that one [`Scheduler::schedule`] call has looked at: taken from
 /// `Scheduler::open` in id order as they are needed, or directly when they hold a task's inputs.
-/// Kept in the scheduler between calls ([`Room::reset`]) so that a call allocates nothing for it.
-#[derive(Debug, Default)]
-pub(super) struct Room {
+struct Room {
     /// (worker, room left in CPUs, slots).
     list: Vec<(WorkerId, u32, u32)>,
     /// Where each worker of `list` is (full ones are swapped out).
@@ -54,36 +52,27 @@ pub(super) struct Room {
     /// Workers found without room: they leave `open` when the call ends.
     closed: Vec<WorkerId>,
     depth: u32,
-    now: Option<Instant>,
+    now: Instant,
 }
 
 impl Room {
-    /// Empty, for a call at `now` with `depth`, keeping what it allocated.
-    fn reset(&mut self, depth: u32, now: Instant) {
-        self.list.clear();
-        // Clearing a map costs its capacity (it wipes every control byte): one that a call
-        // over many workers grew is dropped instead.
-        if self.at.capacity() > 256 {
-            self.at = FxHashMap::default();
-        } else {
-            self.at.clear();
+    fn new(depth: u32, now: Instant) -> Room {
+        Room {
+            list: Vec::new(),
+            at: FxHashMap::default(),
+            cursor: None,
+            exhausted: false,
+            closed: Vec::new(),
+            depth,
+            now,
         }
-        self.cursor = None;
-        self.exhausted = false;
-        self.closed.clear();
-        self.depth = depth;
-        self.now = Some(now);
-    }
-
-    fn now(&self) -> Instant {
-        self.now.expect("set by reset")
     }
 
     /// The room (CPUs) and slots of worker `id`, if it may take a task now.
     fn free(&self, s: &Scheduler, id: WorkerId) -> Option<(u32, u32)> {
         let w = s.workers.get(&id)?;
         let room = (w.slots() * self.depth).saturating_sub(w.used);
-        (!w.retiring && w.ends_at.is_none_or(|e| e > self.now()) && room > 0).then_some((room, w.slots()))
+        (!w.retiring && w.ends_at.is_none_or(|e| e > self.now) && room > 0).then_some((room, w.slots()))
     }
 
     fn add(&mut self, id: WorkerId, room: u32, slots: u32) -> usize {
@@ -164,8 +153,7 @@ impl Scheduler {
             self.open_depth = depth;
         }
         let now = self.now.expect("set by handle");
-        let mut room = std::mem::take(&mut self.room);
-        room.reset(depth, now);
+        let mut room = Room::new(depth, now);
         let mut batches: FxHashMap<WorkerId, Vec<Assignment>> = FxHashMap::default();
         let mut next = 0usize;
         let mut skipped = VecDeque::new();
@@ -276,10 +264,9 @@ impl Scheduler {
             let assignment = self.assign(id, w);
             batches.entry(w).or_default().push(assignment);
         }
-        for w in &room.closed {
-            self.open.remove(w);
+        for w in room.closed {
+            self.open.remove(&w);
         }
-        self.room = room;
         while let Some(id) = skipped.pop_back() {
             self.ready.push_front(id);
         }
