@@ -1133,7 +1133,9 @@ pub enum ToWorker {
         /// How often to send heartbeats, in milliseconds.
         heartbeat_ms: u64,
     },
-    /// Data addresses of other workers (sent as they join).
+    /// Data addresses of other workers: sent, once per peer and connection, just before the
+    /// first [`ToWorker::Compute`] with an input that peer holds (a worker learns only the peers
+    /// it fetches from; a later entry for the same id replaces the earlier).
     Peers(Vec<(WorkerId, String)>),
     /// The command that the tasks of a job run.
     Command(JobId, CommandSpec),

@@ -411,8 +411,7 @@ impl<'a> SimCluster<'a> {
                 let msg = wire(self.config.wire, msg);
                 match &msg {
                     ToWorker::Compute(list) => self.report.decisions += list.len() as u64,
-                    // Nothing a simulated worker acts on: not queued (10,000 workers joining
-                    // are 50M `Peers` messages).
+                    // Nothing a simulated worker acts on (it finds its peers by id): not queued.
                     ToWorker::Peers(_) | ToWorker::Ack | ToWorker::Command(..) => return,
                     _ => {}
                 }

@@ -273,8 +273,13 @@ impl Scheduler {
         let mut batches: Vec<_> = batches.into_iter().collect();
         batches.sort_by_key(|(w, _)| *w);
         for (w, list) in batches {
+            let peers = self.peers_to_tell(w, &list);
             let worker = self.workers.get_mut(&w).expect("worker with room exists");
             let conn = worker.conn;
+            if !peers.is_empty() {
+                // Before the tasks, on the same connection: the worker knows them when it fetches.
+                self.commands.push(Command::ToWorker(conn, ToWorker::Peers(peers)));
+            }
             let mut jobs: Vec<JobId> = list
                 .iter()
                 .filter(|a| matches!(a.work, Work::Command { .. }))
@@ -290,6 +295,22 @@ impl Scheduler {
             }
             self.commands.push(Command::ToWorker(conn, ToWorker::Compute(list)));
         }
+    }
+
+    /// The data addresses of the holders of `list`'s inputs that worker `w` has not been sent yet,
+    /// marked as sent. A worker learns only the peers it fetches from, each once, so the cost is
+    /// the inputs placed, not the workers squared.
+    fn peers_to_tell(&mut self, w: WorkerId, list: &[Assignment]) -> Vec<(WorkerId, String)> {
+        let Some(worker) = self.workers.get_mut(&w) else { return Vec::new() };
+        // Worker 0 "holds" command tasks' empty results: there is nothing to fetch.
+        let new: Vec<WorkerId> = list
+            .iter()
+            .flat_map(|a| a.inputs.iter().map(|(_, h)| *h))
+            .filter(|h| *h != w && h.0 != 0)
+            .filter(|h| worker.told.insert(*h))
+            .collect();
+        // Inputs are placed only when available, so their holders are live.
+        new.into_iter().filter_map(|h| self.workers.get(&h).map(|p| (h, p.info.data_address.clone()))).collect()
     }
 
     pub(super) fn assign(&mut self, id: TaskId, w: WorkerId) -> Assignment {

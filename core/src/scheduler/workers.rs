@@ -24,6 +24,9 @@ pub(super) struct Worker {
     pub(super) running: FxHashSet<TaskId>,
     /// The results it holds: the `Finished` tasks naming it as their holder.
     pub(super) holds: FxHashSet<TaskId>,
+    /// The peers whose data address it has been sent (with the first task that needed an input
+    /// of theirs, see `Scheduler::peers_to_tell`): only those it fetches from, not every worker.
+    pub(super) told: FxHashSet<WorkerId>,
     pub(super) last_seen: Instant,
     pub(super) retiring: bool,
     /// Jobs whose command this worker has been sent.
@@ -164,9 +167,14 @@ impl Scheduler {
         self.observed.workers_joined += 1;
         let (host, slots, launch) = (info.host.clone(), info.slots, info.launch.clone());
         self.event(EventKind::WorkerJoined { worker: id, host, slots, launch });
-        let peers: Vec<_> = self.workers.iter().map(|(id, w)| (*id, w.info.data_address.clone())).collect();
-        for w in self.workers.values() {
-            self.commands.push(Command::ToWorker(w.conn, ToWorker::Peers(vec![(id, info.data_address.clone())])));
+        // No peer list is broadcast: a worker learns a peer's address with the first task that
+        // needs an input it holds (`Scheduler::peers_to_tell`), so registering costs O(1), not
+        // a message to every worker (50M entries for 10,000 workers joining). A returning
+        // worker's id may come with another address: whoever was told the old one is told again.
+        if resume.as_ref().is_some_and(|r| r.worker == id) {
+            for w in self.workers.values_mut() {
+                w.told.remove(&id);
+            }
         }
         self.conns.insert(conn, Peer::Worker(id));
         let ends_at = info.lifetime_ms.map(|ms| now + Duration::from_millis(ms));
@@ -175,9 +183,6 @@ impl Scheduler {
         let held = Held { gpus: vec![false; info.offer.gpus.len()], memory: 0, named: vec![0; info.offer.named.len()] };
         let heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64;
         self.commands.push(Command::ToWorker(conn, ToWorker::Welcome { id, heartbeat_ms }));
-        if !peers.is_empty() {
-            self.commands.push(Command::ToWorker(conn, ToWorker::Peers(peers)));
-        }
         self.workers.insert(
             id,
             Worker {
@@ -186,6 +191,7 @@ impl Scheduler {
                 used: 0,
                 running: FxHashSet::default(),
                 holds: FxHashSet::default(),
+                told: FxHashSet::default(),
                 last_seen: now,
                 retiring: false,
                 commands: Vec::new(),

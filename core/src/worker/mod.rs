@@ -409,6 +409,7 @@ impl Worker {
     fn on_message(&mut self, msg: ToWorker) {
         match msg {
             ToWorker::Welcome { .. } | ToWorker::Ack | ToWorker::Stop => {}
+            // Sent before the first task with an input the peer holds; a newer address replaces.
             ToWorker::Peers(list) => self.peers.extend(list),
             ToWorker::Command(job, spec) => {
                 self.commands.insert(job, Arc::new(spec));
