@@ -162,10 +162,14 @@ mod tests {
     fn a_group_is_ended_with_its_grandchildren() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("grandchild");
-        // The grandchild ignores SIGTERM: only SIGKILL to the group ends it.
+        // The grandchild ignores SIGTERM: only SIGKILL to the group ends it. It says its pid
+        // once its trap is set, and the child is ready only then (else a SIGTERM could come first).
+        let tmp = dir.path().join("grandchild.tmp");
         let mut child = spawn_ready(&format!(
-            "sh -c 'trap \"\" TERM; while :; do sleep 0.05; done' & echo $! > {}",
-            pidfile.display()
+            "sh -c 'trap \"\" TERM; echo $$ > {tmp}; mv {tmp} {pid}; while :; do sleep 0.05; done' & \
+             while [ ! -e {pid} ]; do sleep 0.01; done",
+            tmp = tmp.display(),
+            pid = pidfile.display()
         ));
         let grandchild: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
         assert!(alive(Target::Process(grandchild)));
