@@ -170,6 +170,14 @@ def _rebuild(exc, traceback_text):
     return exc
 
 
+def _indices_by_job(futures):
+    """``(job, [task indices])`` of ``futures``, a pair per job, in the order jobs first appear."""
+    by_job = {}
+    for f in futures:
+        by_job.setdefault(id(f._job), (f._job, []))[1].append(f._index)
+    return list(by_job.values())
+
+
 def _find_deps(obj, deps):
     """``obj`` with every Future replaced by a ``Dep`` (in lists, tuples, sets and dicts too)."""
     if isinstance(obj, Future):
@@ -337,12 +345,8 @@ class Client:
         if isinstance(futures, dict):
             return dict(zip(futures.keys(), self.gather(list(futures.values()))))
         items = list(futures)
-        fs = [f for f in items if isinstance(f, Future)]
         # One fetch per job for all its results.
-        by_job = {}
-        for f in fs:
-            by_job.setdefault(id(f._job), (f._job, []))[1].append(f._index)
-        for job, indices in by_job.values():
+        for job, indices in _indices_by_job(f for f in items if isinstance(f, Future)):
             job.wait()
             job.fetch(indices)
         out = [f.result() if isinstance(f, Future) else f for f in items]
@@ -354,13 +358,11 @@ class Client:
         A future that already ended is left as it is."""
         if isinstance(futures, Future):
             futures = [futures]
-        by_job = {}
-        for f in futures:
-            if not f._job.done():
-                f._cancelled = True
-                f._deps = []
-                by_job.setdefault(id(f._job), (f._job, []))[1].append(f._index)
-        for job, indices in by_job.values():
+        live = [f for f in futures if not f._job.done()]
+        for f in live:
+            f._cancelled = True
+            f._deps = []
+        for job, indices in _indices_by_job(live):
             self._conn().cancel(job.id, sorted(set(indices)))
 
     def submit_command(self, argv, array=None, cpus=1, env=None, cwd=None, stdout=None, stderr=None, name=None):
