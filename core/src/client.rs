@@ -213,6 +213,9 @@ impl Graph {
     }
 }
 
+/// The most results one fetch from a worker asks for (gather and `ended_raw` split in chunks).
+const FETCH_CHUNK: usize = 65_536;
+
 /// Where each task asked for by a gather goes: its first place in the request, by task index.
 ///
 /// A job's task indices run from 0 to its size, so a vector indexed by them costs one lookup in
@@ -489,7 +492,7 @@ impl Client {
                 .filter(|i| wanted.position(**i).is_some())
                 .map(|&index| TaskId { job: job.id, index })
                 .collect();
-            for chunk in ids.chunks(65536) {
+            for chunk in ids.chunks(FETCH_CHUNK) {
                 let got = self
                     .pool
                     .fetch(&self.secret, &h.address, chunk)
@@ -531,7 +534,7 @@ impl Client {
         let mut results = Vec::new();
         for h in page.holdings.iter().filter(|_| fetch) {
             let ids: Vec<TaskId> = h.tasks.iter().map(|&index| TaskId { job, index }).collect();
-            for chunk in ids.chunks(65536) {
+            for chunk in ids.chunks(FETCH_CHUNK) {
                 match self.pool.fetch(&self.secret, &h.address, chunk).await {
                     Ok(got) => results.extend(got.into_iter().map(|(id, b)| (id.index, b))),
                     Err(detail) => tracing::debug!(worker = %h.worker, "cannot fetch ended results yet: {detail}"),
