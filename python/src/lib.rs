@@ -386,11 +386,16 @@ impl Connection {
         Ok((c.cancelled, c.running))
     }
 
-    /// Drops a job's results on the workers and forgets it (in the background).
+    /// Drops a job's results on the workers and forgets it (in the background). A job not
+    /// known to have ended is cancelled first: nobody can see its results any more, so its
+    /// tasks that have not started never run (as Dask forgets the tasks of futures nobody holds).
     fn release(&self, job: u32) -> PyResult<()> {
         let client = self.client()?;
-        self.outcomes.done.lock().expect("outcomes lock").remove(&job);
+        let ended = self.outcomes.done.lock().expect("outcomes lock").remove(&job).is_some();
         self.rt.spawn(async move {
+            if !ended {
+                let _ = client.cancel(JobId(job), None).await;
+            }
             let _ = client.release(JobId(job)).await;
         });
         Ok(())

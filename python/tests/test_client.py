@@ -275,6 +275,25 @@ def test_cancelled_tasks_that_have_not_started_never_run_nor_do_their_dependents
         assert ran == list(range(len(ran))), ran
 
 
+def test_dropping_every_future_of_a_job_cancels_its_tasks_that_have_not_started(tmp_path):
+    # As in Dask: a task whose future nobody holds is forgotten, so it does not hold the cluster.
+    with rdask.LocalCluster(n_workers=1, threads_per_worker=1) as cluster, rdask.Client(cluster) as client:
+        futures = client.map(_mark_and_nap, [tmp_path / f"{i}" for i in range(20)], [0.5] * 20)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "0").exists():
+            assert time.monotonic() < deadline, "the first task never started"
+            time.sleep(0.01)
+        del futures
+        gc.collect()
+        # The release goes with the client's next call; the new task runs once the started ones end.
+        assert client.submit(inc, 1).result(timeout=30) == 2
+        time.sleep(1.0)
+        ran = sorted(int(p.name) for p in tmp_path.iterdir())
+        assert ran and len(ran) <= 3, f"tasks of dropped futures ran: {ran}"
+        # The cluster has nothing left to do.
+        assert client.status()["load"] == []
+
+
 def test_command_arrays(client, tmp_path):
     job = client.submit_command(
         ["sh", "-c", 'echo "task $RDASK_TASK_ID" > out-%{TASK_ID}.txt'], array="1-20", cwd=tmp_path

@@ -38,7 +38,8 @@ class _Job:
         self.cursor = 0
         self.early_finished = set()
         self.early_failed = {}
-        # When the job's last future is gone, its results are dropped on the workers.
+        # When the job's last future is gone, its results are dropped on the workers, and its
+        # tasks that have not started are cancelled (nobody could see what they return).
         self._finalizer = weakref.finalize(self, client._release_later, job_id)
 
     def wait(self, timeout=None):
