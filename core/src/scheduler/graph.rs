@@ -143,7 +143,8 @@ pub(super) struct Job {
     pub(super) array: Option<Vec<(u32, u32)>>,
     pub(super) tasks: Tasks,
     pub(super) counts: Counts,
-    pub(super) errors: Vec<(u32, TaskError)>,
+    /// Why each failed task failed, by task index (looked up per task by `Ended` pages).
+    pub(super) errors: rustc_hash::FxHashMap<u32, TaskError>,
     pub(super) max_attempts: u8,
     pub(super) owner: ConnId,
     pub(super) release_on_disconnect: bool,
@@ -393,7 +394,7 @@ impl Scheduler {
                 self.journal(Record::Ended { task: t, error: Some(err.clone()) });
             }
             let job = self.jobs.get_mut(&t.job).expect("task's job exists");
-            job.errors.push((t.index, err.clone()));
+            job.errors.insert(t.index, err.clone());
             if job.done() {
                 done_jobs.push(t.job);
             }

@@ -188,7 +188,7 @@ impl Scheduler {
             array,
             tasks: Tasks::new(tasks),
             counts: Counts { total, waiting: total, ..Counts::default() },
-            errors: Vec::new(),
+            errors: Default::default(),
             max_attempts: spec.max_attempts.max(1),
             owner,
             release_on_disconnect: spec.release_on_disconnect,
@@ -329,7 +329,7 @@ impl Scheduler {
                     }
                 }
                 State::Failed => {
-                    let error = j.errors.iter().find(|(e, _)| *e == i).map(|(_, e)| e.clone());
+                    let error = j.errors.get(&i).cloned();
                     let unknown = || TaskError { kind: ErrorKind::Error, message: "failed (no reason kept)".into() };
                     failed.push((i, error.unwrap_or_else(unknown)));
                 }

@@ -1444,3 +1444,34 @@ fn cancel_fails_what_has_not_started_and_its_dependents_while_running_tasks_fini
     let gone = JobId(9_999);
     assert_eq!(sim.request(client, Request::Cancel { job: gone, tasks: None }), Reply::NoSuchJob(gone));
 }
+
+#[test]
+fn every_failure_of_a_large_cancelled_array_is_listed_once_with_its_reason() {
+    // A campaign's array cancelled before any worker came: each of its tasks failed, and the
+    // `Ended` pages (what `as_completed` and `wait --stream` follow) name each once, with why.
+    // (Each failed task's reason is looked up by index: a scan per task made this quadratic.)
+    let mut sim = Sim::new();
+    let client = sim.connect_client();
+    let n = 150_000;
+    let job = sim.submit(client, array(vec![(1, n)], 1));
+    let reply = sim.request(client, Request::Cancel { job, tasks: None });
+    assert_eq!(reply, Reply::Cancelled(Cancelled { cancelled: n, running: 0 }));
+    let mut seen = vec![false; n as usize];
+    let mut after = 0;
+    loop {
+        let page = ended_page(sim.request(client, Request::Ended { job, after }));
+        assert!(page.finished.is_empty());
+        for (i, e) in &page.failed {
+            assert_eq!(e.kind, ErrorKind::Cancelled, "task {i}: {e:?}");
+            assert!(!std::mem::replace(&mut seen[*i as usize], true), "task {i} listed twice");
+        }
+        after = page.next;
+        if page.done {
+            break;
+        }
+    }
+    assert!(seen.iter().all(|s| *s), "every task was listed");
+    let outcome = job_done(sim.request(client, Request::Wait(job)));
+    assert_eq!(outcome.failed.len(), n as usize);
+    assert_eq!(outcome.failed.first().map(|(i, _)| *i), Some(1), "arrays report their own indices");
+}
