@@ -2,6 +2,7 @@
 //! `hq job cancel`); tasks already running finish. Cancelled tasks count as failed, so a
 //! `wait` on the job exits 1 and says which were cancelled.
 
+use rdask::protocol::RefusalKind;
 use rdask::ClientError;
 
 use crate::cli::CancelArgs;
@@ -16,7 +17,9 @@ pub(crate) async fn cancel(state: &StateDir, a: CancelArgs) -> Result<i32> {
     let tasks = (!a.task.is_empty()).then(|| a.task.clone());
     let client = connect(state).await?;
     let done = client.cancel(job, tasks).await.map_err(|e| match e {
-        ClientError::Refused(why) => Error::Usage(why.message),
+        // A `--task` the job does not have is a bad option value (exit 2, as clap's own);
+        // any other refusal is the scheduler's (exit 4).
+        ClientError::Refused(why) if why.kind == RefusalKind::Invalid => Error::Usage(why.message),
         e => Error::client(&state.name)(e),
     })?;
     let running = match done.running {
