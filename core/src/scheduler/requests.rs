@@ -417,12 +417,18 @@ impl Scheduler {
         // By (kind, needs).
         let mut by_kind: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
         for (jid, j) in &self.jobs {
-            let kinds = j.func_kinds.len() + usize::from(j.command_kind != NO_KIND);
             if j.counts.waiting + j.counts.running == 0 {
                 continue;
             }
-            if let (true, Some(needs)) = (kinds <= 1, j.uniform_needs) {
-                let k = j.func_kinds.first().copied().unwrap_or(j.command_kind);
+            // The one kind of all its tasks: an array's are its command (whatever functions
+            // its spec lists), a graph's are its only function or its command.
+            let kind = match (&j.array, j.func_kinds.as_slice(), j.command_kind) {
+                (Some(_), _, k) => Some(k),
+                (None, [k], NO_KIND) => Some(*k),
+                (None, [], k) => Some(k),
+                _ => None,
+            };
+            if let (Some(k), Some(needs)) = (kind, j.uniform_needs) {
                 let e = by_kind.entry((k, needs)).or_default();
                 e.0 += u64::from(j.counts.waiting);
                 e.1 += u64::from(j.counts.running);
@@ -463,9 +469,17 @@ impl Scheduler {
         if j.counts.waiting == 0 {
             return None;
         }
-        let (_, t) =
-            j.tasks.iter().find(|(_, t)| matches!(t.state(), State::Ready | State::Waiting { .. }) && t.needs != 0)?;
-        let needs = &self.needs[t.needs as usize];
+        // A job whose tasks all need the same is answered without a look at its tasks (a
+        // campaign's array of millions is asked about at every status, the dashboard's too).
+        let needs = match j.uniform_needs {
+            Some(0) => return None,
+            Some(n) => n,
+            None => {
+                let waiting = |t: &&Task| matches!(t.state(), State::Ready | State::Waiting { .. }) && t.needs != 0;
+                j.tasks.iter().map(|(_, t)| t).find(waiting)?.needs
+            }
+        };
+        let needs = &self.needs[needs as usize];
         if self.workers.values().any(|w| w.has_free(needs)) {
             return None;
         }

@@ -1475,3 +1475,20 @@ fn every_failure_of_a_large_cancelled_array_is_listed_once_with_its_reason() {
     assert_eq!(outcome.failed.len(), n as usize);
     assert_eq!(outcome.failed.first().map(|(i, _)| *i), Some(1), "arrays report their own indices");
 }
+
+#[test]
+fn a_status_looks_at_no_task_of_a_large_queued_array() {
+    // The dashboard and the provisioner ask for the status every second or so, while a
+    // campaign's array of millions waits: its cost must not grow with the tasks queued.
+    let mut sim = Sim::new();
+    let (w, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let job = sim.submit(client, array(vec![(1, 100_000)], 1));
+    assert!(!sim.computes(w).is_empty());
+    let before = super::graph::visits();
+    let Reply::Status(s) = sim.request(client, Request::Status) else { panic!("a status reply") };
+    let visited = super::graph::visits() - before;
+    assert!(visited < 100, "a status visited {visited} tasks of a queued array");
+    let j = s.jobs.iter().find(|j| j.id == job).expect("the job is listed");
+    assert!(j.counts.waiting > 99_000 && j.waiting_for.is_none(), "{j:?}");
+}
