@@ -289,7 +289,7 @@ pub enum JobTasks {
 }
 
 /// Why a task did not produce a result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// The function panicked.
     Panic,
@@ -314,7 +314,7 @@ pub enum ErrorKind {
 }
 
 /// A task's failure, with the worker's own words.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskError {
     /// The category.
     pub kind: ErrorKind,

@@ -391,7 +391,7 @@ impl Scheduler {
                 self.maybe_release(*dep);
             }
             if self.jobs[&t.job].journalled {
-                self.journal(Record::Ended { task: t, error: Some(err.clone()) });
+                self.journal_failed(t, &err);
             }
             let job = self.jobs.get_mut(&t.job).expect("task's job exists");
             job.errors.insert(t.index, err.clone());

@@ -5,8 +5,8 @@
 //! [`Command::Journal`](super::Command::Journal) record for each change a restart must know:
 //! a job submitted (its spec, once: a command array's command and ranges, a graph's function
 //! names, arguments and dependencies, as postcard: [`Record::Accepted`]), each of its tasks
-//! ending (those that finished in one event together, [`Record::Finished`]; each failure with
-//! its error, [`Record::Ended`]), a job released, a worker joining or leaving. What is
+//! ending (those that finished in one event together, [`Record::Finished`]; those that failed
+//! in one event with the same error together, [`Record::Failed`]), a job released, a worker joining or leaving. What is
 //! journalled per task is bounded: its part of the spec, then its index each time it ends;
 //! results never are (they live on workers). A graph whose arguments exceed
 //! [`MAX_JOURNALLED_ARGS`] is not journalled, only its number (so ids are never reused): a
@@ -33,7 +33,7 @@
 //! outcomes they report of tasks that ended meanwhile are taken. What nobody claims is run when
 //! the window closes (at its end, or as soon as every worker on record is back).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashSet;
@@ -73,7 +73,18 @@ pub enum Record {
         /// Its id.
         job: JobId,
     },
-    /// A task of a journalled job ended: finished (`error: None`) or failed.
+    /// Tasks of a journalled job failed for good, all with this error (one record per job,
+    /// error and event: cancelling a million tasks is one line, not a million).
+    Failed {
+        /// Their job.
+        job: JobId,
+        /// Their indexes.
+        tasks: Vec<u32>,
+        /// Why.
+        error: TaskError,
+    },
+    /// A task of a journalled job ended: finished (`error: None`) or failed (written by
+    /// earlier versions, one per task; still read).
     Ended {
         /// The task.
         task: TaskId,
@@ -193,6 +204,11 @@ impl Restored {
                         j.ended.extend(tasks.into_iter().map(|t| (t, None)));
                     }
                 }
+                Record::Failed { job, tasks, error } => {
+                    if let Some(j) = r.jobs.get_mut(&job) {
+                        j.ended.extend(tasks.into_iter().map(|t| (t, Some(error.clone()))));
+                    }
+                }
                 Record::Numbered { job } => r.last_job = r.last_job.max(job.0),
                 Record::Ended { task, error } => {
                     if let Some(j) = r.jobs.get_mut(&task.job) {
@@ -226,10 +242,20 @@ impl Restored {
             if !finished.is_empty() {
                 out.push(Record::Finished { job: *id, tasks: finished });
             }
+            // Failures grouped by error, each group in index order (as they were first seen).
+            let mut failed: Vec<(&TaskError, Vec<u32>)> = Vec::new();
+            let mut group: HashMap<&TaskError, usize> = HashMap::new();
             for (index, error) in &j.ended {
                 if let Some(e) = error {
-                    out.push(Record::Ended { task: TaskId { job: *id, index: *index }, error: Some(e.clone()) });
+                    let k = *group.entry(e).or_insert_with(|| {
+                        failed.push((e, Vec::new()));
+                        failed.len() - 1
+                    });
+                    failed[k].1.push(*index);
                 }
+            }
+            for (error, tasks) in failed {
+                out.push(Record::Failed { job: *id, tasks, error: error.clone() });
             }
         }
         if self.last_worker > 0 && !self.workers.contains(&WorkerId(self.last_worker)) {
@@ -496,8 +522,31 @@ impl Scheduler {
         }
     }
 
-    /// Emits the records of the tasks noted by [`Scheduler::journal_finished`].
-    pub(super) fn flush_finished(&mut self) {
+    /// Notes that a journalled job's task failed for good: journalled at the end of the event,
+    /// with the other tasks of its job that failed with the same error (see
+    /// [`Scheduler::journal_finished`]).
+    pub(super) fn journal_failed(&mut self, task: TaskId, error: &TaskError) {
+        if self.config.journal && !self.restoring {
+            self.failed_unjournalled.push((task, error.clone()));
+        }
+    }
+
+    /// Emits the records of the tasks noted by [`Scheduler::journal_finished`] and
+    /// [`Scheduler::journal_failed`].
+    pub(super) fn flush_ended(&mut self) {
+        let failed = std::mem::take(&mut self.failed_unjournalled);
+        let mut groups: Vec<(JobId, TaskError, Vec<u32>)> = Vec::new();
+        let mut at: HashMap<(JobId, &TaskError), usize> = HashMap::new();
+        for (t, e) in &failed {
+            let k = *at.entry((t.job, e)).or_insert_with(|| {
+                groups.push((t.job, e.clone(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[k].2.push(t.index);
+        }
+        for (job, error, tasks) in groups {
+            self.commands.push(Command::Journal(Record::Failed { job, tasks, error }));
+        }
         let mut tasks = std::mem::take(&mut self.finished_unjournalled);
         tasks.sort_unstable();
         for run in tasks.chunk_by(|a, b| a.job == b.job) {

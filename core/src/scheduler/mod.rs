@@ -273,6 +273,8 @@ pub struct Scheduler {
     unclaimed_until: Option<Instant>,
     /// Journalled tasks that finished during this event, not journalled yet.
     finished_unjournalled: Vec<TaskId>,
+    /// Journalled tasks that failed for good during this event, not journalled yet.
+    failed_unjournalled: Vec<(TaskId, crate::protocol::TaskError)>,
     /// No later than the first heartbeat timeout or lifetime end of a worker: a scan's result,
     /// lowered by each worker that joins, and scanned again at each tick. Heartbeats only move
     /// timeouts later, so it is never late; early, a tick finds nothing due. It spares the
@@ -310,6 +312,7 @@ impl Scheduler {
             adopting: None,
             unclaimed_until: None,
             finished_unjournalled: Vec::new(),
+            failed_unjournalled: Vec::new(),
             wake_at: None,
         }
     }
@@ -365,8 +368,8 @@ impl Scheduler {
         if self.retiring > 0 {
             self.progress_retirements();
         }
-        if !self.finished_unjournalled.is_empty() {
-            self.flush_finished();
+        if !self.finished_unjournalled.is_empty() || !self.failed_unjournalled.is_empty() {
+            self.flush_ended();
         }
         let mut releases: Vec<_> = self.releases.drain().collect();
         releases.sort_by_key(|(w, _)| *w);

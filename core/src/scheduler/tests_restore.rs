@@ -67,7 +67,7 @@ fn a_restarted_scheduler_keeps_what_ended_and_adopts_what_workers_still_run() {
         .iter()
         .map(|r| match r {
             Record::Ended { .. } => 1,
-            Record::Finished { tasks, .. } => tasks.len(),
+            Record::Finished { tasks, .. } | Record::Failed { tasks, .. } => tasks.len(),
             _ => 0,
         })
         .sum();
@@ -374,4 +374,31 @@ fn a_journal_written_by_an_earlier_version_is_read_and_compacts_to_the_same() {
     let compacted = restored.records();
     assert!(matches!(compacted[0], Record::Accepted { .. }), "compaction writes the current form");
     assert_eq!(Restored::fold(compacted), restored);
+}
+
+#[test]
+fn a_cancelled_array_is_one_journal_record_and_stays_cancelled_after_a_restart() {
+    let mut sim = Sim::with(journalled());
+    let (w, _) = sim.connect_worker(1);
+    let client = sim.connect_client();
+    let n = 10_000;
+    let job = sim.submit(client, array(vec![(1, n)], 1));
+    let running = sim.computes(w).len() as u32;
+    let reply = sim.request(client, Request::Cancel { job, tasks: None });
+    assert_eq!(reply, Reply::Cancelled(Cancelled { cancelled: n - running, running }));
+    let records = sim.journal();
+    let failed: Vec<&Record> =
+        records.iter().filter(|r| matches!(r, Record::Failed { .. } | Record::Ended { .. })).collect();
+    assert!(
+        matches!(&failed[..], [Record::Failed { tasks, error, .. }] if tasks.len() as u32 == n - running && error.kind == ErrorKind::Cancelled),
+        "the cancellation is one record: {} records",
+        failed.len()
+    );
+    // Restarted from that journal (and from its compacted form), the cancelled stay cancelled.
+    for records in [records.clone(), Restored::fold(records).records()] {
+        let mut sim = Sim::restarted(records, sim.now + Duration::from_secs(1));
+        let client = sim.connect_client();
+        let p = sim.progress(client, job);
+        assert_eq!((p.total, p.failed), (n, n - running), "{p:?}");
+    }
 }
