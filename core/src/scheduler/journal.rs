@@ -6,8 +6,8 @@
 //! a job submitted (its spec, once: a command array's command and ranges, a graph's function
 //! names, arguments and dependencies, as postcard: [`Record::Accepted`]), each of its tasks
 //! ending (those that finished in one event together, [`Record::Finished`]; those that failed
-//! in one event with the same error together, [`Record::Failed`]), a job released, a worker joining or leaving. What is
-//! journalled per task is bounded: its part of the spec, then its index each time it ends;
+//! in one event with the same error together, [`Record::Failed`]), a job released, a worker
+//! joining or leaving. What is journalled per task is bounded: its part of the spec, then its index each time it ends;
 //! results never are (they live on workers). A graph whose arguments exceed
 //! [`MAX_JOURNALLED_ARGS`] is not journalled, only its number (so ids are never reused): a
 //! restart does not restore it. The driver appends the records before it carries out the
