@@ -139,9 +139,12 @@ pub(crate) async fn bench(quick: bool) -> R<Value> {
         wait_registered(&client, n, Duration::from_secs(600)).await?;
         let register_s = t.elapsed().as_secs_f64();
         eprintln!("   {n} workers: spawned in {spawn_s:.2} s, all registered after {register_s:.2} s");
-        // Rest: nothing but heartbeats (1 s apart per worker) and their acks. Let the last
-        // registrations' bursts pass first.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Rest: nothing but heartbeats and the acks and paces they ask for, at the interval the
+        // scheduler sets for n workers (bounded by the workers' death timeout). Let the last registrations' bursts pass first, and
+        // the first workers' next heartbeats, which bring them the interval of all n.
+        let told = rdask::scheduler::heartbeat_interval(rdask::scheduler::Config::default().heartbeat_interval, n);
+        let interval = rdask::worker::heartbeat_interval(told, rdask::local::WORKER_DEATH_TIMEOUT);
+        tokio::time::sleep(Duration::from_secs(2).max(interval + Duration::from_secs(1))).await;
         fds.pause(true);
         let (t0, c0, w0) = (cpu_by_thread(), cpu_seconds()?, Instant::now());
         tokio::time::sleep(REST).await;
@@ -156,7 +159,7 @@ pub(crate) async fn bench(quick: bool) -> R<Value> {
             .collect();
         fds.pause(false);
         let rest_pct = cpu / wall * 100.0;
-        let heartbeats = n as f64 * wall; // one per worker per second (Config::default)
+        let heartbeats = n as f64 * wall / interval.as_secs_f64(); // one per worker per interval
         eprintln!(
             "   at rest: {rest_pct:.2}% of a core over {wall:.1} s ({:.1} us per heartbeat); by thread: {by_thread:?}",
             cpu * 1e6 / heartbeats
@@ -179,7 +182,7 @@ pub(crate) async fn bench(quick: bool) -> R<Value> {
             "workers": n, "slots_per_worker": 1, "tasks": tasks,
             "spawn_s": spawn_s, "register_all_s": register_s,
             "rest_window_s": wall, "rest_cpu_s": cpu, "rest_cpu_percent_of_core": rest_pct, "target_rest_cpu_percent": 2.0,
-            "rest_us_per_heartbeat": cpu * 1e6 / heartbeats, "rest_cpu_s_by_thread": by_thread,
+            "rest_us_per_heartbeat": cpu * 1e6 / heartbeats, "heartbeat_interval_s": interval.as_secs_f64(), "rest_cpu_s_by_thread": by_thread,
             "array_s": array_s, "array_tasks_per_s": rate, "workers_that_ran_tasks": used,
             "scheduler_rss_kib": scheduler_rss_kib, "workers_rss_kib_total": workers_rss_kib,
             "workers_rss_kib_each": workers_rss_kib as f64 / n as f64,
@@ -194,7 +197,7 @@ pub(crate) async fn bench(quick: bool) -> R<Value> {
     let mut v = res?;
     v["peak_fds"] = json!(peak);
     v["processes_left_after_shutdown"] = json!(left);
-    v["method"] = json!("LocalCluster (scheduler in this process) + N add_worker (fork+exec of this binary, RDASK_SLOTS=1); register_all_s: first spawn until status() lists N; rest: utime+stime of this process (/proc/self/stat, 10 ms ticks) over 10 s with only heartbeats flowing, 2 s after the last registration; array: submit_array(/bin/true, no output) to wait(); peak_fds: /proc/self/fd sampled every 20 ms from before the scheduler starts to after shutdown; processes_left: worker pids with a /proc entry after shutdown");
+    v["method"] = json!("LocalCluster (scheduler in this process) + N add_worker (fork+exec of this binary, RDASK_SLOTS=1); register_all_s: first spawn until status() lists N; rest: utime+stime of this process (/proc/self/stat, 10 ms ticks) over 10 s with only heartbeats flowing (one per worker per heartbeat_interval_s: the interval the scheduler tells n workers, at most a quarter of the local workers' death timeout), max(2 s, interval + 1 s) after the last registration; array: submit_array(/bin/true, no output) to wait(); peak_fds: /proc/self/fd sampled every 20 ms from before the scheduler starts to after shutdown; processes_left: worker pids with a /proc entry after shutdown");
     if left > 0 {
         return Err(format!("{left} worker processes left after shutdown").into());
     }

@@ -105,6 +105,11 @@ fn fits(workers: usize) -> std::io::Result<()> {
     limits::ensure(needed, format!("a local cluster of {workers} workers")).map(drop).map_err(std::io::Error::other)
 }
 
+/// The death timeout of a local cluster's workers: short, so that they soon leave a program that
+/// died without ending them. It bounds their heartbeat interval too
+/// ([`crate::worker::heartbeat_interval`]).
+pub const WORKER_DEATH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A scheduler in this process and worker processes of this program.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -177,7 +182,7 @@ impl LocalCluster {
             .env("RDASK_SCHEDULER", self.info.addresses[0].to_string())
             .env("RDASK_SECRET", self.info.secret.to_hex())
             .env("RDASK_SLOTS", slots.to_string())
-            .env("RDASK_DEATH_TIMEOUT", "10")
+            .env("RDASK_DEATH_TIMEOUT", WORKER_DEATH_TIMEOUT.as_secs().to_string())
             // Workers of an in-program cluster speak up only about problems, unless asked.
             .env("RDASK_LOG", std::env::var("RDASK_LOG").unwrap_or_else(|_| "warn".into()))
             .spawn()?;

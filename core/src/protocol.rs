@@ -442,6 +442,9 @@ pub enum ToScheduler {
         load: WorkerLoad,
         /// Whether to answer with [`ToWorker::Ack`].
         ack: bool,
+        /// The interval its heartbeats keep now, in milliseconds: the scheduler's deadline for
+        /// the next one allows for it while a change of interval is on its way.
+        interval_ms: u64,
     },
     /// Tasks a worker finished; results stay on the worker.
     Finished(Vec<Finished>),
@@ -1147,6 +1150,14 @@ pub enum ToWorker {
     ReleaseJob(JobId),
     /// Reply to a heartbeat that asked for one.
     Ack,
+    /// Send heartbeats this often from now on: the scheduler stretches the interval as workers
+    /// join (see `scheduler::heartbeat_interval`) and tells a worker, in answer to a heartbeat,
+    /// when the interval it keeps is notably off. Counts as word from the scheduler, as an
+    /// [`ToWorker::Ack`] does.
+    Pace {
+        /// How often to send heartbeats, in milliseconds.
+        heartbeat_ms: u64,
+    },
     /// Stop now: kill running tasks and exit.
     Stop,
     /// Copy these results from a retiring worker (at `address`), keep them, and answer with

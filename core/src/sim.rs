@@ -306,6 +306,8 @@ struct SimWorker {
     alive: bool,
     epoch: u32,
     ended: Vec<Finished>,
+    /// The heartbeat interval the scheduler told it (`Welcome`, `Pace`).
+    beat: Duration,
 }
 
 /// Job-level facts the simulation needs, by submission order.
@@ -514,6 +516,7 @@ impl<'a> SimCluster<'a> {
                 alive: true,
                 epoch: 0,
                 ended: Vec::new(),
+                beat: interval,
             });
             let info = WorkerInfo {
                 slots: self.config.slots,
@@ -585,12 +588,11 @@ impl<'a> SimCluster<'a> {
             }
             Ev::Heartbeat(w) => {
                 if self.workers[w].alive {
-                    let conn = self.workers[w].conn;
-                    self.at(
-                        self.config.latency,
-                        Ev::ToScheduler(conn, ToScheduler::Heartbeat { load: Default::default(), ack: false }),
-                    );
-                    self.at(self.config.scheduler.heartbeat_interval, Ev::Heartbeat(w));
+                    let (conn, beat) = (self.workers[w].conn, self.workers[w].beat);
+                    let interval_ms = beat.as_millis() as u64;
+                    let msg = ToScheduler::Heartbeat { load: Default::default(), ack: false, interval_ms };
+                    self.at(self.config.latency, Ev::ToScheduler(conn, msg));
+                    self.at(beat, Ev::Heartbeat(w));
                 }
             }
             Ev::Tick => {
@@ -639,7 +641,11 @@ impl<'a> SimCluster<'a> {
         }
         let worker = &mut self.workers[w];
         match msg {
-            ToWorker::Welcome { id, .. } => worker.id = id,
+            ToWorker::Welcome { id, heartbeat_ms } => {
+                (worker.id, worker.beat) = (id, Duration::from_millis(heartbeat_ms))
+            }
+            // Its next heartbeat, already queued, comes at the old interval, the following ones at this.
+            ToWorker::Pace { heartbeat_ms } => worker.beat = Duration::from_millis(heartbeat_ms),
             ToWorker::Compute(list) => {
                 let now = self.now;
                 worker.queue.extend(list.into_iter().map(|a| (a, now)));

@@ -25,8 +25,9 @@ use sha2::Sha256;
 
 use crate::{Connection, Frame, Limits};
 
-/// Version of the rdask wire protocol; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version of the rdask wire protocol; peers with another version are refused. 3: heartbeats
+/// say their interval and the scheduler paces them (`ToWorker::Pace`).
+pub const PROTOCOL_VERSION: u16 = 3;
 const MAGIC: &[u8; 6] = b"RDASK\0";
 const NONCE: usize = 32;
 const MAC: usize = 32;

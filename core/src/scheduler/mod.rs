@@ -52,6 +52,7 @@ use crate::protocol::{
 mod graph;
 mod journal;
 mod observe;
+mod pace;
 mod placement;
 mod requests;
 mod retire;
@@ -66,6 +67,7 @@ use graph::Job;
 pub use journal::{EncodedSpec, Record, Restored, RestoredJob};
 use observe::Observed;
 pub use observe::{EVENTS_KEPT, TASKS_KEPT};
+pub use pace::{heartbeat_interval, MAX_STRETCH, PACED_FROM};
 use placement::{KindStats, SHORT_TASK_US};
 use workers::Worker;
 
@@ -75,9 +77,11 @@ pub type ConnId = u64;
 /// Timing and capacity settings.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// How often workers send heartbeats.
+    /// How often workers send heartbeats, up to [`PACED_FROM`] workers; more stretch it (see
+    /// [`heartbeat_interval`]).
     pub heartbeat_interval: Duration,
-    /// A worker silent for this long is considered dead.
+    /// A worker silent for this long is considered dead, at the base interval; stretched as
+    /// the worker's interval is.
     pub heartbeat_timeout: Duration,
     /// The expected duration of a task of a kind that has never finished.
     pub default_duration: Duration,
@@ -276,9 +280,10 @@ pub struct Scheduler {
     /// Journalled tasks that failed for good during this event, not journalled yet.
     failed_unjournalled: Vec<(TaskId, crate::protocol::TaskError)>,
     /// No later than the first heartbeat timeout or lifetime end of a worker: a scan's result,
-    /// lowered by each worker that joins, and scanned again at each tick. Heartbeats only move
-    /// timeouts later, so it is never late; early, a tick finds nothing due. It spares the
-    /// driver a scan of every worker per event.
+    /// lowered by each worker that joins and by each heartbeat that brings its worker's timeout
+    /// forward (a shorter interval kept, `pace.rs`), and scanned again at each tick. Other
+    /// heartbeats only move timeouts later, so it is never late; early, a tick finds nothing
+    /// due. It spares the driver a scan of every worker per event.
     wake_at: Option<Instant>,
 }
 
@@ -331,7 +336,7 @@ impl Scheduler {
 
     /// The first heartbeat timeout or lifetime end of a live, not retiring worker: a scan.
     fn scan_wake_at(&self) -> Option<Instant> {
-        let heartbeats = self.workers.values().map(|w| w.last_seen + self.config.heartbeat_timeout);
+        let heartbeats = self.workers.values().map(|w| w.last_seen + pace::silence_allowed(&self.config, &w.pace));
         let lifetimes = self.workers.values().filter(|w| !w.retiring).filter_map(|w| w.ends_at);
         heartbeats.chain(lifetimes).min()
     }
@@ -440,14 +445,8 @@ impl Scheduler {
                 self.commands.push(Command::ToClient(conn, ToClient::Welcome));
                 self.notify(Notice::ClientJoined { conn, info });
             }
-            (Some(Peer::Worker(w)), ToScheduler::Heartbeat { load, ack }) => {
-                if let Some(worker) = self.workers.get_mut(&w) {
-                    worker.load = load;
-                    // Only when asked: at rest, a heartbeat costs the scheduler its read, no write.
-                    if ack {
-                        self.commands.push(Command::ToWorker(worker.conn, ToWorker::Ack));
-                    }
-                }
+            (Some(Peer::Worker(w)), ToScheduler::Heartbeat { load, ack, interval_ms }) => {
+                self.on_heartbeat(w, load, ack, interval_ms);
             }
             (Some(Peer::Worker(w)), ToScheduler::Finished(list)) => self.on_finished(w, list),
             (Some(Peer::Worker(w)), ToScheduler::Failed(id, err)) => self.on_failed(w, id, err),

@@ -5,7 +5,8 @@
 //! wire codec (`protocol::encode` then `protocol::decode`), so a codec regression breaks these tests too. The
 //! helpers (`computes`, `releases`, `replies`, `closes`, ...) *remove* what they return from the recorded output,
 //! so each assertion sees only what is new. After every event the harness checks that `next_deadline()` is never
-//! later than a live worker's last message plus the heartbeat timeout, and that the scheduler's indexes and counts
+//! later than a live worker's last message plus its heartbeat timeout (stretched as the longer of the interval
+//! the scheduler told it and the one its last heartbeat kept is stretched from the base interval), and that the scheduler's indexes and counts
 //! match a full scan of its tasks (`check.rs`). Time only moves with `advance`.
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +42,11 @@ struct Sim {
     out: Vec<Command>,
     /// Live worker connections and when each last sent something.
     seen: HashMap<ConnId, Instant>,
+    /// The base heartbeat interval of the scheduler's config.
+    base: Duration,
+    /// Per worker connection: the heartbeat interval the scheduler told it last, and the one its
+    /// last heartbeat said it keeps.
+    paces: HashMap<ConnId, (Duration, Duration)>,
 }
 
 impl Sim {
@@ -56,9 +62,10 @@ impl Sim {
     // The simulated clock starts at a real instant: `Instant` has no other constructor.
     #[allow(clippy::disallowed_methods)]
     fn with(config: Config) -> Sim {
-        let timeout = config.heartbeat_timeout;
+        let (timeout, base) = (config.heartbeat_timeout, config.heartbeat_interval);
         let sched = Scheduler::new(config);
-        Sim { sched, now: Instant::now(), timeout, next_conn: 1, next_req: 1, out: vec![], seen: HashMap::new() }
+        let (seen, paces) = (HashMap::new(), HashMap::new());
+        Sim { sched, now: Instant::now(), timeout, next_conn: 1, next_req: 1, out: vec![], seen, base, paces }
     }
 
     fn handle(&mut self, event: Event) {
@@ -66,6 +73,9 @@ impl Sim {
             Event::Message(c, msg) => {
                 if let Some(t) = self.seen.get_mut(&c) {
                     *t = self.now;
+                }
+                if let (ToScheduler::Heartbeat { interval_ms, .. }, Some(p)) = (&msg, self.paces.get_mut(&c)) {
+                    p.1 = Duration::from_millis(*interval_ms);
                 }
                 Event::Message(c, wire(msg))
             }
@@ -79,7 +89,21 @@ impl Sim {
         self.sched.check_invariants();
         for cmd in self.sched.take_commands() {
             self.out.push(match cmd {
-                Command::ToWorker(c, m) => Command::ToWorker(c, wire(m)),
+                Command::ToWorker(c, m) => {
+                    match m {
+                        ToWorker::Welcome { heartbeat_ms, .. } => {
+                            let told = Duration::from_millis(heartbeat_ms);
+                            self.paces.insert(c, (told, told));
+                        }
+                        ToWorker::Pace { heartbeat_ms } => {
+                            if let Some(p) = self.paces.get_mut(&c) {
+                                p.0 = Duration::from_millis(heartbeat_ms);
+                            }
+                        }
+                        _ => {}
+                    }
+                    Command::ToWorker(c, wire(m))
+                }
                 Command::ToClient(c, m) => Command::ToClient(c, wire(m)),
                 Command::Close(c) => {
                     self.seen.remove(&c);
@@ -90,9 +114,10 @@ impl Sim {
                 Command::Journal(r) => Command::Journal(r),
             });
         }
-        if let Some(first) = self.seen.values().min() {
+        let first = self.seen.iter().map(|(c, seen)| *seen + self.silence_allowed(*c)).min();
+        if let Some(first) = first {
             let deadline = self.sched.next_deadline().expect("workers are connected: there is a deadline");
-            assert!(deadline <= *first + self.timeout, "next_deadline is later than a live worker's timeout");
+            assert!(deadline <= first, "next_deadline is later than a live worker's timeout");
         }
     }
 
@@ -158,8 +183,24 @@ impl Sim {
         self.handle(Event::Tick);
     }
 
+    /// The heartbeat timeout of worker `conn`, from what the wire said: the base one, stretched
+    /// as the longer of the interval it was told last and the one it said it keeps is stretched
+    /// from the base interval (the latter at most the longest the scheduler tells).
+    fn silence_allowed(&self, conn: ConnId) -> Duration {
+        let (told, kept) = self.paces.get(&conn).copied().unwrap_or((self.base, self.base));
+        let longest = told.max(kept.min(self.base * super::MAX_STRETCH));
+        self.timeout.mul_f64(longest.as_secs_f64() / self.base.as_secs_f64()).max(self.timeout)
+    }
+
+    /// The heartbeat interval the scheduler told worker `conn` last.
+    fn told(&self, conn: ConnId) -> Duration {
+        self.paces.get(&conn).map_or(self.base, |p| p.0)
+    }
+
+    /// A heartbeat from a worker keeping the interval it was told last.
     fn heartbeat(&mut self, conn: ConnId) {
-        self.send(conn, ToScheduler::Heartbeat { load: Default::default(), ack: false });
+        let interval_ms = self.told(conn).as_millis() as u64;
+        self.send(conn, ToScheduler::Heartbeat { load: Default::default(), ack: false, interval_ms });
     }
 
     /// Removes and returns the recorded commands that `f` picks.
@@ -475,7 +516,7 @@ fn silent_worker_is_lost_at_the_next_tick_and_its_tasks_move() {
     for i in 0..9 {
         sim.advance(Duration::from_secs(1));
         // Every third heartbeat asks for an answer; the others keep the worker alive all the same.
-        sim.send(c2, ToScheduler::Heartbeat { load: Default::default(), ack: i % 3 == 2 });
+        sim.send(c2, ToScheduler::Heartbeat { load: Default::default(), ack: i % 3 == 2, interval_ms: 1000 });
         assert!(sim.closes().is_empty(), "a worker is lost before its timeout");
     }
     let acks = sim.take(|c| matches!(c, Command::ToWorker(x, ToWorker::Ack) if *x == c2).then_some(()));
@@ -693,7 +734,7 @@ fn messages_from_the_wrong_role_close_the_connection_and_change_nothing_else() {
         assert_eq!(std::mem::take(&mut sim.out), vec![Command::Close(conn)], "{what}");
         if who == "client" {
             // The client is gone; the cluster is as it was, and its job runs on.
-            sim.send(c1, ToScheduler::Heartbeat { load: Default::default(), ack: false });
+            sim.heartbeat(c1);
             let client2 = sim.connect_client();
             let after = sim.status(client2);
             assert_eq!((&after.workers, &after.jobs), (&before.workers, &before.jobs), "{what}");
@@ -1334,6 +1375,9 @@ mod observe;
 
 #[path = "tests_restore.rs"]
 mod restore;
+
+#[path = "tests_pace.rs"]
+mod pace;
 
 fn ended_page(reply: Reply) -> EndedPage {
     match reply {

@@ -87,7 +87,7 @@ fn heartbeats_carry_the_worker_s_load_into_status_and_bytes_moved_outlive_the_wo
     let (c1, _) = sim.connect_worker(1);
     let client = sim.connect_client();
     let load = WorkerLoad { rss_bytes: 5 << 20, cpu_ms: 1234, fetched_bytes: 999 };
-    sim.send(c1, ToScheduler::Heartbeat { load, ack: false });
+    sim.send(c1, ToScheduler::Heartbeat { load, ack: false, interval_ms: 1000 });
     assert_eq!(sim.status(client).workers[0].load, load);
     sim.disconnect(c1);
     assert_eq!(metrics(&mut sim, client, 0).fetched_bytes, 999);

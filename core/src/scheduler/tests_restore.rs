@@ -24,9 +24,10 @@ impl Sim {
     /// The scheduler restarted at `now` from `records`.
     fn restarted(records: Vec<Record>, now: Instant) -> Sim {
         let config = journalled();
-        let timeout = config.heartbeat_timeout;
+        let (timeout, base) = (config.heartbeat_timeout, config.heartbeat_interval);
         let sched = Scheduler::restore(config, now, &Restored::fold(records), WINDOW);
-        Sim { sched, now, timeout, next_conn: 100, next_req: 1, out: vec![], seen: HashMap::new() }
+        let (seen, paces) = (HashMap::new(), HashMap::new());
+        Sim { sched, now, timeout, next_conn: 100, next_req: 1, out: vec![], seen, base, paces }
     }
 
     /// A worker coming back with what it still runs; returns its connection and new id.

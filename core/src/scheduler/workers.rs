@@ -12,6 +12,7 @@ use crate::protocol::{
 };
 
 use super::graph::State;
+use super::pace::{silence_allowed, Pace};
 use super::{Command, ConnId, Notice, Peer, Record, Scheduler};
 
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub(super) struct Worker {
     /// of theirs, see `Scheduler::peers_to_tell`): only those it fetches from, not every worker.
     pub(super) told: FxHashSet<WorkerId>,
     pub(super) last_seen: Instant,
+    /// The heartbeat interval it was told and the one it keeps (`pace.rs`).
+    pub(super) pace: Pace,
     pub(super) retiring: bool,
     /// Jobs whose command this worker has been sent.
     pub(super) commands: Vec<JobId>,
@@ -178,10 +181,13 @@ impl Scheduler {
         }
         self.conns.insert(conn, Peer::Worker(id));
         let ends_at = info.lifetime_ms.map(|ms| now + Duration::from_millis(ms));
-        let due = ends_at.into_iter().chain([now + self.config.heartbeat_timeout]).chain(self.wake_at).min();
+        let heartbeat = self.heartbeat_for(self.workers.len() + 1);
+        let pace = Pace::new(heartbeat);
+        let silence = now + silence_allowed(&self.config, &pace);
+        let due = ends_at.into_iter().chain([silence]).chain(self.wake_at).min();
         self.wake_at = due;
         let held = Held { gpus: vec![false; info.offer.gpus.len()], memory: 0, named: vec![0; info.offer.named.len()] };
-        let heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64;
+        let heartbeat_ms = heartbeat.as_millis() as u64;
         self.commands.push(Command::ToWorker(conn, ToWorker::Welcome { id, heartbeat_ms }));
         self.workers.insert(
             id,
@@ -193,6 +199,7 @@ impl Scheduler {
                 holds: FxHashSet::default(),
                 told: FxHashSet::default(),
                 last_seen: now,
+                pace,
                 retiring: false,
                 commands: Vec::new(),
                 ends_at,
@@ -212,18 +219,19 @@ impl Scheduler {
     }
 
     pub(super) fn on_tick(&mut self, now: Instant) {
-        let timeout = self.config.heartbeat_timeout;
-        let dead: Vec<WorkerId> = self
+        // Each worker's own death timeout, stretched with its heartbeat interval.
+        let dead: Vec<(WorkerId, Duration)> = self
             .workers
             .iter()
-            .filter(|(_, w)| now.duration_since(w.last_seen) >= timeout)
-            .map(|(id, _)| *id)
+            .map(|(id, w)| (*id, w.last_seen, silence_allowed(&self.config, &w.pace)))
+            .filter(|(_, seen, allowed)| now.duration_since(*seen) >= *allowed)
+            .map(|(id, _, allowed)| (id, allowed))
             .collect();
-        for w in dead {
+        for (w, allowed) in dead {
             let conn = self.workers[&w].conn;
             self.conns.remove(&conn);
             self.commands.push(Command::Close(conn));
-            self.worker_lost(w, &format!("no heartbeat for {} s", timeout.as_secs_f64()));
+            self.worker_lost(w, &format!("no heartbeat for {} s", allowed.as_secs_f64()));
         }
         let mut expired: Vec<WorkerId> = self
             .workers

@@ -155,7 +155,7 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
             Ok((conn, id, hb)) => {
                 tracing::info!(worker = %id, "connected to the scheduler");
                 let w = worker.get_or_insert_with(|| Worker::new(&config, registry.clone(), store.clone(), hb));
-                (w.id, w.heartbeat) = (Some(id), hb);
+                (w.id, w.heartbeat) = (Some(id), heartbeat_interval(hb, config.death_timeout));
                 match w.serve(conn, &mut term).await {
                     Ended::Stopped => return Ok(()),
                     Ended::Lost(e) => {
@@ -297,7 +297,7 @@ impl Worker {
         Worker {
             registry,
             store,
-            heartbeat,
+            heartbeat: heartbeat_interval(heartbeat, config.death_timeout),
             death_timeout: config.death_timeout,
             slots: Slots::start(config.slots, batches),
             commands: HashMap::new(),
@@ -346,7 +346,7 @@ impl Worker {
         let Connection { tx, mut rx, .. } = conn;
         let (out, out_rx) = mpsc::unbounded_channel::<Frame>();
         let writer = tokio::spawn(rdask_transport::pump(tx, out_rx));
-        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        let mut heartbeat = beats(self.heartbeat, false);
         let mut last_heard = Instant::now();
         let ended = loop {
             tokio::select! {
@@ -359,6 +359,13 @@ impl Worker {
                     last_heard = Instant::now();
                     match protocol::decode::<ToWorker>(&frame.header) {
                         Ok(ToWorker::Stop) => break Ended::Stopped,
+                        // Told in answer to a heartbeat just sent: the next one after the new interval.
+                        Ok(ToWorker::Pace { heartbeat_ms }) => {
+                            self.heartbeat = heartbeat_interval(Duration::from_millis(heartbeat_ms), self.death_timeout);
+                            if heartbeat.period() != self.heartbeat {
+                                heartbeat = beats(self.heartbeat, true);
+                            }
+                        }
                         Ok(msg) => self.on_message(msg),
                         Err(e) => break Ended::Lost(format!("bad message from the scheduler: {e}")),
                     }
@@ -375,7 +382,8 @@ impl Worker {
                     }
                     let load = WorkerLoad { fetched_bytes: self.pool.fetched_bytes(), ..process_load() };
                     let ack = wants_ack(last_heard.elapsed(), self.heartbeat, self.death_timeout);
-                    let _ = out.send(protocol::frame(&ToScheduler::Heartbeat { load, ack }));
+                    let interval_ms = self.heartbeat.as_millis() as u64;
+                    let _ = out.send(protocol::frame(&ToScheduler::Heartbeat { load, ack, interval_ms }));
                 }
                 _ = term() => {
                     if self.retiring {
@@ -408,7 +416,7 @@ impl Worker {
 
     fn on_message(&mut self, msg: ToWorker) {
         match msg {
-            ToWorker::Welcome { .. } | ToWorker::Ack | ToWorker::Stop => {}
+            ToWorker::Welcome { .. } | ToWorker::Ack | ToWorker::Pace { .. } | ToWorker::Stop => {}
             // Sent before the first task with an input the peer holds; a newer address replaces.
             ToWorker::Peers(list) => self.peers.extend(list),
             ToWorker::Command(job, spec) => {
@@ -651,14 +659,34 @@ fn reply_frames(found: Vec<(TaskId, Option<Bytes>)>) -> Vec<Frame> {
     frames
 }
 
+/// The interval a worker keeps when the scheduler tells it `told`: at most a quarter of its death
+/// timeout, so that at least three heartbeats ask for an answer before it would give up on a
+/// silent scheduler ([`wants_ack`]) however far the scheduler stretches the interval (every
+/// heartbeat says the interval it keeps, so the scheduler's deadline follows). Never zero (a
+/// timer's period).
+pub fn heartbeat_interval(told: Duration, death_timeout: Duration) -> Duration {
+    told.min(death_timeout / 4).max(Duration::from_millis(1))
+}
+
+/// The heartbeat timer: the first tick at once (`later`: one period from now, the heartbeat
+/// that brought a new interval having just gone). A tick missed (a busy runtime) is not made up
+/// in a burst: one heartbeat says as much as several.
+fn beats(period: Duration, later: bool) -> tokio::time::Interval {
+    let start = tokio::time::Instant::now() + if later { period } else { Duration::ZERO };
+    let mut timer = tokio::time::interval_at(start, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
 /// Whether a heartbeat asks the scheduler for an answer ([`ToWorker::Ack`]): once the worker
-/// has heard nothing for about a quarter of its death timeout (`silent` and one more heartbeat
+/// has heard nothing for about half its death timeout (`silent` and one more heartbeat
 /// `interval` reach it). A scheduler that sends work or anything else needs no ack, and at rest
-/// a worker with the default 60 s death timeout asks about every 15 s instead of every
-/// heartbeat, so several asks, and their answers, fit in before it would give up; with a death
-/// timeout under four intervals, every heartbeat asks.
+/// a worker with the default 60 s death timeout asks about every 30 s instead of every
+/// heartbeat; with its interval at most a quarter of the death timeout
+/// ([`heartbeat_interval`]), at least three asks, and their answers, fit in before it would give
+/// up. With a death timeout under two intervals, every heartbeat asks.
 fn wants_ack(silent: Duration, interval: Duration, death_timeout: Duration) -> bool {
-    silent + interval >= death_timeout / 4
+    silent + interval >= death_timeout / 2
 }
 
 /// This process's resident memory and CPU time (Linux: `/proc/self/stat`; elsewhere zeros).
@@ -765,14 +793,28 @@ mod tests {
     fn heartbeats_ask_for_an_answer_well_before_the_death_timeout() {
         let (s, hb, death) = (Duration::from_secs, Duration::from_secs(1), Duration::from_secs(60));
         assert!(!wants_ack(s(0), hb, death), "just heard from the scheduler: no answer needed");
-        assert!(!wants_ack(s(13), hb, death));
-        assert!(wants_ack(s(14), hb, death), "a quarter of the death timeout is near");
+        assert!(!wants_ack(s(28), hb, death));
+        assert!(wants_ack(s(29), hb, death), "half the death timeout is near");
         assert!(wants_ack(s(40), hb, death));
-        // Asking starts early enough that several asks precede the death timeout.
+        // Asking starts early enough that many asks precede the death timeout.
         let first = (0..60).find(|t| wants_ack(s(*t), hb, death)).unwrap();
-        assert!(60 - first >= 3 * 10, "first ask after {first} s of silence");
+        assert!(60 - first >= 30, "first ask after {first} s of silence");
         // A short death timeout: every heartbeat asks.
-        assert!(wants_ack(Duration::ZERO, hb, s(3)));
+        assert!(wants_ack(Duration::ZERO, hb, s(2)));
+    }
+
+    #[test]
+    fn however_far_the_scheduler_stretches_the_interval_several_heartbeats_ask_before_the_death_timeout() {
+        let death = Duration::from_secs(60);
+        for told_s in [1, 5, 10, 30, 600] {
+            let hb = heartbeat_interval(Duration::from_secs(told_s), death);
+            assert!(hb <= Duration::from_secs(told_s), "never slower than told");
+            // Heartbeats of a worker hearing nothing: how many ask before it gives up.
+            let asks = (1..).map(|k| hb * k).take_while(|t| *t < death).filter(|t| wants_ack(*t, hb, death)).count();
+            assert!(asks >= 3, "told {told_s} s: keeps {hb:?}, only {asks} heartbeats ask before {death:?}");
+        }
+        assert_eq!(heartbeat_interval(Duration::from_secs(5), death), Duration::from_secs(5), "as told when it fits");
+        assert!(!heartbeat_interval(Duration::ZERO, death).is_zero(), "a timer needs a period");
     }
 
     #[test]

@@ -188,7 +188,10 @@ impl Sim {
             for c in conns {
                 self.sched.handle(
                     self.now,
-                    Event::Message(c, ToScheduler::Heartbeat { load: Default::default(), ack: false }),
+                    Event::Message(
+                        c,
+                        ToScheduler::Heartbeat { load: Default::default(), ack: false, interval_ms: 1000 },
+                    ),
                 );
             }
             self.sched.handle(self.now, Event::Tick);
