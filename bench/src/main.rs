@@ -1,7 +1,7 @@
 //! rdask benchmarks: throughput, latency, memory and data movement, each against a target
 //! and, where there is one, against the machine's own limit or Dask.
 //!
-//! `cargo run --release -p rdask-bench -- [--quick] [--only NAME[,NAME]]`
+//! `cargo run --release -p rdask-bench -- [--quick] [--only NAME[,NAME]] [--sim-runs WORKLOAD@WORKERS[:TASKS][,...]]`
 //! Names: memory, trivial, command, roundtrip, register, transfer, dashboard (needs Chromium),
 //! journal, sim (the scheduler with simulated workers, also written to `bench/results/sim.json`),
 //! dask, hyperqueue (needs `bench/peers/hq`, see `bench/peers/build-hq.sh`), fleet
@@ -108,6 +108,7 @@ fn main() {
         std::process::exit(if v.get("error").is_some() { 1 } else { 0 });
     }
     let (mut quick, mut only) = (false, BENCHES.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let mut sim_runs: Option<Vec<sim::Pick>> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -119,8 +120,22 @@ fn main() {
                     std::process::exit(2);
                 }
             }
+            "--sim-runs" => match it.next().map(|s| sim::Pick::parse_list(s)) {
+                Some(Ok(picks)) => sim_runs = Some(picks),
+                Some(Err(e)) => {
+                    eprintln!("--sim-runs: {e}");
+                    std::process::exit(2);
+                }
+                None => {
+                    eprintln!("--sim-runs wants WORKLOAD@WORKERS[,...], e.g. array@10000,mix@10000");
+                    std::process::exit(2);
+                }
+            },
             other => {
-                println!("usage: rdask-bench [--quick] [--only NAME[,NAME...]]\nbenchmarks: {}", BENCHES.join(", "));
+                println!(
+                    "usage: rdask-bench [--quick] [--only NAME[,NAME...]] [--sim-runs WORKLOAD@WORKERS[:TASKS][,...]]\nbenchmarks: {}",
+                    BENCHES.join(", ")
+                );
                 std::process::exit(if other == "-h" || other == "--help" { 0 } else { 2 });
             }
         }
@@ -141,7 +156,7 @@ fn main() {
             "transfer" => rt.block_on(transfer(512 * MIB, 5)),
             "dashboard" => rt.block_on(dashboard::bench(quick)),
             "journal" => rt.block_on(journal(quick)),
-            "sim" => sim::bench(quick),
+            "sim" => sim::bench(quick, sim_runs.as_deref()),
             "fleet" => rt.block_on(fleet::bench(quick)),
             "hyperqueue" => rt.block_on(hq::bench(quick)),
             #[cfg(feature = "ucx")]

@@ -58,6 +58,45 @@ const SLOTS: u16 = 8;
 /// A workload of about that many tasks.
 type Make = fn(u32) -> Workload;
 
+/// One run picked on the command line (`--sim-runs array@10000` or `array@10000:10000000`): a
+/// workload, of the size the full benchmark gives it or the one named, on that many workers. Picked runs skip the memory and scaling runs
+/// and write no `sim.json` (it would be partial).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Pick {
+    workload: String,
+    workers: usize,
+    tasks: Option<u32>,
+}
+
+impl Pick {
+    /// `WORKLOAD@WORKERS[:TASKS][,...]`.
+    pub(crate) fn parse_list(s: &str) -> Result<Vec<Pick>, String> {
+        s.split(',')
+            .map(|item| {
+                let (w, n) = item.split_once('@').ok_or_else(|| format!("`{item}`: want WORKLOAD@WORKERS"))?;
+                if !WORKLOADS.iter().any(|(name, ..)| *name == w) {
+                    let known: Vec<&str> = WORKLOADS.iter().map(|(name, ..)| *name).collect();
+                    return Err(format!("unknown workload `{w}`; known: {}", known.join(", ")));
+                }
+                let (n, tasks) = match n.split_once(':') {
+                    Some((n, t)) => (n, Some(t.parse().map_err(|_| format!("`{t}` is not a number of tasks"))?)),
+                    None => (n, None),
+                };
+                let workers = n.parse().map_err(|_| format!("`{n}` is not a number of workers"))?;
+                Ok(Pick { workload: w.to_string(), workers, tasks })
+            })
+            .collect()
+    }
+}
+
+/// The workloads, with their sizes in the full run and with `--quick`.
+const WORKLOADS: [(&str, Make, u32, u32); 4] = [
+    ("array", workloads::array, 1_000_000, 200_000),
+    ("tree", workloads::tree, 1_000_000, 100_000),
+    ("stencil", workloads::stencil, 200_000, 20_000),
+    ("mix", workloads::mix, 1_000_000, 100_000),
+];
+
 /// A run on `workers` workers that are up before the workload is submitted; `bytes_per_task`
 /// comes from `memory`'s run of the same workload (submitted to a scheduler without workers).
 fn one(workload: &Workload, workers: usize, bytes_per_task: &Value) -> Value {
@@ -84,13 +123,15 @@ fn figures(name: &str, workers: usize, r: &Report, wall_s: f64) -> Value {
         "makespan_s": r.makespan.as_secs_f64(), "ideal_s": r.ideal().as_secs_f64(),
         "work_over_slots_s": r.ideal_work.as_secs_f64(), "critical_path_s": r.critical_path.as_secs_f64(),
         "makespan_over_ideal": r.quality(), "bytes_moved": r.bytes_moved,
+        "greedy_s": r.greedy.as_secs_f64(), "greedy_over_ideal": r.greedy.as_secs_f64() / r.ideal().as_secs_f64().max(1e-9),
+        "makespan_over_greedy": r.over_greedy(),
         "events": r.events, "wall_s": wall_s,
     })
 }
 
 fn print_header() {
     println!(
-        "\n{:<8} {:>7} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7}",
+        "\n{:<8} {:>7} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7}",
         "workload",
         "workers",
         "tasks",
@@ -98,6 +139,8 @@ fn print_header() {
         "us/dec",
         "B/task",
         "span/id",
+        "greedy/id",
+        "span/gr",
         "reg s",
         "moved GiB",
         "submit us",
@@ -109,7 +152,7 @@ fn print_row(v: &Value) {
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let ok = if v["completed"] == true && v["violations"] == 0 { "" } else { "  INCOMPLETE" };
     println!(
-        "{:<8} {:>7} {:>9} {:>12.0} {:>8.3} {:>8.0} {:>8.3} {:>8.2} {:>10.1} {:>9.3} {:>7.1}{ok}",
+        "{:<8} {:>7} {:>9} {:>12.0} {:>8.3} {:>8.0} {:>8.3} {:>8.3} {:>8.3} {:>8.2} {:>10.1} {:>9.3} {:>7.1}{ok}",
         v["workload"].as_str().unwrap_or(""),
         v["workers"].as_u64().unwrap_or(0),
         v["tasks"].as_u64().unwrap_or(0),
@@ -117,6 +160,8 @@ fn print_row(v: &Value) {
         f("us_per_decision"),
         f("bytes_per_task"),
         f("makespan_over_ideal"),
+        f("greedy_over_ideal"),
+        f("makespan_over_greedy"),
         v["cpu_s"]["register"].as_f64().unwrap_or(f64::NAN),
         f("bytes_moved") / (1u64 << 30) as f64,
         f("submit_us_per_task"),
@@ -141,25 +186,26 @@ fn memory(workload: &Workload) -> Value {
     v
 }
 
-pub(crate) fn bench(quick: bool) -> R<Value> {
+pub(crate) fn bench(quick: bool, picks: Option<&[Pick]>) -> R<Value> {
+    let size = |full: u32, small: u32| if quick { small } else { full };
+    if let Some(picks) = picks {
+        print_header();
+        let mut runs = Vec::new();
+        for p in picks {
+            let (_, make, full, small) = WORKLOADS.iter().find(|(name, ..)| *name == p.workload).expect("parsed");
+            let n = p.tasks.unwrap_or(size(*full, *small));
+            runs.push(one(&make(n), p.workers, &Value::Null));
+        }
+        return Ok(json!({ "slots_per_worker": SLOTS, "runs": runs }));
+    }
     COUNTING.store(true, Relaxed);
     let workers: &[usize] = &[10, 100, 1_000, 10_000];
-    let (array_n, tree_n, stencil_n, mix_n, big) = if quick {
-        (200_000, 100_000, 20_000, 100_000, 1_000_000)
-    } else {
-        (1_000_000, 1_000_000, 200_000, 1_000_000, 10_000_000)
-    };
+    let big = size(10_000_000, 1_000_000);
     let mut runs = Vec::new();
     let mut memory = Vec::new();
     print_header();
-    let all: [(Make, u32); 4] = [
-        (workloads::array, array_n),
-        (workloads::tree, tree_n),
-        (workloads::stencil, stencil_n),
-        (workloads::mix, mix_n),
-    ];
-    for (w, n) in all {
-        let workload = w(n);
+    for (_, w, full, small) in WORKLOADS {
+        let workload = w(size(full, small));
         let m = self::memory(&workload);
         for &k in workers {
             runs.push(one(&workload, k, &m["bytes_per_task"]));
@@ -227,7 +273,13 @@ pub(crate) fn rows(s: &Value) -> Vec<Value> {
             .max_by(|a, b| f(&a["makespan_over_ideal"]).total_cmp(&f(&b["makespan_over_ideal"])));
         if let Some(r) = worst {
             let q = f(&r["makespan_over_ideal"]);
-            let note = format!("worst at {} workers, {} tasks", r["workers"], r["tasks"]);
+            let note = format!(
+                "worst at {} workers, {} tasks; a zero-latency greedy schedule gets {:.3}, this run {:.3}x that",
+                r["workers"],
+                r["tasks"],
+                f(&r["greedy_over_ideal"]),
+                f(&r["makespan_over_greedy"])
+            );
             row(
                 format!("sim: makespan / ideal, {workload}"),
                 format!("{q:.3}"),

@@ -215,6 +215,10 @@ pub struct Report {
     pub ideal_work: Duration,
     /// The longest chain of durations through the graph.
     pub critical_path: Duration,
+    /// The makespan of a zero-latency greedy list schedule of the same tasks on the same slots
+    /// ([`greedy_makespan`]): what a scheduler that knows no durations reaches at best by
+    /// handing the first ready task to the first free slot, with free messages and inputs.
+    pub greedy: Duration,
     /// Input bytes fetched from another worker.
     pub bytes_moved: u64,
     /// Time tasks waited in workers' queues, in all (from arriving to starting or being found
@@ -243,6 +247,12 @@ impl Report {
     /// Makespan ÷ ideal.
     pub fn quality(&self) -> f64 {
         self.makespan.as_secs_f64() / self.ideal().as_secs_f64().max(1e-9)
+    }
+
+    /// Makespan ÷ the greedy schedule's ([`Report::greedy`]): the part of the gap to the ideal
+    /// that is the scheduler's, not the workload's (above 1: worse than greedy).
+    pub fn over_greedy(&self) -> f64 {
+        self.makespan.as_secs_f64() / self.greedy.as_secs_f64().max(1e-9)
     }
 
     /// Scheduler CPU per decision while running the workload (registration excluded), in µs.
@@ -740,6 +750,8 @@ impl<'a> SimCluster<'a> {
         self.report.tasks = tasks;
         self.report.ideal_work = Duration::from_micros(work / slots);
         self.report.critical_path = Duration::from_micros(longest);
+        // Only the tasks' widths of one slot are simulated (every workload's tasks take one CPU).
+        self.report.greedy = greedy_makespan(self.workload, slots);
     }
 
     fn tally(&mut self) {
@@ -753,6 +765,117 @@ impl<'a> SimCluster<'a> {
             }
         }
     }
+}
+
+/// The makespan of a zero-latency greedy list schedule of `workload` on `slots` one-CPU slots:
+/// whenever a slot is free, it starts the first ready task in submission order (jobs in order,
+/// then tasks by index), a task being ready once its inputs ended; messages, input transfers and
+/// the scheduler's decisions take no time. For independent tasks this is "in submission order
+/// onto the earliest free slot". It is what a scheduler that does not know durations in advance
+/// reaches at best without reordering, so `makespan ÷ greedy` shows how much of the gap to the
+/// ideal is the scheduler's own when the ideal is out of reach (it is not a lower bound: another
+/// order can do better).
+pub fn greedy_makespan(workload: &Workload, slots: u64) -> Duration {
+    use std::cmp::Reverse;
+    // Tasks are numbered globally, job after job; `offsets[j]` is job j's first.
+    let mut offsets = Vec::with_capacity(workload.jobs.len() + 1);
+    let mut total = 0u64;
+    for sj in &workload.jobs {
+        offsets.push(total);
+        total += u64::from(sj.shape.tasks());
+    }
+    offsets.push(total);
+    let locate = |g: u64| {
+        let j = offsets.partition_point(|&o| o <= g) - 1;
+        (j, (g - offsets[j]) as u32)
+    };
+    // Dependents of each task (compressed rows) and the inputs each waits for; none are built
+    // for a workload without dependencies (a 10M-task array).
+    let mut deps = Vec::new();
+    let mut waiting: Vec<u32> = Vec::new();
+    let mut starts: Vec<u64> = Vec::new();
+    let mut dependents: Vec<u64> = Vec::new();
+    let has_deps = workload.jobs.iter().any(|sj| {
+        (0..sj.shape.tasks()).any(|i| {
+            deps.clear();
+            sj.shape.deps(i, &mut deps);
+            !deps.is_empty()
+        })
+    });
+    if has_deps {
+        waiting = vec![0; total as usize];
+        starts = vec![0; total as usize + 1];
+        for (j, sj) in workload.jobs.iter().enumerate() {
+            for i in 0..sj.shape.tasks() {
+                deps.clear();
+                sj.shape.deps(i, &mut deps);
+                waiting[(offsets[j] + u64::from(i)) as usize] = deps.len() as u32;
+                for &d in &deps {
+                    starts[(offsets[j] + u64::from(d)) as usize + 1] += 1;
+                }
+            }
+        }
+        for k in 1..starts.len() {
+            starts[k] += starts[k - 1];
+        }
+        dependents = vec![0; starts[total as usize] as usize];
+        let mut fill = starts.clone();
+        for (j, sj) in workload.jobs.iter().enumerate() {
+            for i in 0..sj.shape.tasks() {
+                deps.clear();
+                sj.shape.deps(i, &mut deps);
+                for &d in &deps {
+                    let from = (offsets[j] + u64::from(d)) as usize;
+                    dependents[fill[from] as usize] = offsets[j] + u64::from(i);
+                    fill[from] += 1;
+                }
+            }
+        }
+    }
+    // Ready tasks: without dependencies, every task in submission order (a cursor, not a heap
+    // of 10M); else those whose inputs ended, by number.
+    let mut released: BinaryHeap<Reverse<u64>> = BinaryHeap::new();
+    let mut cursor = if has_deps { total } else { 0 };
+    if has_deps {
+        released.extend((0..total).filter(|&g| waiting[g as usize] == 0).map(Reverse));
+    }
+    // Running tasks by end time.
+    let mut running: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
+    let (mut now, mut free, mut end) = (0u64, slots.max(1), 0u64);
+    loop {
+        while free > 0 {
+            let g = if cursor < total {
+                cursor += 1;
+                Some(cursor - 1)
+            } else {
+                released.pop().map(|Reverse(g)| g)
+            };
+            let Some(g) = g else { break };
+            let (j, i) = locate(g);
+            let done = now + workload.jobs[j].shape.duration_us(i);
+            running.push(Reverse((done, g)));
+            end = end.max(done);
+            free -= 1;
+        }
+        // Everything that ends at the next end time frees its slot and its dependents before
+        // the slots are filled again.
+        let Some(&Reverse((t, _))) = running.peek() else { break };
+        now = t;
+        while let Some(Reverse((_, g))) = running.peek().filter(|Reverse((e, _))| *e == t).copied() {
+            running.pop();
+            free += 1;
+            if has_deps {
+                for k in starts[g as usize]..starts[g as usize + 1] {
+                    let d = dependents[k as usize];
+                    waiting[d as usize] -= 1;
+                    if waiting[d as usize] == 0 {
+                        released.push(Reverse(d));
+                    }
+                }
+            }
+        }
+    }
+    Duration::from_micros(end)
 }
 
 /// A reproducible number in `[0, 1)` for task `i` of a stream `salt` (SplitMix64).
@@ -962,6 +1085,70 @@ mod tests {
         assert_eq!(finished, r.tasks, "the scheduler counts every task finished");
         assert!(outcomes.iter().all(|o| o.failed.is_empty()), "no task failed");
         assert_eq!(r.decisions, r.tasks, "one assignment per task");
+    }
+
+    /// A workload given task by task: durations in seconds and inputs.
+    struct Listed(Vec<(u64, Vec<u32>)>);
+
+    impl Shape for Listed {
+        fn tasks(&self) -> u32 {
+            self.0.len() as u32
+        }
+        fn deps(&self, i: u32, out: &mut Vec<u32>) {
+            out.extend(&self.0[i as usize].1);
+        }
+        fn duration_us(&self, i: u32) -> u64 {
+            self.0[i as usize].0 * 1_000_000
+        }
+    }
+
+    fn listed(jobs: Vec<Vec<(u64, Vec<u32>)>>) -> Workload {
+        let jobs = jobs
+            .into_iter()
+            .map(|tasks| SimJob { name: "listed".into(), functions: vec!["f".into()], shape: Box::new(Listed(tasks)) })
+            .collect();
+        Workload { name: "listed".into(), jobs }
+    }
+
+    #[test]
+    fn greedy_schedule_of_independent_tasks_fills_the_earliest_free_slot_in_order() {
+        // Two slots: 3 s on the first; 1 s, 1 s, then 2 s on the second (free first each time):
+        // 4 s, where total work ÷ slots is 3.5 s.
+        let w = listed(vec![vec![(3, vec![]), (1, vec![]), (1, vec![]), (2, vec![])]]);
+        assert_eq!(greedy_makespan(&w, 2), Duration::from_secs(4));
+        // The same tasks as two jobs: submission order runs across jobs.
+        let w = listed(vec![vec![(3, vec![]), (1, vec![])], vec![(1, vec![]), (2, vec![])]]);
+        assert_eq!(greedy_makespan(&w, 2), Duration::from_secs(4));
+        // Greedy is not optimal: the long task last costs 5 s where 4 s would do.
+        let w = listed(vec![vec![(1, vec![]), (1, vec![]), (1, vec![]), (1, vec![]), (3, vec![])]]);
+        assert_eq!(greedy_makespan(&w, 2), Duration::from_secs(5));
+        assert_eq!(greedy_makespan(&w, 1), Duration::from_secs(7), "one slot runs them end to end");
+    }
+
+    #[test]
+    fn greedy_schedule_of_a_graph_waits_for_inputs_and_takes_the_first_ready_task() {
+        // 0 (2 s) and 1 (1 s) start at once; at 1 s task 3 (needs 1) is the only one ready and
+        // takes the free slot until 4 s; task 2 (needs 0) starts at 2 s, ends at 3 s: 4 s.
+        let w = listed(vec![vec![(2, vec![]), (1, vec![]), (1, vec![0]), (3, vec![1])]]);
+        assert_eq!(greedy_makespan(&w, 2), Duration::from_secs(4));
+        // A chain runs end to end however many slots there are.
+        let w = listed(vec![vec![(1, vec![]), (2, vec![0]), (3, vec![1])]]);
+        assert_eq!(greedy_makespan(&w, 8), Duration::from_secs(6));
+        // Tasks ending at the same instant free their dependents together: at 1 s, 0 and 1 end
+        // and 2, 3 (needing 1) and 4 (needing 0) are ready; the first two in order, 2 and the
+        // 3 s task 3, take the two slots, then 4: 4 s (taking 4 first, as if 0 ended alone,
+        // would put 3 last: 5 s).
+        let w = listed(vec![vec![(1, vec![]), (1, vec![]), (1, vec![1]), (3, vec![1]), (1, vec![0])]]);
+        assert_eq!(greedy_makespan(&w, 2), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn the_report_says_how_far_the_scheduler_is_from_greedy() {
+        let w = array(2_000);
+        let r = run(&w, 10, vec![]);
+        assert_eq!(r.greedy, greedy_makespan(&w, 40), "computed for the run's 10 workers × 4 slots");
+        assert!(r.greedy >= r.ideal_work, "no schedule beats total work ÷ slots");
+        assert!(r.over_greedy() > 0.9, "latency and decisions cost time: {:?} vs {:?}", r.makespan, r.greedy);
     }
 
     #[test]
