@@ -661,7 +661,7 @@ fn reply_frames(found: Vec<(TaskId, Option<Bytes>)>) -> Vec<Frame> {
 
 /// The interval a worker keeps when the scheduler tells it `told`: at most a quarter of its death
 /// timeout, so that at least three heartbeats ask for an answer before it would give up on a
-/// silent scheduler ([`wants_ack`]) however far the scheduler stretches the interval (every
+/// silent scheduler (`wants_ack`) however far the scheduler stretches the interval (every
 /// heartbeat says the interval it keeps, so the scheduler's deadline follows). Never zero (a
 /// timer's period).
 pub fn heartbeat_interval(told: Duration, death_timeout: Duration) -> Duration {
