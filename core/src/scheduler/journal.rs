@@ -242,19 +242,9 @@ impl Restored {
             if !finished.is_empty() {
                 out.push(Record::Finished { job: *id, tasks: finished });
             }
-            // Failures grouped by error, each group in index order (as they were first seen).
-            let mut failed: Vec<(&TaskError, Vec<u32>)> = Vec::new();
-            let mut group: HashMap<&TaskError, usize> = HashMap::new();
-            for (index, error) in &j.ended {
-                if let Some(e) = error {
-                    let k = *group.entry(e).or_insert_with(|| {
-                        failed.push((e, Vec::new()));
-                        failed.len() - 1
-                    });
-                    failed[k].1.push(*index);
-                }
-            }
-            for (error, tasks) in failed {
+            // Failures grouped by error, each group in index order.
+            let failed = j.ended.iter().filter_map(|(index, error)| Some((error.as_ref()?, *index)));
+            for (error, tasks) in grouped(failed) {
                 out.push(Record::Failed { job: *id, tasks, error: error.clone() });
             }
         }
@@ -535,17 +525,8 @@ impl Scheduler {
     /// [`Scheduler::journal_failed`].
     pub(super) fn flush_ended(&mut self) {
         let failed = std::mem::take(&mut self.failed_unjournalled);
-        let mut groups: Vec<(JobId, TaskError, Vec<u32>)> = Vec::new();
-        let mut at: HashMap<(JobId, &TaskError), usize> = HashMap::new();
-        for (t, e) in &failed {
-            let k = *at.entry((t.job, e)).or_insert_with(|| {
-                groups.push((t.job, e.clone(), Vec::new()));
-                groups.len() - 1
-            });
-            groups[k].2.push(t.index);
-        }
-        for (job, error, tasks) in groups {
-            self.commands.push(Command::Journal(Record::Failed { job, tasks, error }));
+        for ((job, error), tasks) in grouped(failed.iter().map(|(t, e)| ((t.job, e), t.index))) {
+            self.commands.push(Command::Journal(Record::Failed { job, tasks, error: error.clone() }));
         }
         let mut tasks = std::mem::take(&mut self.finished_unjournalled);
         tasks.sort_unstable();
@@ -557,4 +538,19 @@ impl Scheduler {
         tasks.clear();
         self.finished_unjournalled = tasks;
     }
+}
+
+/// `items`' values grouped by key: the groups in the order their keys first came, each group's
+/// values in their order (a job's failures of one error become one [`Record::Failed`]).
+fn grouped<K: Copy + std::hash::Hash + Eq, V>(items: impl IntoIterator<Item = (K, V)>) -> Vec<(K, Vec<V>)> {
+    let mut groups: Vec<(K, Vec<V>)> = Vec::new();
+    let mut at: HashMap<K, usize> = HashMap::new();
+    for (k, v) in items {
+        let g = *at.entry(k).or_insert_with(|| {
+            groups.push((k, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(v);
+    }
+    groups
 }

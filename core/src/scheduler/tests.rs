@@ -1530,7 +1530,7 @@ fn a_status_looks_at_no_task_of_a_large_queued_array() {
     let job = sim.submit(client, array(vec![(1, 100_000)], 1));
     assert!(!sim.computes(w).is_empty());
     let before = super::graph::visits();
-    let Reply::Status(s) = sim.request(client, Request::Status) else { panic!("a status reply") };
+    let s = sim.status(client);
     let visited = super::graph::visits() - before;
     assert!(visited < 100, "a status visited {visited} tasks of a queued array");
     let j = s.jobs.iter().find(|j| j.id == job).expect("the job is listed");
