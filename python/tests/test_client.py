@@ -255,14 +255,20 @@ def _mark_and_nap(path, seconds):
     return path
 
 
+def _naps_once_the_first_started(client, tmp_path):
+    """20 tasks of 0.5 s that each leave a file named by their index, once the first ran."""
+    futures = client.map(_mark_and_nap, [tmp_path / f"{i}" for i in range(20)], [0.5] * 20)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "0").exists():
+        assert time.monotonic() < deadline, "the first task never started"
+        time.sleep(0.01)
+    return futures
+
+
 def test_cancelled_tasks_that_have_not_started_never_run_nor_do_their_dependents(tmp_path):
     # One slot: the first tasks run (or wait in the worker's queue) while the rest are queued.
     with rdask.LocalCluster(n_workers=1, threads_per_worker=1) as cluster, rdask.Client(cluster) as client:
-        futures = client.map(_mark_and_nap, [tmp_path / f"{i}" for i in range(20)], [0.5] * 20)
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "0").exists():
-            assert time.monotonic() < deadline, "the first task never started"
-            time.sleep(0.01)
+        futures = _naps_once_the_first_started(client, tmp_path)
         dependent = client.submit(lambda p: p, futures[10])
         client.cancel(futures)
         assert all(f.cancelled() for f in futures)
@@ -278,11 +284,7 @@ def test_cancelled_tasks_that_have_not_started_never_run_nor_do_their_dependents
 def test_dropping_every_future_of_a_job_cancels_its_tasks_that_have_not_started(tmp_path):
     # As in Dask: a task whose future nobody holds is forgotten, so it does not hold the cluster.
     with rdask.LocalCluster(n_workers=1, threads_per_worker=1) as cluster, rdask.Client(cluster) as client:
-        futures = client.map(_mark_and_nap, [tmp_path / f"{i}" for i in range(20)], [0.5] * 20)
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "0").exists():
-            assert time.monotonic() < deadline, "the first task never started"
-            time.sleep(0.01)
+        futures = _naps_once_the_first_started(client, tmp_path)
         del futures
         gc.collect()
         # The release goes with the client's next call; the new task runs once the started ones end.
