@@ -143,7 +143,7 @@ pub(crate) async fn bench(quick: bool) -> R<Value> {
         // scheduler sets for n workers (bounded by the workers' death timeout). Let the last registrations' bursts pass first, and
         // the first workers' next heartbeats, which bring them the interval of all n.
         let told = rdask::scheduler::heartbeat_interval(rdask::scheduler::Config::default().heartbeat_interval, n);
-        let interval = rdask::worker::heartbeat_interval(told, rdask::local::WORKER_DEATH_TIMEOUT);
+        let interval = rdask::worker::kept_interval(told, rdask::local::WORKER_DEATH_TIMEOUT);
         tokio::time::sleep(Duration::from_secs(2).max(interval + Duration::from_secs(1))).await;
         fds.pause(true);
         let (t0, c0, w0) = (cpu_by_thread(), cpu_seconds()?, Instant::now());

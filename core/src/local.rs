@@ -107,7 +107,7 @@ fn fits(workers: usize) -> std::io::Result<()> {
 
 /// The death timeout of a local cluster's workers: short, so that they soon leave a program that
 /// died without ending them. It bounds their heartbeat interval too
-/// ([`crate::worker::heartbeat_interval`]).
+/// ([`crate::worker::kept_interval`]).
 pub const WORKER_DEATH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A scheduler in this process and worker processes of this program.

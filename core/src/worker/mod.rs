@@ -155,7 +155,7 @@ pub async fn run(config: WorkerConfig, registry: Arc<Registry>) -> Result<(), Wo
             Ok((conn, id, hb)) => {
                 tracing::info!(worker = %id, "connected to the scheduler");
                 let w = worker.get_or_insert_with(|| Worker::new(&config, registry.clone(), store.clone(), hb));
-                (w.id, w.heartbeat) = (Some(id), heartbeat_interval(hb, config.death_timeout));
+                (w.id, w.heartbeat) = (Some(id), kept_interval(hb, config.death_timeout));
                 match w.serve(conn, &mut term).await {
                     Ended::Stopped => return Ok(()),
                     Ended::Lost(e) => {
@@ -297,7 +297,7 @@ impl Worker {
         Worker {
             registry,
             store,
-            heartbeat: heartbeat_interval(heartbeat, config.death_timeout),
+            heartbeat: kept_interval(heartbeat, config.death_timeout),
             death_timeout: config.death_timeout,
             slots: Slots::start(config.slots, batches),
             commands: HashMap::new(),
@@ -361,7 +361,7 @@ impl Worker {
                         Ok(ToWorker::Stop) => break Ended::Stopped,
                         // Told in answer to a heartbeat just sent: the next one after the new interval.
                         Ok(ToWorker::Pace { heartbeat_ms }) => {
-                            self.heartbeat = heartbeat_interval(Duration::from_millis(heartbeat_ms), self.death_timeout);
+                            self.heartbeat = kept_interval(Duration::from_millis(heartbeat_ms), self.death_timeout);
                             if heartbeat.period() != self.heartbeat {
                                 heartbeat = beats(self.heartbeat, true);
                             }
@@ -664,7 +664,7 @@ fn reply_frames(found: Vec<(TaskId, Option<Bytes>)>) -> Vec<Frame> {
 /// silent scheduler (`wants_ack`) however far the scheduler stretches the interval (every
 /// heartbeat says the interval it keeps, so the scheduler's deadline follows). Never zero (a
 /// timer's period).
-pub fn heartbeat_interval(told: Duration, death_timeout: Duration) -> Duration {
+pub fn kept_interval(told: Duration, death_timeout: Duration) -> Duration {
     told.min(death_timeout / 4).max(Duration::from_millis(1))
 }
 
@@ -683,7 +683,7 @@ fn beats(period: Duration, later: bool) -> tokio::time::Interval {
 /// `interval` reach it). A scheduler that sends work or anything else needs no ack, and at rest
 /// a worker with the default 60 s death timeout asks about every 30 s instead of every
 /// heartbeat; with its interval at most a quarter of the death timeout
-/// ([`heartbeat_interval`]), at least three asks, and their answers, fit in before it would give
+/// ([`kept_interval`]), at least three asks, and their answers, fit in before it would give
 /// up. With a death timeout under two intervals, every heartbeat asks.
 fn wants_ack(silent: Duration, interval: Duration, death_timeout: Duration) -> bool {
     silent + interval >= death_timeout / 2
@@ -807,14 +807,14 @@ mod tests {
     fn however_far_the_scheduler_stretches_the_interval_several_heartbeats_ask_before_the_death_timeout() {
         let death = Duration::from_secs(60);
         for told_s in [1, 5, 10, 30, 600] {
-            let hb = heartbeat_interval(Duration::from_secs(told_s), death);
+            let hb = kept_interval(Duration::from_secs(told_s), death);
             assert!(hb <= Duration::from_secs(told_s), "never slower than told");
             // Heartbeats of a worker hearing nothing: how many ask before it gives up.
             let asks = (1..).map(|k| hb * k).take_while(|t| *t < death).filter(|t| wants_ack(*t, hb, death)).count();
             assert!(asks >= 3, "told {told_s} s: keeps {hb:?}, only {asks} heartbeats ask before {death:?}");
         }
-        assert_eq!(heartbeat_interval(Duration::from_secs(5), death), Duration::from_secs(5), "as told when it fits");
-        assert!(!heartbeat_interval(Duration::ZERO, death).is_zero(), "a timer needs a period");
+        assert_eq!(kept_interval(Duration::from_secs(5), death), Duration::from_secs(5), "as told when it fits");
+        assert!(!kept_interval(Duration::ZERO, death).is_zero(), "a timer needs a period");
     }
 
     #[test]
